@@ -1,0 +1,243 @@
+"""BuildConfig: one typed tree holding every threshold of the build, loadable from YAML.
+
+Each section belongs to one stage (sources, dom, text filters, images, fetch, dedup, shards, attach). Each
+default names its source. Two profiles exist: `m3w` (Flamingo's M3W / Gopher rules, DESIGN §2) and
+`obelics` (OBELICS's published thresholds, Laurençon et al. 2023, appendix A). A YAML file overrides any
+field of the chosen profile: `{images: {min_side: 100}, shards: {docs_per_shard: 500}}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("m3w", "obelics")
+
+
+@dataclass
+class SourceConfig:
+    """Bounds on what a reader hands to the parser (DESIGN §7 'Bounded')."""
+
+    max_html_bytes: int = 5_000_000  # 5 MB: 3× the largest real page in the dev corpus (1.6 MB)
+    parse_timeout_s: float = 10.0  # a page that takes longer is skipped as html.parse_timeout
+    max_depth: int = 2_000  # deeper DOMs are skipped as html.too_deep (lxml itself caps at 255 by default)
+
+
+@dataclass
+class DomConfig:
+    """DOM → Document rules (dom.py)."""
+
+    min_data_uri_bytes: int = 1_000  # data: URIs shorter than this are spacers/pixels, not content
+    max_images_per_doc: int = 100
+    # Substrings of an image URL (lower-cased path, host) that mark it as chrome, not content.
+    url_block_rules: list[str] = field(
+        default_factory=lambda: [
+            "logo",
+            "icon",
+            "button",
+            "sprite",
+            "avatar",
+            "banner",
+            "badge",
+            "spacer",
+            "pixel",
+            "tracking",
+            "doubleclick.net",
+            "googlesyndication.com",
+            "adservice",
+            "/ads/",
+            "/ad/",
+            "facebook.com/tr",
+            "gravatar.com",
+            "emoji",
+            "smilies",
+        ]
+    )
+
+
+@dataclass
+class TextFilterConfig:
+    """Paragraph- then document-level text rules (textfilters.py). Defaults: the m3w/Gopher profile."""
+
+    # paragraph level
+    para_min_words: int = 1
+    para_max_words: int = 100_000
+    para_min_stopword_ratio: float = 0.0
+    para_max_special_char_ratio: float = 1.0
+    para_max_char_rep_ratio: float = 1.0
+    para_max_word_rep_ratio: float = 1.0
+    para_max_flagged_ratio: float = 1.0
+    # document level (Gopher, Rae et al. 2021, appendix A: 50–100,000 words, mean word length 3–10,
+    # symbol/word ≤ 0.1, ≥ 80% words with an alphabetic character, ≥ 2 stop words, repetition caps)
+    doc_min_words: int = 50
+    doc_max_words: int = 100_000
+    doc_min_mean_word_len: float = 3.0
+    doc_max_mean_word_len: float = 10.0
+    doc_max_symbol_word_ratio: float = 0.1
+    doc_min_alpha_word_ratio: float = 0.8
+    doc_min_stopwords: int = 2
+    doc_min_stopword_ratio: float = 0.0
+    doc_max_special_char_ratio: float = 1.0
+    doc_max_dup_para_frac: float = 0.30
+    doc_max_top_ngram_char_frac: dict[int, float] = field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
+    )
+    doc_max_dup_ngram_char_frac: dict[int, float] = field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+    doc_max_char_rep_ratio: float = 1.0
+    doc_max_word_rep_ratio: float = 1.0
+    doc_max_flagged_ratio: float = 1.0
+    doc_min_punct_end_ratio: float = 0.0
+    flagged_words_file: str | None = None  # user-supplied list, one word per line; none is shipped
+    languages: list[str] | None = None  # keep only these ISO 639-1 codes; None keeps all
+    min_lang_score: float = 0.0
+
+
+@dataclass
+class ImageConfig:
+    """Decode guards, filters and re-encoding (images.py)."""
+
+    min_side: int = 64  # Flamingo M3W: images smaller than 64 px on a side are dropped
+    max_side: int = 100_000
+    max_aspect: float = 3.0  # Flamingo M3W: aspect ratio > 3 dropped
+    formats: list[str] | None = None  # allowed source formats; None = anything Pillow decodes
+    max_bytes: int = 10_000_000
+    max_pixels: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS; never raised process-wide
+    uniform_std_max: float = 2.0  # per-channel std below this = single-coloured / nearly uniform
+    store_format: str = "jpeg"  # "jpeg" | "webp"
+    store_quality: int = 90
+    store_max_side: int = 1024
+    min_images_per_doc: int = 1  # Flamingo drops documents left with no image
+    max_images_per_doc: int = 100
+
+
+@dataclass
+class FetchConfig:
+    """The async HTTP fetcher (images.py, and pages from URL lists)."""
+
+    concurrency: int = 256
+    per_host_concurrency: int = 16
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    total_timeout_s: float = 30.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_redirects: int = 5
+    max_response_bytes: int = 10_000_000
+    user_agent: str = "m3w-builder/0.1 (+https://github.com/m3w/m3w)"
+    allow_private_hosts: bool = False  # SSRF guard; tests and intranet crawls lift it
+    honour_robots_noai: bool = True
+
+
+@dataclass
+class DedupConfig:
+    image_phash_max_distance: int = 4  # Hamming distance of 64-bit perceptual hashes
+    image_url_max_count: int = 10  # OBELICS: image URLs seen more than 10 times are logos/buttons
+    para_max_repeats_per_domain: int = 3  # paragraphs repeated ≥ 3 times in one domain are boilerplate
+
+
+@dataclass
+class ShardConfig:
+    docs_per_shard: int = 1_000
+    max_shard_bytes: int = 500_000_000
+
+
+@dataclass
+class AttachConfig:
+    """DESIGN §4: Flamingo draws the attachment once per page with p_next = 1/2."""
+
+    mode: str = "per-document"  # "per-document" | "per-image"
+    p_next: float = 0.5
+
+
+@dataclass
+class BuildConfig:
+    profile: str = "m3w"
+    seed: int = 0
+    sources: SourceConfig = field(default_factory=SourceConfig)
+    dom: DomConfig = field(default_factory=DomConfig)
+    text: TextFilterConfig = field(default_factory=TextFilterConfig)
+    images: ImageConfig = field(default_factory=ImageConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    attach: AttachConfig = field(default_factory=AttachConfig)
+
+    @classmethod
+    def for_profile(cls, profile: str = "m3w") -> BuildConfig:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        config = cls(profile=profile)
+        if profile == "obelics":
+            _apply(config, OBELICS_OVERRIDES)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, profile: str | None = None) -> BuildConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        config = cls.for_profile(profile or data.get("profile", "m3w"))
+        data = {k: v for k, v in data.items() if k != "profile"}
+        _apply(config, data, where=str(path))
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# OBELICS (Laurençon et al. 2023, §3 and appendix A.2): paragraphs 4–1000 words, documents 10–2000
+# words, stop-word ratio ≥ 0.3 / 0.35, special characters ≤ 0.3 / 0.275, repetition ≤ 0.1; images
+# jpg/png/webp, 150–20,000 px per side, aspect ≤ 2, 1–30 images per document.
+OBELICS_OVERRIDES: dict[str, Any] = {
+    "text": {
+        "para_min_words": 4,
+        "para_max_words": 1_000,
+        "para_min_stopword_ratio": 0.3,
+        "para_max_special_char_ratio": 0.3,
+        "para_max_char_rep_ratio": 0.1,
+        "para_max_word_rep_ratio": 0.1,
+        "doc_min_words": 10,
+        "doc_max_words": 2_000,
+        "doc_min_mean_word_len": 0.0,
+        "doc_max_mean_word_len": 1_000.0,
+        "doc_max_symbol_word_ratio": 1.0,
+        "doc_min_alpha_word_ratio": 0.0,
+        "doc_min_stopwords": 0,
+        "doc_min_stopword_ratio": 0.35,
+        "doc_max_special_char_ratio": 0.275,
+        "doc_max_dup_para_frac": 1.0,
+        "doc_max_top_ngram_char_frac": {},
+        "doc_max_dup_ngram_char_frac": {},
+        "doc_max_char_rep_ratio": 0.1,
+        "doc_max_word_rep_ratio": 0.1,
+    },
+    "images": {
+        "min_side": 150,
+        "max_side": 20_000,
+        "max_aspect": 2.0,
+        "formats": ["jpeg", "png", "webp"],
+        "max_images_per_doc": 30,
+    },
+}
+
+
+def _apply(target: Any, overrides: dict[str, Any], where: str = "config") -> None:
+    """Set fields recursively, refusing unknown names so a typo in YAML is an error, not a no-op."""
+    names = {f.name for f in dataclasses.fields(target)}
+    for name, value in overrides.items():
+        if name not in names:
+            raise ValueError(
+                f"{where}: unknown field {name!r} in {type(target).__name__}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        current = getattr(target, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _apply(current, value, where=f"{where}.{name}")
+        else:
+            setattr(target, name, value)

@@ -1,0 +1,187 @@
+"""Records that flow through the build: RawPage in, Document out, and the shard JSON of schema m3w/1.
+
+A Document is an ordered list of nodes (text chunks and images) in DOM reading order. On disk it becomes
+the OBELICS-style parallel lists `texts` / `images` (DESIGN §3): at each position exactly one of the two
+is non-null. Keeping one ordered node list in memory (instead of two parallel lists) makes it impossible
+to build a document whose lists disagree in length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = "m3w/1"
+
+
+@dataclass(slots=True)
+class RawPage:
+    """One fetched or archived HTML page, before parsing.
+
+    `source_file`/`source_offset` name where it came from (WARC path and record offset, or the HTML file
+    path with offset 0) so that every error and every shard record points back to its input.
+    """
+
+    url: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    source_file: str = ""
+    source_offset: int = 0
+    date: str | None = None
+
+    @property
+    def content_type(self) -> str:
+        for name, value in self.headers.items():
+            if name.lower() == "content-type":
+                return value
+        return ""
+
+
+@dataclass(slots=True)
+class TextNode:
+    """A paragraph-level text chunk (a block element's text, already whitespace-normalised)."""
+
+    text: str
+    tag: str = "p"
+
+
+@dataclass(slots=True)
+class ImageNode:
+    """An image reference, later resolved to bytes.
+
+    Before fetching, `width`/`height` are the HTML attributes (or None). After the images stage they are
+    the decoded original size, `data` holds the re-encoded bytes and `ext` their extension.
+    """
+
+    src: str
+    alt: str = ""
+    width: int | None = None
+    height: int | None = None
+    data: bytes | None = None
+    ext: str | None = None
+    sha256: str | None = None
+    phash: str | None = None
+    attach: str | None = None  # "following" | "preceding", set by attach.sample
+
+    def to_json(self, pos: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "member": f"{pos}.{self.ext}" if self.ext else None,
+            "src": self.src,
+            "alt": self.alt,
+            "width": self.width,
+            "height": self.height,
+            "sha256": self.sha256,
+            "attach": self.attach,
+        }
+        if self.phash is not None:
+            out["phash"] = self.phash
+        return out
+
+
+Node = TextNode | ImageNode
+
+
+def document_key(url: str) -> str:
+    """32 hex chars derived from the URL: stable across rebuilds and free of dots (a dot splits a
+    WebDataset sample key, DESIGN §3)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Document:
+    url: str
+    nodes: list[Node] = field(default_factory=list)
+    source_file: str = ""
+    source_offset: int = 0
+    fetched: str | None = None
+    lang: str | None = None
+    lang_score: float | None = None
+    p_next: float | None = None
+    drops: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return document_key(self.url)
+
+    @property
+    def texts(self) -> list[str | None]:
+        return [n.text if isinstance(n, TextNode) else None for n in self.nodes]
+
+    @property
+    def images(self) -> list[ImageNode | None]:
+        return [n if isinstance(n, ImageNode) else None for n in self.nodes]
+
+    @property
+    def image_nodes(self) -> list[ImageNode]:
+        return [n for n in self.nodes if isinstance(n, ImageNode)]
+
+    @property
+    def text_nodes(self) -> list[TextNode]:
+        return [n for n in self.nodes if isinstance(n, TextNode)]
+
+    def text(self, sep: str = "\n\n") -> str:
+        return sep.join(n.text for n in self.nodes if isinstance(n, TextNode))
+
+    def to_json(self) -> dict[str, Any]:
+        """The shard record `{key}.json` (DESIGN §3)."""
+        return {
+            "schema": SCHEMA,
+            "key": self.key,
+            "url": self.url,
+            "source": {"warc": self.source_file, "offset": self.source_offset},
+            "fetched": self.fetched,
+            "lang": self.lang,
+            "lang_score": self.lang_score,
+            "texts": self.texts,
+            "images": [
+                n.to_json(pos) if isinstance(n, ImageNode) else None
+                for pos, n in enumerate(self.nodes)
+            ],
+            "p_next": self.p_next,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], members: dict[str, bytes] | None = None) -> Document:
+        """Inverse of to_json; `members` maps "{pos}.{ext}" to image bytes when they are at hand."""
+        if record.get("schema") != SCHEMA:
+            raise ValueError(f"unsupported schema {record.get('schema')!r}, expected {SCHEMA!r}")
+        texts, images = record["texts"], record["images"]
+        if len(texts) != len(images):
+            raise ValueError(f"texts ({len(texts)}) and images ({len(images)}) differ in length")
+        nodes: list[Node] = []
+        for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
+            if (text is None) == (image is None):
+                raise ValueError(f"position {pos}: exactly one of texts/images must be non-null")
+            if text is not None:
+                nodes.append(TextNode(text))
+                continue
+            member = image.get("member")
+            ext = member.rsplit(".", 1)[-1] if member else None
+            nodes.append(
+                ImageNode(
+                    src=image.get("src", ""),
+                    alt=image.get("alt") or "",
+                    width=image.get("width"),
+                    height=image.get("height"),
+                    data=(members or {}).get(member) if member else None,
+                    ext=ext,
+                    sha256=image.get("sha256"),
+                    phash=image.get("phash"),
+                    attach=image.get("attach"),
+                )
+            )
+        source = record.get("source") or {}
+        return cls(
+            url=record["url"],
+            nodes=nodes,
+            source_file=source.get("warc") or "",
+            source_offset=source.get("offset") or 0,
+            fetched=record.get("fetched"),
+            lang=record.get("lang"),
+            lang_score=record.get("lang_score"),
+            p_next=record.get("p_next"),
+            stats=record.get("stats") or {},
+        )

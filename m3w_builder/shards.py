@@ -1,0 +1,181 @@
+"""WebDataset tar shards of schema m3w/1 (DESIGN §3): writer and streaming reader.
+
+Why our own writer rather than `webdataset.TarWriter`: wds does not reject keys with dots (a dot splits a
+sample at read time), does not write atomically, and stamps the current time into every member, which
+makes two identical builds differ byte for byte. Here members get mtime 0, uid/gid 0 and fixed modes, the
+file is written as `NAME.tmp` and renamed only when complete, and the sha256 of the finished file is
+computed while writing. The result reads back with plain `webdataset.WebDataset(...)` and `tar`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from m3w_builder.document import Document
+
+KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(slots=True)
+class ShardInfo:
+    """One line of manifest.jsonl."""
+
+    name: str
+    docs: int
+    images: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through, so the shard is read once."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.hash.update(b)
+        self.size += len(b)
+        return self.raw.write(b)
+
+
+class ShardWriter:
+    """Write documents into one tar shard; the shard appears under its final name only on `close()`.
+
+    Use as a context manager: an exception inside the block removes the partial `.tmp` file, so a failed
+    attempt never leaves a shard with partial work behind.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._hashing = _HashingFile(self._raw)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.docs = 0
+        self.images = 0
+        self._keys: set[str] = set()
+
+    def write(self, doc: Document) -> None:
+        key = doc.key
+        if not KEY_RE.match(key):
+            raise ValueError(f"invalid shard key {key!r}: must be 32 hex chars with no dots")
+        if key in self._keys:
+            raise ValueError(f"duplicate key {key} ({doc.url}) in shard {self.path.name}")
+        self._keys.add(key)
+        record = doc.to_json()
+        self._add(f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+        for pos, node in enumerate(doc.nodes):
+            image = record["images"][pos]
+            if image is None:
+                continue
+            if image["member"] is None or getattr(node, "data", None) is None:
+                raise ValueError(f"{doc.url}: image at position {pos} has no stored bytes")
+            self._add(f"{key}.{image['member']}", node.data)  # type: ignore[union-attr]
+            self.images += 1
+        self.docs += 1
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    @property
+    def bytes_written(self) -> int:
+        return self._hashing.size
+
+    def close(self) -> ShardInfo:
+        self._tar.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp_path, self.path)
+        return ShardInfo(
+            name=self.path.name,
+            docs=self.docs,
+            images=self.images,
+            bytes=self._hashing.size,
+            sha256=self._hashing.hash.hexdigest(),
+        )
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        except Exception:  # noqa: BLE001 - best effort; the tmp file is removed either way
+            pass
+        self._raw.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if not self._raw.closed:
+                self.close()
+        else:
+            self.abort()
+
+
+@dataclass(slots=True)
+class ShardSample:
+    """One sample read back from a shard: the JSON record and its image members by member name."""
+
+    key: str
+    record: dict[str, Any]
+    members: dict[str, bytes]
+    offset: int  # byte offset of the sample's first tar header in the shard
+
+    def document(self) -> Document:
+        return Document.from_json(self.record, self.members)
+
+
+def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]:
+    """Stream the samples of one shard in order, holding one sample in memory at a time.
+
+    Members are grouped by the key before the first dot, as webdataset does. Tar errors propagate as
+    `tarfile.TarError` / `EOFError` with the offset reached; callers decide whether to skip or fail.
+    """
+    if isinstance(fileobj_or_path, str | Path):
+        with open(fileobj_or_path, "rb") as f:
+            yield from iter_shard(f)
+        return
+    current: ShardSample | None = None
+    with tarfile.open(fileobj=fileobj_or_path, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, suffix = info.name.partition(".")
+            data = tar.extractfile(info).read()  # type: ignore[union-attr]
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                current = ShardSample(key=key, record={}, members={}, offset=info.offset)
+            if suffix == "json":
+                current.record = json.loads(data)
+            else:
+                current.members[suffix] = data
+    if current is not None:
+        yield current

@@ -1,0 +1,74 @@
+import tarfile
+
+import pytest
+
+from m3w_builder.document import Document, ImageNode, TextNode
+from m3w_builder.shards import ShardWriter, iter_shard
+
+
+def _doc(url: str) -> Document:
+    return Document(
+        url=url,
+        nodes=[
+            TextNode("first paragraph"),
+            ImageNode(src="http://x/a.png", alt="a", width=80, height=60, data=b"JPEGDATA", ext="jpg",
+                      sha256="0" * 64, attach="following"),
+            TextNode("second paragraph"),
+        ],
+        lang="en",
+        p_next=0.5,
+    )
+
+
+def test_write_then_read_round_trip(tmp_path):
+    path = tmp_path / "000000.tar"
+    with ShardWriter(path) as writer:
+        writer.write(_doc("http://example.com/1"))
+        writer.write(_doc("http://example.com/2"))
+    assert path.exists() and not (tmp_path / "000000.tar.tmp").exists()
+    samples = list(iter_shard(path))
+    assert [s.record["url"] for s in samples] == ["http://example.com/1", "http://example.com/2"]
+    doc = samples[0].document()
+    assert doc.texts == ["first paragraph", None, "second paragraph"]
+    assert doc.image_nodes[0].data == b"JPEGDATA" and doc.image_nodes[0].attach == "following"
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+    assert names[1] == f"{doc.key}.1.jpg"
+
+
+def test_identical_input_gives_identical_bytes(tmp_path):
+    for name in ("a.tar", "b.tar"):
+        with ShardWriter(tmp_path / name) as writer:
+            writer.write(_doc("http://example.com/1"))
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
+def test_failed_attempt_leaves_no_shard(tmp_path):
+    path = tmp_path / "000001.tar"
+    with pytest.raises(RuntimeError), ShardWriter(path) as writer:
+        writer.write(_doc("http://example.com/1"))
+        raise RuntimeError("worker died")
+    assert not path.exists() and not (tmp_path / "000001.tar.tmp").exists()
+
+
+def test_duplicate_key_rejected(tmp_path):
+    with pytest.raises(ValueError, match="duplicate key"), ShardWriter(tmp_path / "s.tar") as writer:
+        writer.write(_doc("http://example.com/1"))
+        writer.write(_doc("http://example.com/1"))
+
+
+def test_reads_with_plain_webdataset(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    path = tmp_path / "000000.tar"
+    with ShardWriter(path) as writer:
+        writer.write(_doc("http://example.com/1"))
+    samples = list(wds.WebDataset(str(path), shardshuffle=False))
+    assert len(samples) == 1
+    assert "json" in samples[0] and "1.jpg" in samples[0]
+
+
+def test_document_json_rejects_mismatched_lists():
+    record = _doc("http://e/1").to_json()
+    record["texts"].append("extra")
+    with pytest.raises(ValueError, match="differ in length"):
+        Document.from_json(record)
