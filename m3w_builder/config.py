@@ -22,7 +22,9 @@ class SourceConfig:
 
     max_html_bytes: int = 5_000_000  # 5 MB: 3× the largest real page in the dev corpus (1.6 MB)
     parse_timeout_s: float = 10.0  # a page that takes longer is skipped as html.parse_timeout
-    max_depth: int = 2_000  # deeper DOMs are skipped as html.too_deep (lxml itself caps at 255 by default)
+    max_depth: int = (
+        2_000  # deeper DOMs are skipped as html.too_deep (lxml itself caps at 255 by default)
+    )
 
 
 @dataclass
@@ -136,7 +138,9 @@ class FetchConfig:
 class DedupConfig:
     image_phash_max_distance: int = 4  # Hamming distance of 64-bit perceptual hashes
     image_url_max_count: int = 10  # OBELICS: image URLs seen more than 10 times are logos/buttons
-    para_max_repeats_per_domain: int = 3  # paragraphs repeated ≥ 3 times in one domain are boilerplate
+    para_max_repeats_per_domain: int = (
+        3  # paragraphs repeated ≥ 3 times in one domain are boilerplate
+    )
 
 
 @dataclass

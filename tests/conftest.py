@@ -21,5 +21,7 @@ CORPUS = Path(os.environ.get("M3W_DEV_CORPUS", REPO.parent / "shared" / "corpus"
 def corpus() -> Path:
     """The dev corpus (real pages, WARCs, images); tests using it skip where it is absent."""
     if not CORPUS.is_dir():
-        pytest.skip(f"dev corpus not found at {CORPUS} (set M3W_DEV_CORPUS or clone beside shared/)")
+        pytest.skip(
+            f"dev corpus not found at {CORPUS} (set M3W_DEV_CORPUS or clone beside shared/)"
+        )
     return CORPUS

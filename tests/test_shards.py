@@ -11,8 +11,16 @@ def _doc(url: str) -> Document:
         url=url,
         nodes=[
             TextNode("first paragraph"),
-            ImageNode(src="http://x/a.png", alt="a", width=80, height=60, data=b"JPEGDATA", ext="jpg",
-                      sha256="0" * 64, attach="following"),
+            ImageNode(
+                src="http://x/a.png",
+                alt="a",
+                width=80,
+                height=60,
+                data=b"JPEGDATA",
+                ext="jpg",
+                sha256="0" * 64,
+                attach="following",
+            ),
             TextNode("second paragraph"),
         ],
         lang="en",
@@ -52,7 +60,10 @@ def test_failed_attempt_leaves_no_shard(tmp_path):
 
 
 def test_duplicate_key_rejected(tmp_path):
-    with pytest.raises(ValueError, match="duplicate key"), ShardWriter(tmp_path / "s.tar") as writer:
+    with (
+        pytest.raises(ValueError, match="duplicate key"),
+        ShardWriter(tmp_path / "s.tar") as writer,
+    ):
         writer.write(_doc("http://example.com/1"))
         writer.write(_doc("http://example.com/1"))
 
