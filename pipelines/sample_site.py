@@ -1,0 +1,338 @@
+"""A generated web site for end-to-end builds: real HTML pages, Pillow-drawn images, a 127.0.0.1 server.
+
+Why generate instead of shipping pages: the dev corpus may not be redistributed (its MANIFEST), while the
+demo and the tests need pages that pass the m3w text filters (Gopher rules: ≥ 50 words, stop words, low
+n-gram repetition), images that pass the M3W image rules (≥ 64 px, aspect ≤ 3, not single-coloured), and
+the usual web junk the builder must drop, each with a known reason:
+
+- a 1×1 tracking pixel on some pages (`image.too_small` or the DOM's spacer rules),
+- an `<img>` whose file does not exist (the server answers 404),
+- a site mark repeated on every page (dropped by the job-wide image-URL frequency cut-off, > 10 pages),
+- a footer paragraph repeated on every page (dropped by the per-domain paragraph-repeat rule, ≥ 3),
+- a page whose content copies another page (identical-document dedup),
+- a page whose only images are bad (dropped as `doc.no_images`).
+
+`make_site(dir)` writes the pages and images; `serve_site(dir)` serves them from a threaded
+`http.server` on 127.0.0.1 and yields the base URL; `write_url_list` writes the URL list `m3w build` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import html
+import io
+import json
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A small grammar over a few hundred words: combinatorially varied sentences, so a page has few repeated
+# n-grams (Gopher's duplicate n-gram rules) yet plenty of English stop words (the stop-word rules).
+_SUBJECTS = (
+    "the river",
+    "our small village",
+    "a patient gardener",
+    "the old lighthouse",
+    "every morning train",
+    "the museum curator",
+    "a careful engineer",
+    "the northern forest",
+    "her younger brother",
+    "the local baker",
+    "a quiet library",
+    "the mountain road",
+    "this season's harvest",
+    "the city council",
+    "a travelling musician",
+    "the school choir",
+    "his grandmother",
+    "the fishing fleet",
+    "a new bridge",
+    "the weather station",
+    "the island ferry",
+    "an experienced pilot",
+    "the botanical garden",
+)
+_VERBS = (
+    "carried",
+    "welcomed",
+    "repaired",
+    "described",
+    "painted",
+    "measured",
+    "followed",
+    "collected",
+    "protected",
+    "explored",
+    "remembered",
+    "prepared",
+    "visited",
+    "photographed",
+    "recorded",
+    "celebrated",
+    "improved",
+    "discovered",
+    "crossed",
+    "organised",
+    "studied",
+    "planted",
+    "watched",
+)
+_OBJECTS = (
+    "the autumn leaves",
+    "a basket of apples",
+    "the broken fence",
+    "several wooden boats",
+    "the winding path",
+    "a collection of letters",
+    "the harbour lights",
+    "fresh bread for the market",
+    "the children's drawings",
+    "a map of the valley",
+    "the stone walls",
+    "an unusual bird",
+    "the evening concert",
+    "rows of tomatoes",
+    "the festival banners",
+    "a forgotten recipe",
+    "the copper roof",
+    "the spring flowers",
+    "a dozen lanterns",
+    "the annual report",
+)
+_ADVERBIALS = (
+    "before the first snow",
+    "after a long week",
+    "with remarkable patience",
+    "during the festival",
+    "under a clear sky",
+    "in the early evening",
+    "without any help",
+    "near the old mill",
+    "for the whole community",
+    "despite the heavy rain",
+    "along the eastern shore",
+    "at the end of summer",
+    "with great care",
+    "while visitors watched",
+    "over several months",
+    "in spite of the cold wind",
+)
+_CONNECTORS = (
+    "Later that day,",
+    "Meanwhile,",
+    "In the end,",
+    "As a result,",
+    "Some years ago,",
+    "Surprisingly,",
+    "Because of this,",
+    "At first,",
+    "Not long after,",
+    "According to neighbours,",
+    "Even so,",
+)
+_TOPICS = (
+    "harbour",
+    "orchard",
+    "festival",
+    "railway",
+    "workshop",
+    "valley",
+    "market",
+    "garden",
+    "lighthouse",
+    "bridge",
+    "library",
+    "choir",
+    "ferry",
+    "museum",
+    "forest",
+    "bakery",
+)
+FOOTER = (
+    "This page is part of the community archive maintained by volunteers who collect stories, "
+    "photographs and notes about the life of the town and its surroundings for everyone to read."
+)
+SITE_MARK = (
+    "assets/site-mark.png"  # on every page: no block-rule word, so only the frequency cut drops it
+)
+
+
+@dataclass(slots=True)
+class SiteInfo:
+    """What was generated, for tests and the demo: page paths relative to the site root."""
+
+    root: str
+    pages: list[str] = field(default_factory=list)
+    good_images: int = 0
+    duplicate_pages: list[str] = field(default_factory=list)  # copies of an earlier page's content
+    no_image_pages: list[str] = field(default_factory=list)  # only bad images: doc.no_images
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _sentence(rng: random.Random) -> str:
+    parts = [
+        rng.choice(_SUBJECTS),
+        rng.choice(_VERBS),
+        rng.choice(_OBJECTS),
+        rng.choice(_ADVERBIALS),
+    ]
+    if rng.random() < 0.4:
+        parts.insert(0, rng.choice(_CONNECTORS))
+        return " ".join(parts) + "."
+    text = " ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def _paragraph(rng: random.Random) -> str:
+    return " ".join(_sentence(rng) for _ in range(rng.randint(4, 7)))
+
+
+def _draw_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
+    """Shapes and noise in random colours: far from single-coloured, decodes everywhere."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(4, 10)):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = x0 + rng.randint(8, width), y0 + rng.randint(8, height)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    out = io.BytesIO()
+    image.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def _page_html(title: str, body: list[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>\n<body>\n"
+        f'<header><img src="/{SITE_MARK}" alt="site mark" width="120" height="40"></header>\n'
+        f"<article>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</article>\n"
+        f"<footer><p>{html.escape(FOOTER)}</p></footer>\n</body></html>\n"
+    )
+
+
+def make_site(root: str | Path, *, pages: int = 24, seed: int = 0) -> SiteInfo:
+    """Write `pages` HTML pages under root/pages/ and their images under root/img/; deterministic in
+    (pages, seed). Needs pages > 10 for the site mark to cross the image-URL frequency cut-off."""
+    rng = random.Random(seed)
+    root = Path(root)
+    (root / "pages").mkdir(parents=True, exist_ok=True)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "assets").mkdir(parents=True, exist_ok=True)
+    (root / SITE_MARK).write_bytes(_draw_image(rng, 120, 40, "PNG"))
+    (root / "img" / "pixel.gif").write_bytes(_pixel_gif())
+    info = SiteInfo(root=str(root))
+    bodies: list[list[str]] = []
+    for i in range(pages):
+        rel = f"pages/{i:03d}.html"
+        topic = rng.choice(_TOPICS)
+        title = f"Notes on the {topic}, part {i}"
+        if i == 3 and pages > 3:  # same content as page 2 under another URL
+            body = bodies[2]
+            info.duplicate_pages.append(rel)
+        else:
+            body = _page_body(rng, root, i, info, only_bad=(i == 5))
+            if i == 5:
+                info.no_image_pages.append(rel)
+        bodies.append(body)
+        (root / rel).write_text(_page_html(title, body), encoding="utf-8")
+        info.pages.append(rel)
+    (root / "site.json").write_text(json.dumps(info.to_json(), indent=1))
+    return info
+
+
+def _page_body(rng: random.Random, root: Path, i: int, info: SiteInfo, only_bad: bool) -> list[str]:
+    body = [f"<p>{html.escape(_paragraph(rng))}</p>"]
+    n_images = 0 if only_bad else rng.randint(1, 3)
+    for j in range(n_images):
+        fmt, ext = ("JPEG", "jpg") if rng.random() < 0.6 else ("PNG", "png")
+        width, height = rng.randint(96, 320), rng.randint(80, 240)
+        name = f"img/p{i:03d}-{j}.{ext}"
+        (root / name).write_bytes(_draw_image(rng, width, height, fmt))
+        info.good_images += 1
+        body.append(
+            f'<figure><img src="/{name}" alt="photo {j} of page {i}">'
+            f"<figcaption>Figure {j + 1}</figcaption></figure>"
+        )
+        body.append(f"<p>{html.escape(_paragraph(rng))}</p>")
+    if only_bad or i % 4 == 1:
+        body.append('<img src="/img/pixel.gif" width="1" height="1" alt="">')
+    if only_bad or i % 5 == 2:
+        body.append(f'<img src="/img/missing-{i}.jpg" alt="gone">')  # the server answers 404
+    body.append(f"<p>{html.escape(_paragraph(rng))}</p>")
+    return body
+
+
+def _pixel_gif() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (255, 255, 255)).save(out, format="GIF")
+    return out.getvalue()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
+        log.debug("sample_site: " + format, *args)
+
+
+@contextlib.contextmanager
+def serve_site(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `root` over HTTP from a thread of this process; yields the base URL (no trailing slash).
+
+    A threaded server, because the builder fetches many images concurrently per host.
+    """
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="sample-site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def write_url_list(root: str | Path, base_url: str, dest: str | Path) -> Path:
+    """Write one page URL per line (the URL-list input of `m3w build`)."""
+    info = json.loads((Path(root) / "site.json").read_text())
+    dest = Path(dest)
+    dest.write_text("".join(f"{base_url}/{rel}\n" for rel in info["pages"]))
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="generate (and optionally serve) the sample site")
+    parser.add_argument("root", help="folder to write the site into")
+    parser.add_argument("--pages", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", action="store_true", help="serve it until Ctrl-C")
+    args = parser.parse_args(argv)
+    info = make_site(args.root, pages=args.pages, seed=args.seed)
+    print(f"wrote {len(info.pages)} pages, {info.good_images} good images under {args.root}")
+    if args.serve:
+        with serve_site(args.root) as base_url:
+            urls = write_url_list(args.root, base_url, Path(args.root) / "urls.txt")
+            print(f"serving {base_url}; URL list: {urls}")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
