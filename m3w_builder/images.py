@@ -1,0 +1,299 @@
+"""Images: decode guards, M3W/OBELICS filters, re-encoding and hashing, and the batch entry point.
+
+`process_image(data, config)` turns untrusted bytes into the stored form or raises `Skip(code)`:
+
+1. **Bytes cap and magic bytes.** The format comes from the first bytes, never from a header or a file
+   name; Pillow is then asked to try only the plugin for that format, which keeps its other
+   parsers (TIFF, ICO, ...) away from bytes that merely claim to be a JPEG.
+2. **Header checks before any pixel is decoded.** `Image.open` reads only the header; the declared
+   size is checked against `max_pixels` (decompression bombs, DESIGN §7) and the side/aspect filters
+   before `load()`, so a 44-byte GIF declaring 4 gigapixels costs microseconds. We never touch
+   `Image.MAX_IMAGE_PIXELS` (STYLE (c): OBELICS and OpenFlamingo turn the guard off process-wide).
+3. **Decode** the first frame only (animated GIF/WebP/APNG), with JPEG `draft()` when the stored image
+   will be smaller than the source: libjpeg then decodes at 1/2, 1/4 or 1/8 scale, the biggest saving
+   of the whole stage. Truncated files are an error, not silently grey-padded.
+4. **Normalise**: EXIF orientation applied (Flamingo's pages are shown upright to the reader, so the
+   pixels must be too), every mode (CMYK, P, LA, I;16, ...) to RGB, transparency flattened on white.
+5. **Filters**: Flamingo M3W (Alayrac et al. 2022, appendix A.3.3): sides ≥ 64 px, aspect ≤ 3, not
+   single-coloured; OBELICS (Laurençon et al. 2023, §3.2): jpg/png/webp, sides 150–20,000, aspect ≤ 2.
+6. **Store** re-encoded (JPEG or WebP) at `store_max_side`, with the original size, the sha256 of the
+   stored bytes and a 64-bit DCT perceptual hash (pHash, Zauner 2010) for near-duplicate detection.
+
+`resolve_images(docs, config, counts, archive)` does this for a batch of documents, reading bytes from
+the WARC archive when the image was captured next to its page and from the web otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from m3w_builder.config import ImageConfig
+from m3w_builder.reasons import Skip
+
+log = logging.getLogger(__name__)
+
+# Magic bytes → format id (Pillow's format name, lower-cased). Order matters only for prefixes.
+# Sources: JPEG ITU T.81 (SOI + marker), PNG spec §5.2, GIF89a, RIFF/WebP container, ISO BMFF `ftyp`
+# brands for AVIF/HEIC, BMP `BM`, ICO reserved=0/type=1, TIFF byte-order marks.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "jpeg"),
+    (0, b"\x89PNG\r\n\x1a\n", "png"),
+    (0, b"GIF87a", "gif"),
+    (0, b"GIF89a", "gif"),
+    (0, b"BM", "bmp"),
+    (0, b"\x00\x00\x01\x00", "ico"),
+    (0, b"II*\x00", "tiff"),
+    (0, b"MM\x00*", "tiff"),
+)
+# Pillow plugins allowed to open each sniffed format (an MPO is a JPEG with extra frames).
+_PLUGINS: dict[str, list[str]] = {
+    "jpeg": ["JPEG", "MPO"],
+    "png": ["PNG"],
+    "gif": ["GIF"],
+    "webp": ["WEBP"],
+    "bmp": ["BMP"],
+    "ico": ["ICO"],
+    "tiff": ["TIFF"],
+    "avif": ["AVIF"],
+}
+_STORE_EXT = {"jpeg": "jpg", "webp": "webp"}
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """The image format named by the first bytes, or None (HTML, SVG, text, unknown binary).
+
+    Servers mislabel images often enough (text/html error pages sent as image/jpeg, images sent as
+    application/octet-stream) that the Content-Type header is not evidence (WHATWG MIME Sniffing §7.1
+    sniffs images by these same signatures)."""
+    for offset, magic, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "avif"
+    return None
+
+
+@dataclass(slots=True)
+class StoredImage:
+    """An image that passed every guard and filter, in the form written to the shard."""
+
+    data: bytes
+    ext: str  # "jpg" | "webp"
+    width: int  # original (upright) size, before re-encoding
+    height: int
+    source_format: str  # sniffed: "jpeg", "png", ...
+    sha256: str  # of `data`
+    phash: str  # 16 hex chars, 64-bit DCT hash
+
+
+def process_image(data: bytes, config: ImageConfig) -> StoredImage:
+    """Untrusted bytes → StoredImage, or `Skip(code)` naming the first guard or filter that failed."""
+    if len(data) > config.max_bytes:
+        raise Skip("image.too_large_bytes", f"{len(data)} bytes > {config.max_bytes}")
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise Skip("image.bad_content_type", f"not an image by its magic bytes: {data[:16]!r}")
+    if config.formats is not None and fmt not in config.formats:
+        raise Skip("image.unsupported_format", fmt)
+    im = _open(data, fmt, config)
+    width, height = _upright_size(im)
+    _check_size(width, height, config)
+    im = _decode_first_frame(im, config)
+    im = _to_rgb(im)
+    rgb = im if max(im.size) <= config.store_max_side else _shrink(im, config.store_max_side)
+    pixels = np.asarray(rgb)  # (H, W, 3) uint8
+    if _is_uniform(pixels, config.uniform_std_max):
+        raise Skip("image.uniform", f"max channel std < {config.uniform_std_max}")
+    stored = _encode(rgb, config)
+    return StoredImage(
+        data=stored,
+        ext=_STORE_EXT[config.store_format],
+        width=width,
+        height=height,
+        source_format=fmt,
+        sha256=hashlib.sha256(stored).hexdigest(),
+        phash=phash(rgb),
+    )
+
+
+def _open(data: bytes, fmt: str, config: ImageConfig) -> Image.Image:
+    """Read only the header. Pillow's own bomb check (2 × MAX_IMAGE_PIXELS) may fire here already;
+    ours (`max_pixels`) is applied right after, still before any pixel is decoded."""
+    try:
+        # No warnings.catch_warnings() here: it mutates process state and is not thread-safe.
+        # Pillow's DecompressionBombWarning (1-2x its limit) is harmless: `max_pixels` decides below.
+        im = Image.open(io.BytesIO(data), formats=_PLUGINS[fmt])
+    except Image.DecompressionBombError as e:
+        raise Skip("image.bomb", str(e)) from None
+    except UnidentifiedImageError as e:
+        raise Skip("image.decode_error", f"unidentified {fmt}: {e}") from None
+    except ValueError as e:  # PNG zlib bomb in a text chunk: "Decompressed data too large"
+        code = "image.bomb" if "too large" in str(e) else "image.decode_error"
+        raise Skip(code, str(e)) from None
+    except (OSError, SyntaxError, EOFError, KeyError, IndexError, TypeError) as e:
+        raise Skip("image.decode_error", f"{type(e).__name__}: {e}") from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise Skip("image.decode_error", f"declared size {w}x{h}")
+    if w * h > config.max_pixels:
+        raise Skip("image.bomb", f"{w}x{h} = {w * h} pixels > {config.max_pixels}")
+    return im
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """Size after EXIF orientation (5–8 swap the sides), read from the header only."""
+    w, h = im.size
+    if im.format == "PNG" and "exif" not in im.info:
+        # PngImageFile.getexif() would call load() to look for an eXIf chunk after the pixels:
+        # that is a full decode before our filters, and it would hide a truncated file's error.
+        return w, h
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF is common and harmless: treat as upright
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _check_size(width: int, height: int, config: ImageConfig) -> None:
+    """Side and aspect filters on the declared size, before decoding (they don't depend on pixels)."""
+    if min(width, height) < config.min_side:
+        raise Skip("image.too_small", f"{width}x{height} < {config.min_side}")
+    if max(width, height) > config.max_side:
+        raise Skip("image.too_large", f"{width}x{height} > {config.max_side}")
+    aspect = max(width, height) / min(width, height)
+    if aspect > config.max_aspect:
+        raise Skip("image.aspect", f"{width}x{height}: aspect {aspect:.2f} > {config.max_aspect}")
+
+
+def _decode_first_frame(im: Image.Image, config: ImageConfig) -> Image.Image:
+    """Decode frame 0 (animated images keep their first frame) and apply EXIF orientation."""
+    if im.format in ("JPEG", "MPO") and max(im.size) > config.store_max_side:
+        # libjpeg DCT scaling: decode at the smallest 1/2^k scale still ≥ the stored size.
+        # Ask for the stored size with the source's aspect so the scale follows the longer side.
+        scale = config.store_max_side / max(im.size)
+        im.draft(None, (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+    except Image.DecompressionBombError as e:
+        raise Skip("image.bomb", str(e)) from None
+    except ValueError as e:
+        code = "image.bomb" if "too large" in str(e) else "image.decode_error"
+        raise Skip(code, str(e)) from None
+    except (
+        OSError,
+        SyntaxError,
+        EOFError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ZeroDivisionError,
+    ) as e:
+        code = "image.truncated" if "truncated" in str(e).lower() else "image.decode_error"
+        raise Skip(code, f"{type(e).__name__}: {e}") from None
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB. Transparency is flattened on white (how a browser shows it on a white
+    page); 16/32-bit greys are scaled, not clipped, so a 16-bit PNG does not come out white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        # Values ≤ 255 are 8-bit data widened (Pillow's own L→I;16); otherwise the full 16-bit range.
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info or mode in ("PA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        background = Image.new("RGB", im.size, (255, 255, 255))
+        background.paste(im, mask=im.getchannel("A"))
+        return background
+    return im.convert("RGB")
+
+
+def _shrink(im: Image.Image, side: int) -> Image.Image:
+    im = im.copy()
+    # reducing_gap: box-reduce by an integer factor first, then a short bicubic pass (Pillow ≥ 7).
+    im.thumbnail((side, side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return im
+
+
+def _is_uniform(pixels: np.ndarray, std_max: float) -> bool:
+    """Single-coloured or nearly so: every channel's standard deviation under `std_max` (on 0–255).
+    Measured on at most ~64×64 samples: a flat image is flat at any scale."""
+    step = max(1, max(pixels.shape[:2]) // 64)
+    sample = pixels[::step, ::step].reshape(-1, pixels.shape[-1]).astype(np.float32)
+    return bool(sample.std(axis=0).max() < std_max)
+
+
+def _encode(im: Image.Image, config: ImageConfig) -> bytes:
+    """Deterministic re-encoding: no metadata (EXIF GPS tags etc. are dropped), fixed settings."""
+    out = io.BytesIO()
+    if config.store_format == "jpeg":
+        im.save(out, "JPEG", quality=config.store_quality, optimize=False)
+    elif config.store_format == "webp":
+        im.save(out, "WEBP", quality=config.store_quality, method=4)
+    else:
+        raise ValueError(f"store_format must be 'jpeg' or 'webp', got {config.store_format!r}")
+    return out.getvalue()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix: D @ x is the DCT of a column vector x (numpy has no DCT)."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash(im: Image.Image) -> str:
+    """64-bit perceptual hash (pHash): 32×32 grey → 2-D DCT → the 8×8 lowest frequencies without the
+    DC term compared to their median. Robust to re-encoding and rescaling, so Hamming distance ≤ ~4
+    marks near-duplicates (the same photo at two sizes). Returned as 16 hex chars."""
+    grey = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float64)
+    coeffs = _DCT32 @ grey @ _DCT32.T  # (32, 32)
+    low = coeffs[:8, :8].flatten()[1:]  # 63 coefficients, DC dropped (it is the mean brightness)
+    bits = np.concatenate([[False], low > np.median(low)])
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """Bytes of a `data:[<mediatype>][;base64],<data>` URI (RFC 2397)."""
+    try:
+        header, _, payload = uri.partition(",")
+        if header.endswith(";base64"):
+            return base64.b64decode(payload, validate=False)
+        return unquote_to_bytes(payload)
+    except ValueError as e:
+        raise Skip("image.decode_error", f"bad data: URI: {e}") from None
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def make_decoder_pool(workers: int = 0) -> ThreadPoolExecutor:
+    """Pillow releases the GIL while decoding and encoding, so threads scale over cores."""
+    return ThreadPoolExecutor(
+        max_workers=workers or default_workers(), thread_name_prefix="m3w-img"
+    )
