@@ -179,3 +179,83 @@ def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]
                 current.members[suffix] = data
     if current is not None:
         yield current
+
+
+def estimated_bytes(doc: Document) -> int:
+    """Upper estimate of a document's size in a shard: tar headers and 512-byte padding included.
+
+    Used to roll a shard *before* it would cross `max_shard_bytes`, so no shard is rewritten."""
+    members = [len(json.dumps(doc.to_json(), ensure_ascii=False).encode())]
+    members += [len(n.data or b"") for n in doc.image_nodes]
+    return sum(512 + (size + 511) // 512 * 512 for size in members)
+
+
+def _tar_size(member_bytes: int) -> int:
+    """Size of the finished tar: members, the 1024-byte end-of-archive marker, and tarfile's padding of
+    the stream to whole 10240-byte records (tarfile.RECORDSIZE)."""
+    return -(-(member_bytes + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+class RollingShardWriter:
+    """Write a stream of documents into numbered shards of at most `docs_per_shard` documents and about
+    `max_shard_bytes` bytes (a single larger document still gets a shard of its own).
+
+    Shards are named `{first_index + i:06d}.tar` in `directory`; each appears only when complete
+    (ShardWriter's tmp+rename). `close()` returns the ShardInfo of every shard written, in order; on an
+    exception inside the `with` block the open shard is discarded and finished ones stay.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        docs_per_shard: int,
+        max_shard_bytes: int,
+        first_index: int = 0,
+    ) -> None:
+        if docs_per_shard < 1 or max_shard_bytes < 1:
+            raise ValueError("docs_per_shard and max_shard_bytes must be positive")
+        self.directory = Path(directory)
+        self.docs_per_shard = docs_per_shard
+        self.max_shard_bytes = max_shard_bytes
+        self.next_index = first_index
+        self.infos: list[ShardInfo] = []
+        self._writer: ShardWriter | None = None
+        self._estimate = 0
+
+    def write(self, doc: Document) -> None:
+        size = estimated_bytes(doc)
+        if self._writer is not None and (
+            self._writer.docs >= self.docs_per_shard
+            or _tar_size(self._estimate + size) > self.max_shard_bytes
+        ):
+            self._roll()
+        if self._writer is None:
+            self._writer = ShardWriter(self.directory / f"{self.next_index:06d}.tar")
+            self.next_index += 1
+            self._estimate = 0
+        self._writer.write(doc)
+        self._estimate += size
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self.infos.append(self._writer.close())
+            self._writer = None
+
+    def close(self) -> list[ShardInfo]:
+        self._roll()
+        return self.infos
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self) -> RollingShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -83,3 +83,27 @@ def test_document_json_rejects_mismatched_lists():
     record["texts"].append("extra")
     with pytest.raises(ValueError, match="differ in length"):
         Document.from_json(record)
+
+
+def test_rolling_writer_cuts_by_docs_and_bytes(tmp_path):
+    from m3w_builder.shards import RollingShardWriter
+
+    with RollingShardWriter(tmp_path, docs_per_shard=3, max_shard_bytes=10**9) as writer:
+        for i in range(7):
+            writer.write(_doc(f"http://example.com/{i}"))
+    assert [info.docs for info in writer.infos] == [3, 3, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.tar", "000001.tar", "000002.tar"]
+    urls = [
+        s.record["url"]
+        for name in ("000000", "000001", "000002")
+        for s in iter_shard(tmp_path / f"{name}.tar")
+    ]
+    assert urls == [f"http://example.com/{i}" for i in range(7)]
+    # a document is 2 KiB in the tar (json and image, each one header + one padded block); a tar is
+    # padded to 10240-byte records after its 1024-byte end marker: 4 documents fit in 10240 bytes
+    small = tmp_path / "small"
+    with RollingShardWriter(small, docs_per_shard=100, max_shard_bytes=10240) as writer:
+        for i in range(9):
+            writer.write(_doc(f"http://example.com/{i}"))
+    assert [info.docs for info in writer.infos] == [4, 4, 1]
+    assert all(info.bytes == 10240 for info in writer.infos)
