@@ -114,6 +114,7 @@ class ImageConfig:
     store_max_side: int = 1024
     min_images_per_doc: int = 1  # Flamingo drops documents left with no image
     max_images_per_doc: int = 100
+    decode_workers: int = 0  # decode/re-encode threads (Pillow releases the GIL); 0 = CPU count
 
 
 @dataclass
@@ -131,7 +132,12 @@ class FetchConfig:
     max_response_bytes: int = 10_000_000
     user_agent: str = "m3w-builder/0.1 (+https://github.com/m3w/m3w)"
     allow_private_hosts: bool = False  # SSRF guard; tests and intranet crawls lift it
+    # Hosts, IPs or CIDR networks exempt from the private-address rule, e.g. ["127.0.0.1"] in tests:
+    # narrower than allow_private_hosts, so a redirect from an allowed host to 10.0.0.1 is refused.
+    allowed_hosts: list[str] = field(default_factory=list)
     honour_robots_noai: bool = True
+    dns_cache_ttl_s: int = 300  # aiohttp's resolved-address cache; one lookup per host per 5 min
+    offline: bool = False  # never use the network: images not in the archive → image.not_archived
 
 
 @dataclass

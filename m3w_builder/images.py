@@ -38,23 +38,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from m3w_builder.config import ImageConfig
+from m3w_builder.fetch import sniff_image_format
 from m3w_builder.reasons import Skip
 
 log = logging.getLogger(__name__)
 
-# Magic bytes → format id (Pillow's format name, lower-cased). Order matters only for prefixes.
-# Sources: JPEG ITU T.81 (SOI + marker), PNG spec §5.2, GIF89a, RIFF/WebP container, ISO BMFF `ftyp`
-# brands for AVIF/HEIC, BMP `BM`, ICO reserved=0/type=1, TIFF byte-order marks.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\xff\xd8\xff", "jpeg"),
-    (0, b"\x89PNG\r\n\x1a\n", "png"),
-    (0, b"GIF87a", "gif"),
-    (0, b"GIF89a", "gif"),
-    (0, b"BM", "bmp"),
-    (0, b"\x00\x00\x01\x00", "ico"),
-    (0, b"II*\x00", "tiff"),
-    (0, b"MM\x00*", "tiff"),
-)
 # Pillow plugins allowed to open each sniffed format (an MPO is a JPEG with extra frames).
 _PLUGINS: dict[str, list[str]] = {
     "jpeg": ["JPEG", "MPO"],
@@ -67,22 +55,6 @@ _PLUGINS: dict[str, list[str]] = {
     "avif": ["AVIF"],
 }
 _STORE_EXT = {"jpeg": "jpg", "webp": "webp"}
-
-
-def sniff_image_format(data: bytes) -> str | None:
-    """The image format named by the first bytes, or None (HTML, SVG, text, unknown binary).
-
-    Servers mislabel images often enough (text/html error pages sent as image/jpeg, images sent as
-    application/octet-stream) that the Content-Type header is not evidence (WHATWG MIME Sniffing §7.1
-    sniffs images by these same signatures)."""
-    for offset, magic, name in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
-        return "avif"
-    return None
 
 
 @dataclass(slots=True)
