@@ -1,0 +1,163 @@
+"""`m3w inspect stats|show|verify|grep|html TARGET`: look inside shards before spending GPU days on them.
+
+TARGET is a shard file, a brace pattern (`shards/{000000..000099}.tar`) or a job directory (DESIGN §3).
+Everything streams: one sample's bytes in memory at a time. Each handler below parses its arguments and
+makes one library call (pipelines/inspect_*.py); exit status is non-zero when the command found a
+problem (a broken shard, a failed verification, no match, an unknown key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipelines.inspect_read import Target, resolve_target
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    try:
+        return resolve_target(args.target)
+    except FileNotFoundError as e:
+        print(f"m3w inspect: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pipelines.inspect_stats import compute_stats, format_table, plot_histograms
+
+    target = _target(args)
+    if target is None:
+        return 2
+    stats = compute_stats(target, tokenizer=args.tokenizer, progress=not args.no_progress)
+    print(json.dumps(stats.to_json(), indent=1) if args.json else format_table(stats))
+    if args.plot:
+        plot_histograms(stats, args.plot)
+        print(f"histograms written to {args.plot}", file=sys.stderr)
+    return 1 if stats.errors else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipelines.inspect_verify import verify
+
+    target = _target(args)
+    if target is None:
+        return 2
+    report = verify(target, jobs=args.jobs, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        for problem in report.problems[: args.max_problems]:
+            print(problem)
+        if len(report.problems) > args.max_problems:
+            print(f"... and {len(report.problems) - args.max_problems} more problems")
+        counts = ", ".join(f"{c} {n}" for c, n in report.counts().items())
+        status = "OK" if report.ok else f"FAILED: {len(report.problems)} problems ({counts})"
+        print(
+            f"verified {report.shards} shards, {report.docs:,} docs, {report.images:,} images, "
+            f"{report.bytes:,} bytes: {status}"
+        )
+    return 0 if report.ok else 1
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipelines.inspect_show import show
+
+    if (args.key is None) == (args.index is None):
+        print("m3w inspect show: give a KEY or --index N (not both)", file=sys.stderr)
+        return 2
+    target = _target(args)
+    if target is None:
+        return 2
+    found = show(
+        target,
+        key=args.key,
+        index=args.index,
+        images_dir=Path(args.images) if args.images else None,
+        width=args.width,
+        out=sys.stdout,
+    )
+    if not found:
+        what = f"key {args.key}" if args.key else f"index {args.index}"
+        print(f"m3w inspect show: no document with {what} in {args.target}", file=sys.stderr)
+    return 0 if found else 1
+
+
+def cmd_grep(args: argparse.Namespace) -> int:
+    from pipelines.inspect_show import grep
+
+    target = _target(args)
+    if target is None:
+        return 2
+    n = grep(
+        target,
+        args.pattern,
+        ignore_case=args.ignore_case,
+        url_only=args.url_only,
+        max_results=args.max,
+        out=sys.stdout,
+    )
+    return 0 if n else 1
+
+
+def cmd_html(args: argparse.Namespace) -> int:
+    from pipelines.inspect_html import write_gallery
+
+    target = _target(args)
+    if target is None:
+        return 2
+    summary = write_gallery(
+        target,
+        args.out,
+        n=args.n,
+        sample=args.sample,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {args.out}: {summary}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="stats | show | verify | grep | html over shards"
+    )
+    sub = parser.add_subparsers(dest="inspect_command", metavar="SUBCOMMAND", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("target", help="a shard, a brace pattern or a job directory")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("stats", cmd_stats, "documents, images, tokens, sizes, formats, languages, drops")
+    p.add_argument("--tokenizer", help="a transformers tokenizer id or path (default: whitespace)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", metavar="FILE.png", help="write histograms (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = add("show", cmd_show, "one document in reading order, images as placeholders")
+    p.add_argument("key", nargs="?", help="the document key (32 hex chars)")
+    p.add_argument("--index", type=int, help="the N-th document of the target (from 0)")
+    p.add_argument("--images", metavar="DIR", help="also write the document's images to DIR")
+    p.add_argument("--width", type=int, help="wrap width (default: the terminal's)")
+
+    p = add("verify", cmd_verify, "schema, members, images, manifest and tar integrity")
+    p.add_argument("--jobs", type=int, default=1, help="verify shards in N processes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--max-problems", type=int, default=50, help="problems listed (all counted)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = add("grep", cmd_grep, "documents whose URL or text matches a regex")
+    p.add_argument("pattern", help="a Python regular expression")
+    p.add_argument("-i", "--ignore-case", action="store_true")
+    p.add_argument("--url-only", action="store_true", help="match URLs only")
+    p.add_argument("--max", type=int, default=0, help="stop after N documents (0: all)")
+
+    p = add("html", cmd_html, "a self-contained HTML gallery of documents and stats")
+    p.add_argument("out", metavar="OUT.html")
+    p.add_argument("--n", type=int, default=50, help="documents to include")
+    p.add_argument("--sample", action="store_true", help="a uniform random sample, not the first N")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument("--no-progress", action="store_true")

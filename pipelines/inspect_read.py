@@ -1,0 +1,364 @@
+"""Streaming access to shards for `m3w inspect`: targets, a bounded tar reader, samples.
+
+Why our own tar reader instead of `tarfile` (which `m3w_builder.shards.iter_shard` uses): inspection must
+say *where* a shard is broken ("000003.tar: truncated at byte 1,234,567 inside member k.2.jpg"), check
+header checksums and the end-of-archive marker, and skip image bytes it does not need (`stats` reads a
+16-byte head to sniff the format and seeks past the rest). `tarfile` in stream mode reports neither offsets
+nor which member was cut. The format is POSIX ustar (IEEE 1003.1-1988 §10.1.1, as written by
+`ShardWriter`), plus the pax `x` and GNU `L` long-name headers other writers emit. At most one member's
+bytes are held at a time, and at most one sample's members are grouped (DESIGN §3: one sample = one
+document), so a 10 GB shard set streams in constant memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BLOCK = 512
+# `{000000..000099}` (zero-padded numeric range, as webdataset/braceexpand accept) or `{a,b,c}`.
+_BRACE_RE = re.compile(r"\{([^{}]*)\}")
+_RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+class TarFormatError(Exception):
+    """A shard is not a readable tar: carries the shard and the byte offset where reading failed."""
+
+    def __init__(self, shard: str, offset: int, message: str) -> None:
+        super().__init__(f"{shard}: {message} (at byte {offset:,})")
+        self.shard = shard
+        self.offset = offset
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------- targets
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand `{a..b}` ranges (keeping zero padding) and `{x,y}` lists, left to right, like braceexpand.
+
+    `shards/{000000..000002}.tar` → `shards/000000.tar`, `shards/000001.tar`, `shards/000002.tar`.
+    """
+    parts: list[list[str]] = []
+    pos = 0
+    for m in _BRACE_RE.finditer(pattern):
+        parts.append([pattern[pos : m.start()]])
+        body = m.group(1)
+        rng = _RANGE_RE.match(body)
+        if rng:
+            lo, hi = int(rng.group(1)), int(rng.group(2))
+            width = len(rng.group(1)) if rng.group(1).startswith("0") else 0
+            step = 1 if hi >= lo else -1
+            parts.append([str(i).zfill(width) for i in range(lo, hi + step, step)])
+        elif "," in body:
+            parts.append(body.split(","))
+        else:
+            parts.append([m.group(0)])
+        pos = m.end()
+    parts.append([pattern[pos:]])
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
+@dataclass(slots=True)
+class Target:
+    """What the user pointed at: a list of shard files, plus the job directory's metadata if any."""
+
+    spec: str
+    shards: list[Path]
+    job_dir: Path | None = None
+    manifest: list[dict[str, Any]] | None = None
+    report: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)  # e.g. unreadable manifest lines
+
+
+def _read_manifest(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{lineno}: bad JSON line ({e.msg})")
+    return rows
+
+
+def resolve_target(spec: str | Path) -> Target:
+    """A shard file, a brace pattern, or a job directory (DESIGN §3: `shards/`, manifest, report).
+
+    A job directory lists shards in name order (the build numbers them); `*.tmp` files are unfinished
+    shards (written then renamed, DESIGN §3) and are never read.
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir():
+        shard_dir = path / "shards" if (path / "shards").is_dir() else path
+        shards = sorted(p for p in shard_dir.iterdir() if p.name.endswith(".tar") and p.is_file())
+        target = Target(spec=spec, shards=shards, job_dir=path if shard_dir != path else None)
+        if target.job_dir is not None:
+            if (path / "manifest.jsonl").is_file():
+                target.manifest = _read_manifest(path / "manifest.jsonl", target.problems)
+            if (path / "report.json").is_file():
+                try:
+                    target.report = json.loads((path / "report.json").read_text())
+                except json.JSONDecodeError as e:
+                    target.problems.append(f"{path / 'report.json'}: bad JSON ({e.msg})")
+        return target
+    names = expand_braces(spec)
+    missing = [n for n in names if not Path(n).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"no such shard: {missing[0]}{more}")
+    return Target(spec=spec, shards=[Path(n) for n in names])
+
+
+# ---------------------------------------------------------------------------------------- tar reader
+
+
+@dataclass(slots=True)
+class Member:
+    """One regular file in a tar: `data` is the whole payload, the first `head` bytes, or None."""
+
+    name: str
+    offset: int  # offset of its (first) header block in the file
+    size: int
+    data: bytes | None
+    type: bytes = b"0"
+
+
+def _octal(field_: bytes) -> int:
+    if field_[:1] and field_[0] & 0x80:  # GNU base-256 for sizes ≥ 8 GiB
+        return int.from_bytes(field_[1:], "big")
+    text = field_.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _checksum_ok(header: bytes) -> bool:
+    stored = _octal(header[148:156])
+    unsigned = sum(header[:148]) + 256 + sum(header[156:])  # chksum field counted as 8 spaces
+    return stored == unsigned
+
+
+def _pax_path(payload: bytes) -> str | None:
+    """The `path=` record of a pax extended header (POSIX.1-2001 pax format)."""
+    pos = 0
+    while pos < len(payload):
+        space = payload.index(b" ", pos)
+        length = int(payload[pos:space])
+        key, _, value = payload[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        pos += length
+    return None
+
+
+class TarReader:
+    """Iterate the regular-file members of one tar file, checking its structure as it goes.
+
+    `want(name)` decides per member: True reads the payload, an int N reads only the first N bytes (and
+    seeks past the rest on a seekable file), False/0 skips it. Raises TarFormatError with the offset on a
+    bad header checksum, a truncated header or payload, or a missing end-of-archive marker.
+    """
+
+    def __init__(self, fileobj: IO[bytes], name: str) -> None:
+        self.f = fileobj
+        self.name = name
+        self.pos = 0
+        try:
+            self.size: int | None = os.fstat(fileobj.fileno()).st_size
+            fileobj.seek(0, os.SEEK_CUR)
+        except (OSError, AttributeError, ValueError):
+            self.size = None  # a pipe or in-memory stream: read everything, check lengths
+
+    def _read(self, n: int, what: str) -> bytes:
+        data = self.f.read(n)
+        if len(data) < n:
+            raise TarFormatError(
+                self.name,
+                self.pos + len(data),
+                f"truncated: {what} needs {n:,} bytes, only {len(data):,} left",
+            )
+        self.pos += n
+        return data
+
+    def _skip(self, n: int, what: str) -> None:
+        if n <= 0:
+            return
+        if self.size is not None:
+            if self.pos + n > self.size:
+                raise TarFormatError(
+                    self.name,
+                    self.size,
+                    f"truncated: {what} needs {n:,} bytes, only {self.size - self.pos:,} left",
+                )
+            self.f.seek(n, os.SEEK_CUR)
+            self.pos += n
+            return
+        while n > 0:
+            chunk = self._read(min(n, 1 << 20), what)
+            n -= len(chunk)
+
+    def members(self, want: Callable[[str], bool | int] = lambda _: True) -> Iterator[Member]:
+        long_name: str | None = None
+        while True:
+            start = self.pos
+            header = self.f.read(BLOCK)
+            if not header:
+                raise TarFormatError(
+                    self.name, start, "truncated: file ends without the end-of-archive marker"
+                )
+            if len(header) < BLOCK:
+                raise TarFormatError(
+                    self.name, start, f"truncated: partial header ({len(header)} of {BLOCK} bytes)"
+                )
+            self.pos += BLOCK
+            if header == bytes(BLOCK):
+                if self.f.read(BLOCK) != bytes(BLOCK):  # POSIX: two zero blocks end the archive
+                    raise TarFormatError(self.name, start, "truncated end-of-archive marker")
+                self.pos += BLOCK
+                return
+            if not _checksum_ok(header):
+                raise TarFormatError(
+                    self.name, start, "bad tar header checksum (corrupt or not a tar)"
+                )
+            size = _octal(header[124:136])
+            kind = header[156:157] or b"0"
+            padded = -size % BLOCK
+            name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            if kind in (b"x", b"L"):  # pax extended / GNU long name: applies to the next member
+                payload = self._read(size, f"extended header at {start}")
+                self._skip(padded, "padding")
+                long_name = (
+                    _pax_path(payload)
+                    if kind == b"x"
+                    else payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                )
+                continue
+            if kind == b"g":
+                self._skip(size + padded, "global header")
+                continue
+            if long_name is not None:
+                name, long_name = long_name, None
+            regular = kind in (b"0", b"\0", b"7")
+            what = f"member {name!r} ({size:,} bytes)"
+            wanted = want(name) if regular else False
+            if wanted is True:
+                data: bytes | None = self._read(size, what)
+                self._skip(padded, what)
+            elif wanted:
+                head = min(int(wanted), size)
+                data = self._read(head, what)
+                self._skip(size - head + padded, what)
+            else:
+                data = None
+                self._skip(size + padded, what)
+            yield Member(name=name, offset=start, size=size, data=data, type=kind)
+
+
+# ------------------------------------------------------------------------------------------- samples
+
+
+@dataclass(slots=True)
+class Sample:
+    """One document of a shard: its JSON record (None if absent or unparsable) and its members.
+
+    `members` maps the suffix after the key ("1.jpg") to what was read (whole bytes or a head);
+    `sizes` maps it to the full member size, so `stats` knows image bytes without reading them.
+    """
+
+    shard: str
+    key: str
+    offset: int
+    record: dict[str, Any] | None = None
+    json_error: str | None = None
+    members: dict[str, bytes | None] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)  # non-regular entries, duplicate suffixes
+
+    @property
+    def url(self) -> str:
+        return str((self.record or {}).get("url", ""))
+
+
+def iter_samples(
+    path: str | Path, images: bool | int = True, fileobj: IO[bytes] | None = None
+) -> Iterator[Sample]:
+    """Group consecutive members by key (the name up to the first dot, as webdataset does).
+
+    `images`: True reads image bytes, an int reads that many head bytes, False reads none.
+    """
+    name = Path(path).name
+
+    def want(member: str) -> bool | int:
+        return True if member.endswith(".json") else images
+
+    def run(f: IO[bytes]) -> Iterator[Sample]:
+        current: Sample | None = None
+        for m in TarReader(f, name).members(want):
+            key, _, suffix = m.name.partition(".")
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                current = Sample(shard=name, key=key, offset=m.offset)
+            if suffix in current.sizes:
+                current.extra.append(f"duplicate member {m.name!r} at byte {m.offset:,}")
+            current.sizes[suffix] = m.size
+            if suffix == "json":
+                try:
+                    current.record = json.loads(m.data or b"")
+                    if not isinstance(current.record, dict):
+                        current.json_error = "record is not a JSON object"
+                        current.record = None
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    current.json_error = f"bad JSON ({e})"
+            else:
+                current.members[suffix] = m.data
+        if current is not None:
+            yield current
+
+    if fileobj is not None:
+        yield from run(fileobj)
+        return
+    with open(path, "rb", buffering=1 << 20) as f:
+        yield from run(f)
+
+
+def iter_target(
+    target: Target,
+    images: bool | int = True,
+    progress: bool = False,
+    on_error: Callable[[TarFormatError], None] | None = None,
+) -> Iterator[Sample]:
+    """All samples of all shards in order; `progress` shows a byte-based tqdm bar on stderr.
+
+    A broken shard raises TarFormatError, unless `on_error` is given: then it is called and the next
+    shard is read (the samples before the break have been yielded already).
+    """
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(p.stat().st_size for p in target.shards)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="inspect", leave=False)
+    try:
+        for shard in target.shards:
+            try:
+                yield from iter_samples(shard, images=images)
+            except TarFormatError as e:
+                if on_error is None:
+                    raise
+                on_error(e)
+            if bar is not None:
+                bar.update(shard.stat().st_size)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,161 @@
+"""`m3w inspect show` and `grep`: read documents in the terminal, in reading order.
+
+An image becomes a placeholder line, `[image 2 · 640×480 · attached → following · alt="..."]`, numbered
+from 1 as in DESIGN §4 (chunk k is the text that image k's `<image>` token starts), so what you read is
+the order the trainer sees. The arrow says which text the image conditions: → the text after it,
+← the text before it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipelines.inspect_read import Sample, Target, iter_target
+from pipelines.inspect_stats import sniff_format
+
+ARROWS = {"following": "attached → following", "preceding": "attached ← preceding"}
+EXT_OF_FORMAT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif"}
+
+
+def image_label(number: int, image: dict[str, Any]) -> str:
+    """The placeholder text for image `number` (1-based) of a record's `images` list."""
+    parts = [f"image {number}"]
+    if image.get("width") and image.get("height"):
+        parts.append(f"{image['width']}×{image['height']}")
+    parts.append(ARROWS.get(str(image.get("attach")), f"attach={image.get('attach')!r}"))
+    if image.get("alt"):
+        alt = str(image["alt"])
+        parts.append('alt="' + (alt if len(alt) <= 80 else alt[:77] + "...") + '"')
+    return "[" + " · ".join(parts) + "]"
+
+
+def render(sample: Sample, width: int) -> str:
+    """The whole document as terminal text: a header, then text chunks and image placeholders."""
+    rec = sample.record or {}
+    source = rec.get("source") or {}
+    lang = rec.get("lang") or "?"
+    if rec.get("lang_score") is not None:
+        lang += f" ({rec['lang_score']:.2f})"
+    head = [
+        f"key     {sample.key}   shard {sample.shard} @ byte {sample.offset:,}",
+        f"url     {rec.get('url', '')}",
+        f"lang    {lang}   p_next {rec.get('p_next')}   fetched {rec.get('fetched')}",
+        f"source  {source.get('warc') or '-'} @ {source.get('offset')}",
+    ]
+    lines = [*head, "─" * min(width, 100)]
+    number = 0
+    for text, image in zip(rec.get("texts") or [], rec.get("images") or [], strict=False):
+        if isinstance(text, str):
+            lines.append(textwrap.fill(text, width=width) if text.strip() else "")
+        elif isinstance(image, dict):
+            number += 1
+            label = image_label(number, image)
+            lines.append(textwrap.fill(label, width=width, subsequent_indent="  "))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _find(target: Target, key: str | None, index: int | None, images: bool | int) -> Sample | None:
+    for i, sample in enumerate(iter_target(target, images=images)):
+        if (key is not None and sample.key == key) or (key is None and i == index):
+            return sample
+    return None
+
+
+def write_images(sample: Sample, out_dir: Path) -> list[Path]:
+    """Write `{key}.{pos}.{ext}` files; the extension follows the bytes' real format."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, data in sorted(sample.members.items()):
+        if not data:
+            continue
+        stem, _, ext = suffix.rpartition(".")
+        ext = EXT_OF_FORMAT.get(sniff_format(data[:16]), ext)
+        path = out_dir / f"{sample.key}.{stem}.{ext}"
+        path.write_bytes(data)
+        written.append(path)
+    return written
+
+
+def show(
+    target: Target,
+    key: str | None = None,
+    index: int | None = None,
+    images_dir: Path | None = None,
+    width: int | None = None,
+    out: TextIO | None = None,
+) -> bool:
+    """Print one document (by key, or the index-th of the target); False if there is no such one."""
+    if (key is None) == (index is None):
+        raise ValueError("give exactly one of a key or an index")
+    sample = _find(target, key, index, images=True if images_dir else False)
+    if sample is None:
+        return False
+    width = width or max(40, shutil.get_terminal_size((100, 24)).columns)
+    text = render(sample, width)
+    if images_dir is not None:
+        paths = write_images(sample, images_dir)
+        text += f"\n{len(paths)} images written to {images_dir}\n"
+    if out is not None:
+        out.write(text)
+    return True
+
+
+def snippet(
+    text: str, m: re.Match[str], context: int = 60, mark: tuple[str, str] = ("»", "«")
+) -> str:
+    """The match with `context` characters each side, on one line."""
+    a, b = max(0, m.start() - context), min(len(text), m.end() + context)
+    inner = f"{mark[0]}{text[m.start() : m.end()]}{mark[1]}"
+    s = (
+        ("…" if a else "")
+        + text[a : m.start()]
+        + inner
+        + text[m.end() : b]
+        + ("…" if b < len(text) else "")
+    )
+    return " ".join(s.split())
+
+
+def grep_target(
+    target: Target, pattern: str, ignore_case: bool = False, url_only: bool = False
+) -> Iterator[tuple[Sample, str, str]]:
+    """(sample, where, snippet) for the first match in each matching document; `where` is url or text N."""
+    regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    for sample in iter_target(target, images=False):
+        rec = sample.record or {}
+        url = str(rec.get("url", ""))
+        m = regex.search(url)
+        if m:
+            yield sample, "url", snippet(url, m)
+            continue
+        if url_only:
+            continue
+        for pos, text in enumerate(rec.get("texts") or []):
+            if isinstance(text, str) and (m := regex.search(text)):
+                yield sample, f"text {pos}", snippet(text, m)
+                break
+
+
+def grep(
+    target: Target,
+    pattern: str,
+    ignore_case: bool = False,
+    url_only: bool = False,
+    max_results: int = 0,
+    out: TextIO | None = None,
+) -> int:
+    """Print `key  shard  url` and a snippet per matching document; returns how many matched."""
+    n = 0
+    for sample, where, snip in grep_target(target, pattern, ignore_case, url_only):
+        n += 1
+        if out is not None:
+            out.write(f"{sample.key}  {sample.shard}  {sample.url}\n    {where}: {snip}\n")
+        if max_results and n >= max_results:
+            break
+    return n

@@ -1,0 +1,329 @@
+"""`m3w inspect verify`: is every shard exactly what DESIGN §3 promises?
+
+Checked per shard, in one streaming read (the file's sha256 is computed from the same bytes):
+- tar integrity: header checksums, no truncated header or payload, the two-zero-block end marker, nothing
+  but zero padding after it (TarFormatError names the shard and the byte offset);
+- each sample: a parsable `{key}.json` of schema m3w/1 whose lists obey the one-non-null rule, a key of 32
+  hex chars (a dot would split the sample in webdataset, docs/format.md), every referenced image member
+  present and decodable by Pillow in the format its extension says, no stray members, no key twice;
+- against the job's manifest.jsonl: sha256, docs, images and bytes per shard; shards missing from either.
+Every problem is a `Problem` with a code, so the summary counts them like the build's reason codes.
+Shards verify independently, so `--jobs N` fans them out over processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image
+
+from m3w_builder.document import SCHEMA
+from pipelines.inspect_read import Sample, TarFormatError, Target, iter_samples
+
+log = logging.getLogger(__name__)
+
+KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+MEMBER_RE = re.compile(r"^(\d+)\.(jpg|jpeg|png|webp)$")
+PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+ATTACH = ("following", "preceding")
+
+
+@dataclass(slots=True)
+class Problem:
+    code: str  # e.g. tar.truncated, json.bad, member.missing, manifest.sha256
+    shard: str
+    message: str
+    offset: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = self.shard + (f" @ byte {self.offset:,}" if self.offset is not None else "")
+        key = f" [{self.key}]" if self.key else ""
+        return f"{self.code:<18} {where}{key}: {self.message}"
+
+
+@dataclass(slots=True)
+class ShardCheck:
+    """Result of verifying one shard (picklable: it comes back from a worker process)."""
+
+    shard: str
+    docs: int = 0
+    images: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    keys: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _HashingReader(io.RawIOBase):
+    """Read-through sha256. It has no fileno, so TarReader reads (never seeks) every byte once."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+
+def check_record(sample: Sample) -> Iterator[tuple[str, str]]:
+    """(code, message) for each way the record breaks schema m3w/1 (docs/format.md)."""
+    rec = sample.record or {}
+    if rec.get("schema") != SCHEMA:
+        yield "schema.version", f"schema is {rec.get('schema')!r}, expected {SCHEMA!r}"
+    if "key" in rec and rec["key"] != sample.key:
+        yield "schema.key", f"record key {rec['key']!r} differs from member key {sample.key!r}"
+    if not isinstance(rec.get("url"), str) or not rec.get("url"):
+        yield "schema.url", "url missing or not a string"
+    texts, images = rec.get("texts"), rec.get("images")
+    if not isinstance(texts, list) or not isinstance(images, list):
+        yield "schema.lists", "texts and images must both be lists"
+        return
+    if len(texts) != len(images):
+        yield "schema.lists", f"texts ({len(texts)}) and images ({len(images)}) differ in length"
+        return
+    for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
+        if (text is None) == (image is None):
+            yield "schema.position", f"position {pos}: exactly one of texts/images must be non-null"
+        elif text is not None and not isinstance(text, str):
+            yield "schema.text", f"position {pos}: text is {type(text).__name__}, not a string"
+        elif image is not None:
+            yield from _check_image(pos, image)
+
+
+def _check_image(pos: int, image: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(image, dict):
+        yield "schema.image", f"position {pos}: image entry is not an object"
+        return
+    m = MEMBER_RE.match(str(image.get("member")))
+    if not m or int(m.group(1)) != pos:
+        yield (
+            "schema.member",
+            f"position {pos}: member {image.get('member')!r} is not '{pos}.<ext>'",
+        )
+    for dim in ("width", "height"):
+        v = image.get(dim)
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            yield "schema.image", f"position {pos}: {dim} {v!r} is not a positive integer"
+    if image.get("attach") not in ATTACH:
+        yield "schema.attach", f"position {pos}: attach {image.get('attach')!r} not in {ATTACH}"
+
+
+def _decode(data: bytes, ext: str) -> str | None:
+    """None if Pillow fully decodes `data` as the format `ext` names, else why not."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.format != PIL_FORMATS.get(ext):
+                return f"bytes are {img.format}, extension says {ext}"
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the finding itself
+        return f"not decodable: {type(e).__name__}: {e}"
+    return None
+
+
+def check_sample(sample: Sample) -> Iterator[tuple[str, str]]:
+    """(code, message) for one sample: key, record, members."""
+    if not KEY_RE.match(sample.key):
+        dotted = [s for s in sample.sizes if s != "json" and not MEMBER_RE.match(s)]
+        hint = " (a dot in the key splits the sample in webdataset)" if dotted else ""
+        yield "key.invalid", f"key {sample.key!r} is not 32 lowercase hex chars{hint}"
+    for extra in sample.extra:
+        yield "member.duplicate", extra
+    if sample.record is None:
+        yield (
+            ("json.bad", sample.json_error)
+            if sample.json_error
+            else ("json.missing", f"no {sample.key}.json among {sorted(sample.sizes)}")
+        )
+        return
+    yield from check_record(sample)
+    referenced: set[str] = set()
+    for image in sample.record.get("images") or []:
+        if not isinstance(image, dict) or not isinstance(image.get("member"), str):
+            continue
+        member = image["member"]
+        referenced.add(member)
+        data = sample.members.get(member)
+        if data is None:
+            yield "member.missing", f"image member {sample.key}.{member} is not in the shard"
+            continue
+        why = _decode(data, member.rsplit(".", 1)[-1])
+        if why:
+            yield "image.undecodable", f"{sample.key}.{member}: {why}"
+    for suffix in sorted(set(sample.sizes) - referenced - {"json"}):
+        yield "member.stray", f"member {sample.key}.{suffix} is not referenced by the record"
+
+
+def verify_shard(path: str | Path) -> ShardCheck:
+    """Verify one shard file; never raises for a broken shard (the problems say what is wrong)."""
+    path = Path(path)
+    check = ShardCheck(shard=path.name)
+    seen: set[str] = set()
+    with open(path, "rb", buffering=1 << 20) as raw:
+        f = _HashingReader(raw)
+        try:
+            for sample in iter_samples(path, images=True, fileobj=f):
+                if sample.key in seen:
+                    check.problems.append(
+                        Problem(
+                            "key.duplicate",
+                            check.shard,
+                            "key appears again after other samples (webdataset splits it)",
+                            sample.offset,
+                            sample.key,
+                        )
+                    )
+                seen.add(sample.key)
+                check.keys.append(sample.key)
+                check.docs += sample.record is not None
+                check.images += sum(1 for s in sample.sizes if s != "json")
+                for code, message in check_sample(sample):
+                    check.problems.append(
+                        Problem(code, check.shard, message, sample.offset, sample.key)
+                    )
+            _check_trailer(f, check)
+        except TarFormatError as e:
+            code = "tar.truncated" if "truncated" in e.message else "tar.corrupt"
+            check.problems.append(Problem(code, check.shard, e.message, e.offset))
+    check.bytes = f.count
+    check.sha256 = f.hash.hexdigest()
+    return check
+
+
+def _check_trailer(f: _HashingReader, check: ShardCheck) -> None:
+    """After the end marker a tar holds only zero padding (to its 10240-byte record size)."""
+    while chunk := f.read(1 << 20):
+        stripped = chunk.lstrip(b"\0")
+        if stripped:
+            offset = f.count - len(stripped)
+            check.problems.append(
+                Problem("tar.trailing", check.shard, "non-zero bytes after end-of-archive", offset)
+            )
+            while f.read(1 << 20):  # hash the rest so the sha256 still describes the file
+                pass
+            return
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    shards: int = 0
+    docs: int = 0
+    images: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(p.code for p in self.problems).most_common())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "shards": self.shards,
+            "docs": self.docs,
+            "images": self.images,
+            "bytes": self.bytes,
+            "problem_counts": self.counts(),
+            "problems": [
+                {
+                    "code": p.code,
+                    "shard": p.shard,
+                    "offset": p.offset,
+                    "key": p.key,
+                    "message": p.message,
+                }
+                for p in self.problems
+            ],
+        }
+
+
+def _check_manifest(target: Target, checks: list[ShardCheck], report: VerifyReport) -> None:
+    if target.job_dir is None:
+        return
+    if target.manifest is None:
+        report.problems.append(Problem("manifest.missing", "manifest.jsonl", "job has no manifest"))
+        return
+    rows = {str(r.get("name")): r for r in target.manifest}
+    for check in checks:
+        row = rows.pop(check.shard, None)
+        if row is None:
+            report.problems.append(
+                Problem("manifest.unlisted", check.shard, "shard is not listed in manifest.jsonl")
+            )
+            continue
+        if row.get("sha256") != check.sha256:
+            report.problems.append(
+                Problem(
+                    "manifest.sha256",
+                    check.shard,
+                    f"sha256 {check.sha256[:16]}… but manifest says {str(row.get('sha256'))[:16]}…",
+                )
+            )
+        for field_ in ("docs", "images", "bytes"):
+            if row.get(field_) != getattr(check, field_):
+                report.problems.append(
+                    Problem(
+                        f"manifest.{field_}",
+                        check.shard,
+                        f"{field_} is {getattr(check, field_):,}, manifest says {row.get(field_)}",
+                    )
+                )
+    for name in rows:
+        report.problems.append(
+            Problem("manifest.absent", name, "listed in manifest.jsonl but not in shards/")
+        )
+
+
+def verify(target: Target, jobs: int = 1, progress: bool = False) -> VerifyReport:
+    """Verify every shard of `target` (in `jobs` processes), then the manifest and cross-shard keys."""
+    report = VerifyReport(shards=len(target.shards))
+    report.problems += [Problem("job.unreadable", target.spec, p) for p in target.problems]
+    paths = [str(p) for p in target.shards]
+    if jobs > 1 and len(paths) > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a possibly threaded parent
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            checks = list(_progress(pool.map(verify_shard, paths), len(paths), progress))
+    else:
+        checks = list(_progress(map(verify_shard, paths), len(paths), progress))
+    owner: dict[str, str] = {}
+    for check in checks:
+        report.docs += check.docs
+        report.images += check.images
+        report.bytes += check.bytes
+        report.problems += check.problems
+        for key in check.keys:
+            if owner.setdefault(key, check.shard) != check.shard:
+                report.problems.append(
+                    Problem("key.duplicate", check.shard, f"key also in {owner[key]}", key=key)
+                )
+    _check_manifest(target, checks, report)
+    return report
+
+
+def _progress(it: Iterator[ShardCheck], total: int, on: bool) -> Iterator[ShardCheck]:
+    if not on:
+        return it
+    from tqdm import tqdm
+
+    return iter(tqdm(it, total=total, unit="shard", desc="verify", leave=False))

@@ -1,0 +1,137 @@
+"""Generate small, valid m3w/1 job directories for inspect tests and benchmarks.
+
+Images are drawn with Pillow (shapes and a label, so a screenshot shows which is which), texts are drawn
+from a small multilingual word list, and everything is seeded: the same arguments give the same bytes.
+Shards are written with the real `ShardWriter`, the manifest from its `ShardInfo`s, and a report.json
+with reason codes, so the inspect commands see exactly what a build would leave behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from m3w_builder.document import Document, ImageNode, TextNode
+from m3w_builder.shards import ShardWriter
+
+WORDS = {
+    "en": "the quick brown fox jumps over a lazy dog while river light falls on stone and garden".split(),
+    "fr": "le chat noir dort sur la table pendant que la pluie tombe sur le jardin et la ville".split(),
+    "de": "der alte baum steht am fluss und die kinder spielen im garten bei sonne und wind".split(),
+}
+COLOURS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#003d5b", "#66a182", "#8d96a3"]
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def draw_image(rng: random.Random, width: int, height: int, ext: str, label: str) -> bytes:
+    """A picture with a background, a few shapes and `label` written on it, encoded as `ext`."""
+    img = Image.new("RGB", (width, height), rng.choice(COLOURS))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = x0 + rng.randrange(8, width // 2 + 9), y0 + rng.randrange(8, height // 2 + 9)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x0, y0, x1, y1), fill=rng.choice(COLOURS), outline="white")
+    draw.text((6, 6), label, fill="white")
+    buf = io.BytesIO()
+    img.save(buf, format=FORMATS[ext], quality=85)
+    return buf.getvalue()
+
+
+def make_document(rng: random.Random, url: str, n_images: int, text_words: int = 40) -> Document:
+    """Text and images alternating in reading order; attachment drawn once per page (DESIGN §4)."""
+    lang = rng.choice(sorted(WORDS))
+    attach = "following" if rng.random() < 0.5 else "preceding"
+    nodes: list[TextNode | ImageNode] = []
+
+    def text() -> TextNode:
+        n = rng.randrange(max(1, text_words // 2), text_words + 1)
+        words = [rng.choice(WORDS[lang]) for _ in range(n)]
+        return TextNode(" ".join(words).capitalize() + ".")
+
+    nodes.append(text())
+    for i in range(n_images):
+        width, height = rng.randrange(64, 320), rng.randrange(64, 240)
+        ext = rng.choice(sorted(FORMATS))
+        data = draw_image(rng, width, height, ext, f"img {i} {attach[:4]}")
+        nodes.append(
+            ImageNode(
+                src=f"{url}/img{i}.{ext}",
+                alt=f"picture {i} of {url.rsplit('/', 1)[-1]}",
+                width=width,
+                height=height,
+                data=data,
+                ext=ext,
+                sha256=hashlib.sha256(data).hexdigest(),
+                attach=attach,
+            )
+        )
+        nodes.append(text())
+    return Document(
+        url=url,
+        nodes=nodes,
+        source_file="synthetic.warc.gz",
+        source_offset=rng.randrange(1 << 20),
+        fetched="2026-11-25T00:00:00Z",
+        lang=lang,
+        lang_score=round(rng.uniform(0.6, 1.0), 3),
+        p_next=0.5,
+        stats={"words": sum(len(t.split()) for t in Document(url=url, nodes=nodes).texts if t)},
+    )
+
+
+@dataclass(slots=True)
+class Job:
+    """What was generated: the job dir, and each document in shard order (for exact assertions)."""
+
+    root: Path
+    shards: list[Path] = field(default_factory=list)
+    docs: list[Document] = field(default_factory=list)
+    shard_of: dict[str, str] = field(default_factory=dict)  # key → shard name
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def make_job(
+    root: str | Path,
+    n_shards: int = 2,
+    docs_per_shard: int = 4,
+    max_images: int = 3,
+    seed: int = 0,
+    text_words: int = 40,
+) -> Job:
+    """Write `root/shards/NNNNNN.tar`, `root/manifest.jsonl` and `root/report.json` (DESIGN §3)."""
+    rng = random.Random(seed)
+    root = Path(root)
+    job = Job(root=root)
+    manifest = []
+    for s in range(n_shards):
+        path = root / "shards" / f"{s:06d}.tar"
+        writer = ShardWriter(path)
+        try:
+            for d in range(docs_per_shard):
+                url = f"https://example.org/s{s}/page{d}"
+                doc = make_document(rng, url, rng.randrange(1, max_images + 1), text_words)
+                writer.write(doc)
+                job.docs.append(doc)
+                job.shard_of[doc.key] = path.name
+        except BaseException:
+            writer.abort()
+            raise
+        manifest.append(writer.close().to_json())
+        job.shards.append(path)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+    job.reasons = {"html.too_large": 3, "text.stopword_ratio": 11, "image.too_small": 7}
+    report = {
+        "docs": len(job.docs),
+        "images": sum(len(d.image_nodes) for d in job.docs),
+        "reasons": job.reasons,
+        "languages": {},
+    }
+    (root / "report.json").write_text(json.dumps(report, indent=1))
+    return job

@@ -1,0 +1,415 @@
+"""`m3w inspect` over generated job directories and hand-broken shards (real tars, real Pillow images)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+from shardgen import make_job
+
+from pipelines.cli import main
+from pipelines.inspect_read import TarFormatError, expand_braces, iter_samples, resolve_target
+from pipelines.inspect_stats import Histogram, compute_stats
+from pipelines.inspect_verify import verify
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return make_job(tmp_path_factory.mktemp("job"), n_shards=3, docs_per_shard=4, seed=1)
+
+
+def _copy_job(job, tmp_path: Path) -> Path:
+    """A private copy of the job dir, to break without touching the shared fixture."""
+    root = tmp_path / "job"
+    (root / "shards").mkdir(parents=True)
+    for name in ("manifest.jsonl", "report.json"):
+        (root / name).write_bytes((job.root / name).read_bytes())
+    for shard in job.shards:
+        (root / "shards" / shard.name).write_bytes(shard.read_bytes())
+    return root
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Re-tar `path` member by member through `edit(name, data) -> [(name, data), ...]`."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for name, data in members:
+            for new_name, new_data in edit(name, data):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                out.addfile(info, io.BytesIO(new_data))
+    path.write_bytes(buf.getvalue())
+
+
+def _fix_manifest(root: Path) -> None:
+    """Make manifest.jsonl agree with the (edited) shards, so only the edit itself is a finding."""
+    lines = [json.loads(x) for x in (root / "manifest.jsonl").read_text().splitlines()]
+    for line in lines:
+        data = (root / "shards" / line["name"]).read_bytes()
+        line["sha256"], line["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _codes(root: Path, jobs: int = 1) -> set[str]:
+    return {p.code for p in verify(resolve_target(root), jobs=jobs).problems}
+
+
+# ------------------------------------------------------------------------------------------ targets
+
+
+def test_expand_braces_keeps_padding_and_lists():
+    assert expand_braces("s/{000008..000011}.tar") == [
+        "s/000008.tar",
+        "s/000009.tar",
+        "s/000010.tar",
+        "s/000011.tar",
+    ]
+    assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def test_targets_job_dir_pattern_and_file_agree(job):
+    by_dir = resolve_target(job.root)
+    assert by_dir.shards == job.shards and by_dir.manifest and by_dir.report
+    by_pattern = resolve_target(str(job.root / "shards" / "{000000..000002}.tar"))
+    assert by_pattern.shards == job.shards and by_pattern.manifest is None
+    assert resolve_target(job.shards[1]).shards == [job.shards[1]]
+    with pytest.raises(FileNotFoundError, match="000003.tar"):
+        resolve_target(str(job.root / "shards" / "{000000..000003}.tar"))
+
+
+def test_reader_matches_tarfile_and_keeps_one_sample(job):
+    samples = list(iter_samples(job.shards[0]))
+    assert [s.key for s in samples] == [d.key for d in job.docs[:4]]
+    with tarfile.open(job.shards[0]) as tar:
+        expected = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    for s in samples:
+        for suffix, data in s.members.items():
+            assert expected[f"{s.key}.{suffix}"] == data
+        assert s.record == json.loads(expected[f"{s.key}.json"])
+
+
+# -------------------------------------------------------------------------------------------- stats
+
+
+def test_stats_counts_match_generated_documents(job):
+    stats = compute_stats(resolve_target(job.root)).to_json()
+    docs = job.docs
+    images = [im for d in docs for im in d.image_nodes]
+    assert stats["docs"] == len(docs) == 12
+    assert stats["images"] == len(images)
+    assert stats["tokens"] == sum(len(t.split()) for d in docs for t in d.texts if t)
+    assert stats["bytes"]["images"] == sum(len(im.data) for im in images)
+    assert stats["bytes"]["shards"] == sum(p.stat().st_size for p in job.shards)
+    fmt = {"jpg": "jpeg", "png": "png", "webp": "webp"}
+    expect_formats = {}
+    for im in images:
+        expect_formats[fmt[im.ext]] = expect_formats.get(fmt[im.ext], 0) + 1
+    assert stats["formats"] == expect_formats
+    assert sum(stats["attach"].values()) == len(images)
+    assert stats["attach"].get("following", 0) == sum(im.attach == "following" for im in images)
+    assert sum(stats["languages"].values()) == 12
+    assert stats["image_width"]["max"] == max(im.width for im in images)
+    assert stats["images_per_doc"]["n"] == 12
+    assert stats["reasons"] == dict(sorted(job.reasons.items(), key=lambda kv: -kv[1]))
+    assert stats["errors"] == []
+
+
+def test_histogram_quantiles_and_merge():
+    a, b = Histogram(), Histogram()
+    for v in range(0, 8):
+        a.add(v)
+    for v in (100, 1000):
+        b.add(v)
+    assert a.quantile(0.5) == 3 and a.lo == 0 and a.hi == 7
+    a.merge(b)
+    assert a.n == 10 and a.hi == 1000 and a.quantile(1.0) == 1000
+    assert 96 <= a.quantile(0.9) <= 100  # 100 lies in the [96, 112) bin
+
+
+def test_stats_with_a_transformers_tokenizer(job, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # a character-level tokenizer: every non-space character is one token
+    vocab = {"[UNK]": 0}
+    for d in job.docs:
+        for t in d.texts:
+            for ch in t or "":
+                vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(pattern="", behavior="isolated")]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
+    stats = compute_stats(resolve_target(job.root), tokenizer=str(tmp_path))
+    assert stats.tokenizer == str(tmp_path)
+    assert stats.tokens == sum(len(t.replace(" ", "")) for d in job.docs for t in d.texts if t)
+
+
+def test_cli_stats_json_and_plot(job, tmp_path, capsys):
+    plot = tmp_path / "h.png"
+    assert main(["inspect", "stats", str(job.root), "--json", "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["docs"] == 12
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["inspect", "stats", str(job.shards[0]), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"documents\s+4\n", table) and "attachment" in table
+
+
+def test_stats_reports_a_broken_shard_and_goes_on(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    stats = compute_stats(resolve_target(root))
+    assert stats.docs >= 8  # the other two shards are all read
+    assert len(stats.errors) == 1 and "000000.tar" in stats.errors[0]
+    assert main(["inspect", "stats", str(root), "--no-progress"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- verify
+
+
+def test_verify_clean_job_passes(job, capsys):
+    report = verify(resolve_target(job.root))
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.shards, report.docs) == (3, 12)
+    assert main(["inspect", "verify", str(job.root), "--no-progress"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_verify_truncated_tar_names_shard_and_offset(job, tmp_path, capsys):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:5000])
+    report = verify(resolve_target(root))
+    trunc = [p for p in report.problems if p.code == "tar.truncated"]
+    assert len(trunc) == 1 and trunc[0].shard == "000001.tar"
+    assert trunc[0].offset is not None and trunc[0].offset <= 5000
+    assert "manifest.sha256" in {p.code for p in report.problems}
+    assert main(["inspect", "verify", str(root), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"000001\.tar @ byte [\d,]+", out) and "FAILED" in out
+    # cut exactly at a member boundary: no end-of-archive marker
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        boundary = tar.getmembers()[2].offset
+    shard.write_bytes(data[:boundary])
+    with pytest.raises(TarFormatError, match="end-of-archive"):
+        list(iter_samples(shard))
+
+
+def test_verify_corrupt_header_is_a_tar_error(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000002.tar"
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        offset = tar.getmembers()[3].offset
+    data[offset + 10] ^= 0xFF  # a byte of the member name: checksum no longer matches
+    shard.write_bytes(bytes(data))
+    problems = verify(resolve_target(root)).problems
+    corrupt = [p for p in problems if p.code == "tar.corrupt"]
+    assert corrupt and corrupt[0].offset == offset and "checksum" in corrupt[0].message
+
+
+def test_verify_missing_member(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    victim = job.docs[0]
+    member = f"{victim.key}.{1}.{victim.nodes[1].ext}"
+    _rewrite(root / "shards" / "000000.tar", lambda n, d: [] if n == member else [(n, d)])
+    _fix_manifest(root)
+    report = verify(resolve_target(root))
+    codes = {p.code for p in report.problems}
+    assert "member.missing" in codes
+    assert [p.key for p in report.problems if p.code == "member.missing"] == [victim.key]
+    assert "manifest.images" in codes  # manifest still says the old image count
+
+
+def test_verify_bad_json(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    key = job.docs[5].key
+    _rewrite(
+        root / "shards" / "000001.tar",
+        lambda n, d: [(n, b'{"schema": "m3w/1", "url": ')] if n == f"{key}.json" else [(n, d)],
+    )
+    _fix_manifest(root)
+    report = verify(resolve_target(root))
+    bad = [p for p in report.problems if p.code == "json.bad"]
+    assert [p.key for p in bad] == [key]
+    # the images of that sample are now unreferenced and reported, nothing else is
+    assert {p.code for p in report.problems} <= {"json.bad", "manifest.docs"}
+
+
+def test_verify_schema_violations(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    key = job.docs[0].key
+
+    def edit(name, data):
+        if name != f"{key}.json":
+            return [(name, data)]
+        rec = json.loads(data)
+        rec["texts"][0] = None  # position 0 now has neither text nor image
+        rec["images"][1]["attach"] = "sideways"
+        return [(name, json.dumps(rec).encode())]
+
+    _rewrite(root / "shards" / "000000.tar", edit)
+    _fix_manifest(root)
+    assert _codes(root) == {"schema.position", "schema.attach"}
+
+
+def test_verify_dot_in_key(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    key = job.docs[2].key
+
+    def edit(name, data):
+        if name.startswith(key):  # what a writer without a key check would do with "page.1"
+            return [(name.replace(key, "page.1", 1), data)]
+        return [(name, data)]
+
+    _rewrite(root / "shards" / "000000.tar", edit)
+    _fix_manifest(root)
+    report = verify(resolve_target(root))
+    invalid = [p for p in report.problems if p.code == "key.invalid"]
+    assert invalid and invalid[0].key == "page" and "dot" in invalid[0].message
+    assert "json.missing" in {p.code for p in report.problems}
+
+
+def test_verify_stray_member_and_undecodable_image(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    doc = job.docs[4]
+    image_member = f"{doc.key}.1.{doc.nodes[1].ext}"
+
+    def edit(name, data):
+        if name == f"{doc.key}.json":
+            return [(name, data), (f"{doc.key}.9.txt", b"leftover")]
+        if name == image_member:
+            return [(name, data[: len(data) // 3])]  # a cut-off image
+        return [(name, data)]
+
+    _rewrite(root / "shards" / "000001.tar", edit)
+    _fix_manifest(root)
+    problems = verify(resolve_target(root)).problems
+    assert {(p.code, p.key) for p in problems} == {
+        ("member.stray", doc.key),
+        ("image.undecodable", doc.key),
+        ("manifest.images", None),
+    }
+
+
+def test_verify_wrong_format_for_extension(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    doc = next(d for d in job.docs if d.nodes[1].ext == "jpg")
+    png = next(im.data for d in job.docs for im in d.image_nodes if im.ext == "png")
+    member = f"{doc.key}.1.jpg"
+    _rewrite(
+        root / "shards" / job.shard_of[doc.key],
+        lambda n, d: [(n, png if n == member else d)],
+    )
+    _fix_manifest(root)
+    problems = verify(resolve_target(root)).problems
+    assert [(p.code, "PNG" in p.message) for p in problems] == [("image.undecodable", True)]
+
+
+def test_verify_manifest_sha_mismatch_and_unlisted(job, tmp_path, capsys):
+    root = _copy_job(job, tmp_path)
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["sha256"] = "0" * 64
+    lines[0] = json.dumps(first)
+    (root / "manifest.jsonl").write_text("\n".join(lines[:2]) + "\n")  # drop shard 2's line
+    problems = verify(resolve_target(root)).problems
+    assert {(p.code, p.shard) for p in problems} == {
+        ("manifest.sha256", "000000.tar"),
+        ("manifest.unlisted", "000002.tar"),
+    }
+    assert main(["inspect", "verify", str(root), "--json", "--no-progress"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["problem_counts"] == {
+        "manifest.sha256": 1,
+        "manifest.unlisted": 1,
+    }
+
+
+def test_verify_trailing_garbage_and_duplicate_key(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000002.tar"
+    shard.write_bytes(shard.read_bytes() + b"GARBAGE")
+    dup = root / "shards" / "000003.tar"
+    dup.write_bytes((root / "shards" / "000000.tar").read_bytes())
+    codes = _codes(root)
+    assert {"tar.trailing", "key.duplicate", "manifest.sha256", "manifest.unlisted"} <= codes
+
+
+@pytest.mark.slow
+def test_verify_in_parallel_gives_the_same_report(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000001.tar"
+    shard.write_bytes(shard.read_bytes()[:7000])
+    serial = verify(resolve_target(root), jobs=1)
+    parallel = verify(resolve_target(root), jobs=2)
+    assert [str(p) for p in serial.problems] == [str(p) for p in parallel.problems]
+    assert not serial.ok
+
+
+# ------------------------------------------------------------------------------------- show / grep
+
+
+def test_show_by_index_and_key_in_reading_order(job, tmp_path, capsys):
+    doc = job.docs[6]
+    assert main(["inspect", "show", str(job.root), "--index", "6", "--width", "60"]) == 0
+    out = capsys.readouterr().out
+    assert doc.key in out and doc.url in out and job.shard_of[doc.key] in out
+    body = out.split("─" * 60, 1)[1]
+    assert max(len(line) for line in body.splitlines()) <= 60
+    flat = " ".join(body.split())
+    # every chunk in order, each image as a numbered placeholder
+    pos = 0
+    n = 0
+    for node in doc.nodes:
+        if node.__class__.__name__ == "TextNode":
+            needle = " ".join(node.text.split())
+        else:
+            n += 1
+            arrow = "→ following" if node.attach == "following" else "← preceding"
+            needle = (
+                f'[image {n} · {node.width}×{node.height} · attached {arrow} · alt="{node.alt}"]'
+            )
+        found = flat.find(needle, pos)
+        assert found >= 0, needle
+        pos = found + len(needle)
+    assert main(["inspect", "show", str(job.root), doc.key, "--images", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(
+        f"{doc.key}.{i}.{n.ext}"
+        for i, n in enumerate(doc.nodes)
+        if n.__class__.__name__ == "ImageNode"
+    )
+    assert (tmp_path / written[0]).read_bytes() in {im.data for im in doc.image_nodes}
+
+
+def test_show_unknown_key_fails(job, capsys):
+    assert main(["inspect", "show", str(job.root), "f" * 32]) == 1
+    assert "no document" in capsys.readouterr().err
+    assert main(["inspect", "show", str(job.root)]) == 2
+
+
+def test_grep_url_and_text(job, capsys):
+    assert main(["inspect", "grep", str(job.root), r"s2/page[13]$"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    keys = {line.split()[0] for line in lines if not line.startswith(" ")}
+    assert keys == {d.key for d in job.docs if re.search(r"s2/page[13]$", d.url)}
+    word = job.docs[3].texts[0].split()[2]
+    assert main(["inspect", "grep", str(job.root), rf"\b{word}\b", "--max", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"»{word}«" in out.lower() or f"»{word.capitalize()}«" in out
+    assert len([x for x in out.splitlines() if not x.startswith(" ")]) <= 2
+    assert main(["inspect", "grep", str(job.root), "no such words anywhere"]) == 1
