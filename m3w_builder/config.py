@@ -33,6 +33,15 @@ class DomConfig:
 
     min_data_uri_bytes: int = 1_000  # data: URIs shorter than this are spacers/pixels, not content
     max_images_per_doc: int = 100
+    # Main-content focus (Readability.js-style container scoring). Off keeps the whole cleaned body,
+    # as Flamingo's M3W simplified DOM does.
+    main_content: bool = True
+    # The selected container must hold this fraction of the body's text (or ≥ 500 chars), else the
+    # whole body is kept: a winner that small means the page is not an article.
+    main_min_fraction: float = 0.25
+    # Paragraphs whose characters are more than this fraction link text are menus / tag clouds /
+    # "related" lists (Readability.js and trafilatura both drop link-dense blocks at about 0.5).
+    max_link_density: float = 0.5
     # Substrings of an image URL (lower-cased path, host) that mark it as chrome, not content.
     url_block_rules: list[str] = field(
         default_factory=lambda: [
@@ -61,41 +70,72 @@ class DomConfig:
 
 @dataclass
 class TextFilterConfig:
-    """Paragraph- then document-level text rules (textfilters.py). Defaults: the m3w/Gopher profile."""
+    """Paragraph- then document-level text rules (textfilters.py). Defaults: the m3w profile.
 
-    # paragraph level
-    para_min_words: int = 1
-    para_max_words: int = 100_000
-    para_min_stopword_ratio: float = 0.0
-    para_max_special_char_ratio: float = 1.0
-    para_max_char_rep_ratio: float = 1.0
-    para_max_word_rep_ratio: float = 1.0
-    para_max_flagged_ratio: float = 1.0
-    # document level (Gopher, Rae et al. 2021, appendix A: 50–100,000 words, mean word length 3–10,
-    # symbol/word ≤ 0.1, ≥ 80% words with an alphabetic character, ≥ 2 stop words, repetition caps)
-    doc_min_words: int = 50
+    Flamingo builds M3W with "the text quality filters of MassiveWeb" (Alayrac et al. 2022, App. A.3.1),
+    i.e. Gopher's rules (Rae et al. 2021, App. A.1.1 and Table A1), which are document-level only. The
+    `obelics` profile adds OBELICS's paragraph ("node") and document rules with the cutoffs of its
+    released filtering config (Laurençon et al. 2023, App. A.2; huggingface/OBELICS
+    configs/config_filter_web_documents.yaml). A ratio threshold at its neutral value (max 1.0,
+    min 0.0) switches the rule off, and the rule is then not even computed.
+    Words: whitespace tokens, lower-cased, with leading/trailing non-letters stripped (OBELICS
+    `get_words_from_text`); every CJK ideograph/kana counts as one word, because Chinese and Japanese
+    are written without spaces (docs/textfilters.md).
+    """
+
+    # --- paragraph level (each failing paragraph is removed and its code appended to doc.drops) ---
+    para_min_words: int = 1  # m3w: keep any paragraph with a word; OBELICS: 4
+    para_max_words: int = 100_000  # Gopher's document cap; OBELICS: 1,000
+    para_min_stopword_ratio: float = 0.0  # OBELICS: 0.3 (off in m3w: Gopher judges whole documents)
+    para_max_special_char_ratio: float = 1.0  # OBELICS: 0.3
+    para_char_rep_n: int = 10  # OBELICS character_repetition_length_node_level
+    para_max_char_rep_ratio: float = 1.0  # OBELICS: 0.1
+    para_word_rep_n: int = 5  # OBELICS word_repetition_length_node_level
+    para_max_word_rep_ratio: float = 1.0  # OBELICS: 0.1
+    para_max_flagged_ratio: float = 1.0  # OBELICS: 0.01 (needs flagged_words_file)
+    para_min_punct_ratio: float = 0.0  # OBELICS: 0.001
+    para_punct_min_words: int = 12  # OBELICS: shorter paragraphs are not judged on punctuation
+    # --- document level (Gopher, Rae et al. 2021, App. A.1.1, unless said otherwise) ---
+    doc_min_words: int = 50  # Gopher: 50-100,000 words; OBELICS: 10-2,000
     doc_max_words: int = 100_000
-    doc_min_mean_word_len: float = 3.0
+    doc_min_mean_word_len: float = 3.0  # Gopher: mean word length 3-10 characters (not for CJK)
     doc_max_mean_word_len: float = 10.0
-    doc_max_symbol_word_ratio: float = 0.1
-    doc_min_alpha_word_ratio: float = 0.8
-    doc_min_stopwords: int = 2
-    doc_min_stopword_ratio: float = 0.0
-    doc_max_special_char_ratio: float = 1.0
+    doc_max_symbol_word_ratio: float = 0.1  # Gopher: '#' or ellipsis per word > 0.1
+    doc_max_bullet_para_frac: float = 0.9  # Gopher: > 90% of lines starting with a bullet
+    doc_max_ellipsis_para_frac: float = 0.3  # Gopher: > 30% of lines ending with an ellipsis
+    doc_min_alpha_word_ratio: float = 0.8  # Gopher: < 80% of words with an alphabetic character
+    doc_min_stopwords: int = 2  # Gopher: fewer than 2 of the, be, to, of, and, that, have, with
+    doc_min_stopword_ratio: float = 0.0  # OBELICS: 0.35
+    doc_max_special_char_ratio: float = 1.0  # OBELICS: 0.275
+    # Gopher Table A1: duplicate paragraph fraction 0.30, duplicate paragraph character fraction 0.20
     doc_max_dup_para_frac: float = 0.30
+    doc_max_dup_para_char_frac: float = 0.20
+    # Gopher Table A1: most frequent word n-gram's share of characters, n = 2, 3, 4
     doc_max_top_ngram_char_frac: dict[int, float] = field(
         default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
     )
+    # Gopher Table A1: share of characters inside duplicated word n-grams, n = 5..10
     doc_max_dup_ngram_char_frac: dict[int, float] = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
-    doc_max_char_rep_ratio: float = 1.0
-    doc_max_word_rep_ratio: float = 1.0
-    doc_max_flagged_ratio: float = 1.0
+    doc_char_rep_n: int = 10  # OBELICS character_repetition_length_doc_level
+    doc_max_char_rep_ratio: float = 1.0  # OBELICS: 0.1
+    doc_word_rep_n: int = 5  # OBELICS word_repetition_length_doc_level
+    doc_max_word_rep_ratio: float = 1.0  # OBELICS: 0.2
+    doc_max_flagged_ratio: float = 0.01  # OBELICS's cutoff; only active with flagged_words_file
+    doc_min_punct_ratio: float = 0.0  # OBELICS: 0.03 (punctuation marks / words-and-marks)
+    # C4 (Raffel et al. 2020, §2.2) keeps only lines ending in terminal punctuation; as a per-line
+    # rule that deletes every image caption, so here it is a document-level fraction, off by default.
     doc_min_punct_end_ratio: float = 0.0
     flagged_words_file: str | None = None  # user-supplied list, one word per line; none is shipped
     languages: list[str] | None = None  # keep only these ISO 639-1 codes; None keeps all
-    min_lang_score: float = 0.0
+    min_lang_score: float = 0.0  # OBELICS: 0.8 (fastText score); ours is the detector's probability
+    lang_max_chars: int = 5_000  # language id reads this many characters: enough, and bounded time
+
+    def __post_init__(self) -> None:
+        for name in ("para_char_rep_n", "para_word_rep_n", "doc_char_rep_n", "doc_word_rep_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"text.{name} must be >= 1")
 
 
 @dataclass
@@ -202,9 +242,11 @@ class BuildConfig:
 
 
 # OBELICS (Laurençon et al. 2023, §3 and appendix A.2): paragraphs 4–1000 words, documents 10–2000
-# words, stop-word ratio ≥ 0.3 / 0.35, special characters ≤ 0.3 / 0.275, repetition ≤ 0.1; images
+# words, stop-word ratio ≥ 0.3 / 0.35, special characters ≤ 0.3 / 0.275, repetition ≤ 0.1 (document words: 0.2); images
 # jpg/png/webp, 150–20,000 px per side, aspect ≤ 2, 1–30 images per document.
 OBELICS_OVERRIDES: dict[str, Any] = {
+    # Cutoffs of OBELICS's released filtering config (configs/config_filter_web_documents.yaml).
+    # Not ported: its common-word ratio and KenLM perplexity rules (they need its word lists/models).
     "text": {
         "para_min_words": 4,
         "para_max_words": 1_000,
@@ -212,20 +254,29 @@ OBELICS_OVERRIDES: dict[str, Any] = {
         "para_max_special_char_ratio": 0.3,
         "para_max_char_rep_ratio": 0.1,
         "para_max_word_rep_ratio": 0.1,
+        "para_max_flagged_ratio": 0.01,
+        "para_min_punct_ratio": 0.001,
         "doc_min_words": 10,
         "doc_max_words": 2_000,
         "doc_min_mean_word_len": 0.0,
         "doc_max_mean_word_len": 1_000.0,
         "doc_max_symbol_word_ratio": 1.0,
+        "doc_max_bullet_para_frac": 1.0,
+        "doc_max_ellipsis_para_frac": 1.0,
         "doc_min_alpha_word_ratio": 0.0,
         "doc_min_stopwords": 0,
         "doc_min_stopword_ratio": 0.35,
         "doc_max_special_char_ratio": 0.275,
         "doc_max_dup_para_frac": 1.0,
+        "doc_max_dup_para_char_frac": 1.0,
         "doc_max_top_ngram_char_frac": {},
         "doc_max_dup_ngram_char_frac": {},
         "doc_max_char_rep_ratio": 0.1,
-        "doc_max_word_rep_ratio": 0.1,
+        "doc_max_word_rep_ratio": 0.2,
+        "doc_max_flagged_ratio": 0.01,
+        "doc_min_punct_ratio": 0.03,
+        "languages": ["en"],  # OBELICS is English-only (lang_id_doc_level_min_cutoff 0.8)
+        "min_lang_score": 0.8,
     },
     "images": {
         "min_side": 150,
