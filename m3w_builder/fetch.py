@@ -89,8 +89,12 @@ class BlockedAddress(OSError):
 
 @dataclass(slots=True)
 class AddressPolicy:
-    """Which destinations may be connected to. `allowed` holds host names, IPs or CIDR networks
-    that are exempt from the private-address rule; `allow_private` lifts the rule entirely."""
+    """Which destinations may be connected to.
+
+    `allowed` exempts what the URL names, never what a name resolves to: host names (all their
+    addresses are then allowed), and IPs or CIDR networks that match an IP-literal URL host. So
+    `allowed=["127.0.0.1"]` lets a test reach `http://127.0.0.1:PORT/` while `http://localhost/` or
+    an attacker's name resolving to 127.0.0.1 stays refused. `allow_private` lifts the rule."""
 
     allow_private: bool = False
     allowed: list[str] = field(default_factory=list)
@@ -102,7 +106,7 @@ class AddressPolicy:
     def __post_init__(self) -> None:
         for entry in self.allowed:
             try:
-                self._networks.append(ipaddress.ip_network(entry, strict=False))
+                self._networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
             except ValueError:
                 self._hosts.add(entry.lower().rstrip("."))
 
@@ -111,12 +115,18 @@ class AddressPolicy:
         return cls(allow_private=config.allow_private_hosts, allowed=list(config.allowed_hosts))
 
     def host_allowed(self, host: str) -> bool:
-        return self.allow_private or host.lower().rstrip(".") in self._hosts
+        """The URL's host (a name or an IP literal) is exempt from the address rule."""
+        if self.allow_private:
+            return True
+        host = host.lower().rstrip(".").strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host in self._hosts
+        return any(ip.version == net.version and ip in net for net in self._networks)
 
     def ip_allowed(self, ip: IPAddress) -> bool:
-        if self.allow_private or is_public_address(ip):
-            return True
-        return any(ip.version == net.version and ip in net for net in self._networks)
+        return self.allow_private or is_public_address(ip)
 
 
 def is_public_address(ip: IPAddress) -> bool:
