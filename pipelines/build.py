@@ -1,0 +1,429 @@
+"""`m3w build INPUT... --out DIR`: the Ray build job (inputs → WebDataset shards), resumable.
+
+Why Ray core tasks over files, not Ray Data: the job needs a global barrier (dedup counts over all
+inputs before any document is kept, DESIGN §2), per-unit completion markers for resume (datatrove's
+executor, STYLE (a)6), and byte-identical output from any number of workers. Tasks that each read one
+unit and write one file give all three directly: a task's output exists only once complete (tmp +
+rename), a rerun skips units with a marker, retries are idempotent, and nothing larger than a stats
+dict travels through the object store. Memory stays bounded when inputs outrun the writers because
+there is no in-memory stream between the stages to back up: each stage reads the previous stage's
+files, and the driver keeps at most `max_in_flight` tasks submitted (2 per CPU) at a time.
+Ray Data would stream blocks with backpressure, but its blocks carry no unit identity to resume from,
+and its retry of a failed block re-runs work whose writes have already landed.
+
+The stages themselves (extract, decide, write, finalize) are plain functions in build_stages.py;
+this module only schedules them, shows progress and prints the summary. It is the only module that
+imports Ray, lazily (STYLE (b) pipelines/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3w_builder.config import PROFILES, BuildConfig
+from m3w_builder.reasons import Counts
+from pipelines import build_stages as stages
+
+log = logging.getLogger(__name__)
+
+JOB_VERSION = 1
+TASK_RETRIES = (
+    4  # Ray re-runs a task whose worker died; the journal needs 3 attempts to skip a crash
+)
+
+
+@dataclass(slots=True)
+class JobOptions:
+    """How the job runs (not what it builds: that is BuildConfig, part of the job's identity)."""
+
+    out: str
+    address: str | None = None  # Ray cluster; None: RAY_ADDRESS or a local Ray
+    num_cpus: int | None = None  # local Ray only
+    max_docs: int | None = None
+    page_kill_timeout_s: float | None = None  # None: 3 × sources.parse_timeout_s + 5
+    max_in_flight: int | None = None  # None: 2 × the cluster's CPUs
+    files_per_unit: int = 64
+    urls_per_unit: int = 256
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the job
+
+
+def run_build(inputs: list[str], config: BuildConfig, options: JobOptions) -> dict[str, Any]:
+    """Build (or finish building) the job in `options.out`; returns the report (also report.json)."""
+    started = time.perf_counter()
+    job = stages.JobDir(options.out)
+    units = stages.plan_units(
+        inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
+    )
+    _check_or_record_job(job, inputs, config, options, units)
+    import ray
+
+    owns_ray = _init_ray(options)
+    try:
+        progress = _Progress(len(units), enabled=options.progress)
+        run_id = uuid.uuid4().hex
+        extract_options = stages.ExtractOptions(
+            run_id=run_id,
+            page_kill_timeout_s=(
+                options.page_kill_timeout_s
+                if options.page_kill_timeout_s is not None
+                else 3 * config.sources.parse_timeout_s + 5
+            ),
+        )
+        in_flight = options.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        failures: list[str] = []
+
+        # stage 1: extract
+        extract_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.extract_unit)
+        config_ref = ray.put(config)
+        extract_stats = _run_tasks(
+            ray,
+            units,
+            lambda u: extract_remote.remote(u, config_ref, job, extract_options),
+            lambda u: job.extract_stats(u.index),
+            in_flight,
+            on_done=progress.extracted,
+            failures=failures,
+        )
+        if failures:
+            return _fail(failures, "extract")
+
+        # stage 2: decide (page/content dedup in the driver, then counts of the survivors)
+        decisions = _decide(ray, job, units, extract_stats, config, options, in_flight, failures)
+        if failures:
+            return _fail(failures, "count")
+        archive, archive_counts = _archive_index(units)
+        decisions_ref, archive_ref = ray.put(decisions), ray.put(archive)
+
+        # stage 3: write part shards
+        write_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.write_unit)
+        write_stats = _run_tasks(
+            ray,
+            units,
+            lambda u: write_remote.remote(u, config_ref, job, decisions_ref, archive_ref),
+            lambda u: job.write_stats(u.index),
+            in_flight,
+            on_done=progress.written,
+            failures=failures,
+        )
+        if failures:
+            return _fail(failures, "write")
+        progress.close()
+
+        # stage 4: contiguous shard names, manifest, report
+        infos = stages.finalize(job, write_stats)
+        report = stages.build_report(
+            extract_stats,
+            [*write_stats, {"counts": archive_counts.as_dict(), "langs": {}}],
+            infos,
+            seconds=time.perf_counter() - started,
+            extra={"units": len(units), "seed": config.seed, "profile": config.profile},
+        )
+        stages.atomic_write_json(job.report, report)
+        return report
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(options: JobOptions) -> bool:
+    """Connect to `--address` / RAY_ADDRESS, or start a local Ray; reuse one already initialised
+    (tests, notebooks). Returns whether we started it (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": True, "include_dashboard": False}
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    elif options.num_cpus:
+        kwargs["num_cpus"] = options.num_cpus
+    ray.init(**kwargs)
+    return True
+
+
+def _run_tasks(
+    ray: Any,
+    units: list[stages.WorkUnit],
+    submit: Callable[[stages.WorkUnit], Any],
+    marker: Callable[[stages.WorkUnit], Path],
+    max_in_flight: int,
+    *,
+    on_done: Callable[[dict[str, Any], bool], None],
+    failures: list[str],
+) -> list[dict[str, Any]]:
+    """Run one stage over all units with at most `max_in_flight` tasks submitted; units whose marker
+    exists are read back, not re-run. A unit that still fails after Ray's retries is reported (with
+    its input) and the job stops before finalizing, so a rerun can fill it in without renumbering."""
+    results: dict[int, dict[str, Any]] = {}
+    pending: dict[Any, stages.WorkUnit] = {}
+    todo = iter(units)
+
+    def collect(ready: Iterable[Any]) -> None:
+        for ref in ready:
+            unit = pending.pop(ref)
+            try:
+                results[unit.index] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - reported, and the rerun retries the unit
+                failures.append(
+                    f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}"
+                )
+                log.error("unit %d (%s) failed: %s", unit.index, unit.describe(), exc)
+                continue
+            on_done(results[unit.index], False)
+
+    for unit in todo:
+        path = marker(unit)
+        if path.exists():
+            results[unit.index] = stages.read_json(path)
+            on_done(results[unit.index], True)
+            continue
+        while len(pending) >= max_in_flight:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            collect(ready)
+        pending[submit(unit)] = unit
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        collect(ready)
+    return [results[i] for i in sorted(results)]
+
+
+def _decide(
+    ray: Any,
+    job: stages.JobDir,
+    units: list[stages.WorkUnit],
+    extract_stats: list[dict[str, Any]],
+    config: BuildConfig,
+    options: JobOptions,
+    in_flight: int,
+    failures: list[str],
+) -> stages.Decisions:
+    """Job-wide dedup decisions, computed once and stored (a rerun reads them back).
+
+    Two passes rather than a streaming counter actor: an actor would see documents in completion
+    order, so "keep the newest capture" and "the first copy" would depend on timing, and its state
+    would be lost with it on a crash. A second parse-free pass over the extract files is cheap
+    (JSON lines, no HTML) and makes the decisions a pure function of the inputs."""
+    if job.dedup.exists():
+        return stages.Decisions.from_bytes(job.dedup.read_bytes())
+    drops = stages.decide_duplicates(extract_stats, options.max_docs)
+    count_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.count_unit)
+    refs = {}
+    image_counts, para_counts = [], []
+    for unit in units:
+        while len(refs) >= in_flight:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            _collect_counts(ray, ready, refs, image_counts, para_counts, failures)
+        refs[count_remote.remote(job, unit.index, drops.get(unit.index, {}))] = unit
+    while refs:
+        ready, _ = ray.wait(list(refs), num_returns=1)
+        _collect_counts(ray, ready, refs, image_counts, para_counts, failures)
+    frequent, repeated = stages.frequent_keys(image_counts, para_counts, config)
+    decisions = stages.Decisions(drops, frequent, repeated)
+    if not failures:
+        stages.atomic_write(job.dedup, decisions.to_bytes())
+    return decisions
+
+
+def _collect_counts(ray, ready, refs, image_counts, para_counts, failures) -> None:
+    for ref in ready:
+        unit = refs.pop(ref)
+        try:
+            images, paras = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}")
+            continue
+        image_counts.append(images)
+        para_counts.append(paras)
+
+
+def _archive_index(units: list[stages.WorkUnit]) -> tuple[Any, Counts]:
+    """Index the image records of every archive input once, so the write tasks resolve images from
+    the WARCs (no network) wherever the crawl captured them."""
+    counts = Counts()
+    archives = [
+        p for u in units if u.kind == "pages" for p in u.paths if stages.ARCHIVE_RE.search(p)
+    ]
+    if not archives:
+        return None, counts
+    from m3w_builder.images import ArchiveIndex
+
+    return ArchiveIndex.build(archives, counts), counts
+
+
+def _check_or_record_job(
+    job: stages.JobDir,
+    inputs: list[str],
+    config: BuildConfig,
+    options: JobOptions,
+    units: list[stages.WorkUnit],
+) -> None:
+    """A job folder holds one job: resuming with other inputs or settings would mix two datasets."""
+    identity = {
+        "version": JOB_VERSION,
+        "inputs": list(inputs),
+        "config": config.to_dict(),
+        "max_docs": options.max_docs,
+        "units": [asdict(u) for u in units],
+    }
+    if job.job.exists():
+        previous = stages.read_json(job.job)
+        if previous != json.loads(json.dumps(identity, sort_keys=True)):
+            changed = sorted(
+                k for k in identity if previous.get(k) != json.loads(json.dumps(identity[k]))
+            )
+            raise SystemExit(
+                f"{job.root} holds a build with different {', '.join(changed)}; "
+                "use a new --out (or delete the folder) to build something else"
+            )
+        log.info("resuming the build in %s", job.root)
+        return
+    stages.atomic_write_json(job.job, identity)
+
+
+def _fail(failures: list[str], stage: str) -> dict[str, Any]:
+    raise SystemExit(
+        f"{len(failures)} unit(s) failed in the {stage} stage after retries; finished units are kept, "
+        "run the same command again to retry the rest:\n  " + "\n  ".join(failures[:20])
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# progress and summary (pipelines only: the libraries just log)
+
+
+class _Progress:
+    """One live bar over the job's tasks with the running totals the issue asks for."""
+
+    def __init__(self, n_units: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=2 * n_units, unit="task", desc="build", disable=not enabled)
+        self.totals = {"pages": 0, "docs": 0, "images": 0, "shards": 0}
+
+    def extracted(self, stats: dict[str, Any], resumed: bool) -> None:
+        self.totals["pages"] += stats["pages"]
+        self._tick()
+
+    def written(self, stats: dict[str, Any], resumed: bool) -> None:
+        self.totals["docs"] += stats["docs"]
+        self.totals["images"] += stats["images"]
+        self.totals["shards"] += len(stats["shards"])
+        self._tick()
+
+    def _tick(self) -> None:
+        self.bar.set_postfix(self.totals, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def summary_table(report: dict[str, Any], top: int = 15) -> str:
+    rows = [
+        ("pages read", report["pages"]),
+        ("documents extracted", report["documents_extracted"]),
+        ("documents kept", report["documents"]),
+        ("images kept", report["images"]),
+        ("shards", report["shards"]),
+        ("bytes", report["bytes"]),
+        ("seconds", report["seconds"]),
+        ("pages/s", report["pages_per_s"]),
+        ("documents/s", report["docs_per_s"]),
+    ]
+    drops = sorted(report["counts"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    width = max(len(k) for k, _ in rows + drops) if drops else 20
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if drops:
+        lines += ["", f"{'reason code':<{width}}  count"] + [f"{k:<{width}}  {v}" for k, v in drops]
+    langs = ", ".join(f"{k} {v}" for k, v in list(report["languages"].items())[:8])
+    return "\n".join([*lines, "", f"languages: {langs}"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build",
+        help="build WebDataset shards from WARC/HTML/URL inputs on Ray",
+        description="Build m3w/1 shards from WARC/ARC files, HTML files or folders, and URL lists "
+        "(local paths, globs, or fsspec URLs). Running it again on the same --out resumes.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, help="job folder: shards/, manifest.jsonl, report.json")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--profile", choices=PROFILES, help="threshold profile (default m3w)")
+    p.add_argument("--config", help="YAML file overriding any BuildConfig field")
+    p.add_argument("--seed", type=int, help="seed of the attachment draw (default 0)")
+    p.add_argument("--attach", choices=("per-document", "per-image"), help="attachment draw")
+    p.add_argument("--p-next", type=float, help="probability an image attaches to the next text")
+    p.add_argument("--max-docs", type=int, help="keep at most N documents (first in input order)")
+    p.add_argument("--docs-per-shard", type=int)
+    p.add_argument("--max-shard-bytes", type=int)
+    p.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="lift the SSRF guard (tests, intranet crawls): fetch from private/loopback addresses",
+    )
+    p.add_argument(
+        "--page-kill-timeout",
+        type=float,
+        help="seconds before a page's parser is killed and the page skipped (default 3×parse+5)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    """Profile, then YAML, then the flags: the most specific setting wins."""
+    if args.config:
+        config = BuildConfig.from_yaml(args.config, profile=args.profile)
+    else:
+        config = BuildConfig.for_profile(args.profile or "m3w")
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.attach:
+        config.attach.mode = args.attach
+    if args.p_next is not None:
+        config.attach.p_next = args.p_next
+    if args.docs_per_shard:
+        config.shards.docs_per_shard = args.docs_per_shard
+    if args.max_shard_bytes:
+        config.shards.max_shard_bytes = args.max_shard_bytes
+    if args.allow_private_hosts:
+        config.fetch.allow_private_hosts = True
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    options = JobOptions(
+        out=args.out,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        max_docs=args.max_docs,
+        page_kill_timeout_s=args.page_kill_timeout,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    report = run_build(args.inputs, config, options)
+    print(summary_table(report))
+    print(f"\nshards: {Path(args.out) / 'shards'}  (manifest.jsonl, report.json beside them)")
+    return 0

@@ -1,0 +1,688 @@
+"""The build job's units of work, free of Ray: plan, extract, decide dedup, write, finalize.
+
+The job is datatrove's executor shape (STYLE (b) pipelines/, datatrove executor/base.py): the inputs
+are cut into numbered work units; a task processes one unit, writes its output atomically, then its
+stats file, which is also its completion marker; a rerun skips units whose marker exists. Global dedup
+needs counts over *all* inputs before any document can be kept, so the job has two data stages with a
+decision step between them (DESIGN §2, issue 4):
+
+1. **extract** (per unit): read pages → `page_to_document` → documents without image bytes into
+   `_work/extract/NNNNN.docs.jsonl.gz`, plus per-document dedup keys (page URL, capture date,
+   content hash) in `NNNNN.stats.json`.
+2. **decide** (driver, then one light task per unit): page-URL dedup keeps the newest capture,
+   identical-document dedup keeps the first in input order; then the surviving documents' image URLs
+   and per-domain paragraphs are counted (a second, parse-free pass over the extract files) and the
+   frequent ones are listed. Counting *after* page dedup means ten captures of one page do not make its
+   images "frequent". Decisions go to `_work/dedup.json.gz`.
+3. **write** (per unit): apply the decisions, resolve/validate images, draw attachments, write part
+   shards into `_work/write/NNNNN/`; the folder is renamed into place when complete, then the marker.
+4. **finalize** (driver): rename parts, in (unit, part) order, to the contiguous `shards/000000.tar`,
+   `000001.tar`, ... (renames only, idempotent), then write `manifest.jsonl` and `report.json`.
+
+Everything is a pure function of (inputs, config, seed), and units are cut from the inputs alone (never
+from the number of workers), so two builds, a resumed build and a 1- or 8-worker build give the same
+bytes.
+
+A page that kills its worker (a crash in C code) or hangs it is handled by a per-unit journal: before
+parsing page `seq` the task appends `s seq`, after it `e`; a hard watchdog (`faulthandler`'s C thread,
+which fires even while C code holds the GIL) writes its traceback into the journal and `_exit`s the
+worker when a page runs past `page_kill_timeout_s`. Ray retries the task; the retry reads the journal
+and skips a page that timed out once (`html.parse_timeout`) or crashed twice in this run
+(`html.parse_crash`; twice, so a worker killed from outside at random does not lose a good page).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3w_builder.config import BuildConfig
+from m3w_builder.document import Document, RawPage
+from m3w_builder.reasons import Counts, Skip
+from m3w_builder.shards import RollingShardWriter, ShardInfo
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_RE = re.compile(r"\.(warc|arc)(\.gz)?$", re.IGNORECASE)
+URL_LIST_RE = re.compile(r"\.(urls|txt|lst)(\.gz)?$", re.IGNORECASE)
+PAGE_FETCH_BATCH = 64  # pages fetched concurrently by a URL-list task (bounded memory)
+IMAGE_BATCH = 32  # documents per resolve_images call: enough concurrent fetches, bounded memory
+
+
+# ---------------------------------------------------------------------------------------------------
+# layout and small I/O helpers
+
+
+class JobDir:
+    """Paths of one job folder: `shards/`, `manifest.jsonl`, `report.json`, and `_work/` (resume state)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.shards = self.root / "shards"
+        self.manifest = self.root / "manifest.jsonl"
+        self.report = self.root / "report.json"
+        self.work = self.root / "_work"
+        self.job = self.work / "job.json"
+        self.dedup = self.work / "dedup.json.gz"
+        self.finalized = self.work / "finalized.json"
+
+    def extract_docs(self, unit: int) -> Path:
+        return self.work / "extract" / f"{unit:05d}.docs.jsonl.gz"
+
+    def extract_stats(self, unit: int) -> Path:
+        return self.work / "extract" / f"{unit:05d}.stats.json"
+
+    def journal(self, unit: int) -> Path:
+        return self.work / "extract" / f"{unit:05d}.journal"
+
+    def write_dir(self, unit: int) -> Path:
+        return self.work / "write" / f"{unit:05d}"
+
+    def write_stats(self, unit: int) -> Path:
+        return self.work / "write" / f"{unit:05d}.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write-then-rename: readers see the old file or the whole new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, sort_keys=True, indent=1).encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------
+# plan
+
+
+@dataclass(slots=True)
+class WorkUnit:
+    """One task's slice of the inputs: a few page files, or a line range of one URL list."""
+
+    index: int
+    kind: str  # "pages" (WARC/ARC/HTML files) | "urls" (lines [start, stop) of a URL list)
+    paths: list[str]
+    start: int = 0
+    stop: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "urls":
+            return f"{self.paths[0]} lines {self.start}-{self.stop}"
+        return (
+            self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} (+{len(self.paths) - 1})"
+        )
+
+
+def is_url_list(path: str) -> bool:
+    return bool(URL_LIST_RE.search(path))
+
+
+def plan_units(
+    inputs: list[str], *, files_per_unit: int = 64, urls_per_unit: int = 256
+) -> list[WorkUnit]:
+    """Cut the inputs into units: one per archive (archives do not split), HTML files in groups, URL
+    lists in line ranges. Depends on the inputs only, so the plan is the same on any cluster."""
+    from m3w_builder.sources import expand_inputs
+
+    units: list[WorkUnit] = []
+    html_group: list[str] = []
+
+    def add(kind: str, paths: list[str], start: int = 0, stop: int = 0) -> None:
+        units.append(WorkUnit(len(units), kind, paths, start, stop))
+
+    for path in expand_inputs(inputs):
+        if is_url_list(path):
+            n = sum(1 for _ in _read_url_lines(path))
+            for start in range(0, n, urls_per_unit):
+                add("urls", [path], start, min(n, start + urls_per_unit))
+        elif ARCHIVE_RE.search(path):
+            add("pages", [path])
+        else:
+            html_group.append(path)
+            if len(html_group) == files_per_unit:
+                add("pages", html_group)
+                html_group = []
+    if html_group:
+        add("pages", html_group)
+    return units
+
+
+def _read_url_lines(path: str) -> Iterator[str]:
+    """Non-empty, non-comment lines of a URL list (local, gzip, or fsspec)."""
+    from m3w_builder.sources import iter_url_list
+
+    yield from iter_url_list(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 1: extract
+
+
+@dataclass(slots=True)
+class ExtractOptions:
+    run_id: str = ""  # distinguishes this driver run's attempts in the journal
+    page_kill_timeout_s: float = 0.0  # 0 = no hard watchdog
+
+
+@dataclass(slots=True)
+class JournalState:
+    """What earlier attempts of a unit left in its journal: pages to skip, with their code."""
+
+    skip: dict[int, str] = field(default_factory=dict)
+    attempts: int = 0
+
+
+def read_journal(text: str, run_id: str) -> JournalState:
+    """Parse a unit journal. Lines: `a RUN` (attempt starts), `s SEQ` (page starts), `e` (page done);
+    anything else is faulthandler's timeout traceback, which blames the page started last."""
+    state = JournalState()
+    crashes: Counter[int] = Counter()
+    current_run = None
+    open_page: int | None = None
+
+    def close_attempt() -> None:
+        if open_page is not None and current_run == run_id:
+            crashes[open_page] += 1
+
+    for line in text.splitlines():
+        if line.startswith("a "):
+            close_attempt()
+            current_run, open_page = line[2:], None
+            state.attempts += 1
+        elif line.startswith("s "):
+            open_page = int(line[2:])
+        elif line == "e":
+            open_page = None
+        elif line.startswith("Timeout") and open_page is not None:
+            state.skip[open_page] = "html.parse_timeout"
+            open_page = None
+    close_attempt()
+    for seq, n in crashes.items():
+        if n >= 2 and seq not in state.skip:
+            state.skip[seq] = "html.parse_crash"
+    return state
+
+
+class _Journal:
+    """Unbuffered appends (a crash loses nothing already written) and the hard per-page watchdog."""
+
+    def __init__(self, path: Path, run_id: str, timeout_s: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self.timeout_s = timeout_s
+        self.file.write(f"a {run_id}\n".encode())
+
+    @contextlib.contextmanager
+    def page(self, seq: int) -> Iterator[None]:
+        self.file.write(f"s {seq}\n".encode())
+        if self.timeout_s > 0:
+            faulthandler.dump_traceback_later(self.timeout_s, exit=True, file=self.file)
+        try:
+            yield
+        finally:
+            if self.timeout_s > 0:
+                faulthandler.cancel_dump_traceback_later()
+            self.file.write(b"e\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def extract_unit(
+    unit: WorkUnit, config: BuildConfig, job: JobDir, options: ExtractOptions
+) -> dict[str, Any]:
+    """Stage 1 for one unit; returns (and stores) its stats. Idempotent: a finished unit is read back."""
+    from m3w_builder.extract import page_to_document
+
+    from m3w_builder.dedup import document_hash, hash64, page_url_key
+
+    stats_path = job.extract_stats(unit.index)
+    if stats_path.exists():
+        return read_json(stats_path)
+    started = time.perf_counter()
+    journal_path = job.journal(unit.index)
+    previous = read_journal(
+        journal_path.read_text(errors="replace") if journal_path.exists() else "", options.run_id
+    )
+    journal = _Journal(journal_path, options.run_id, options.page_kill_timeout_s)
+    counts = Counts()
+    keys: list[list[Any]] = []  # [ord, page-url key, capture date, content hash] per document
+    langs: Counter[str] = Counter()
+    pages = 0
+    docs_path = job.extract_docs(unit.index)
+    tmp = docs_path.with_name(docs_path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            for seq, page in enumerate(iter_unit_pages(unit, config, counts)):
+                pages += 1
+                if seq in previous.skip:
+                    _count_skip(counts, previous.skip[seq], page)
+                    continue
+                doc = None
+                with journal.page(seq):
+                    try:
+                        doc = page_to_document(page, config)
+                    except Skip as skip:
+                        counts[skip.code] += 1
+                    except Exception as exc:  # noqa: BLE001 - a parser bug drops one page, counted
+                        _count_skip(counts, "html.parser_error", page, exc)
+                if doc is None:
+                    continue
+                record = doc.to_json()
+                record["ord"] = len(keys)
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+                keys.append(
+                    [
+                        len(keys),
+                        hash64(page_url_key(doc.url)),
+                        doc.fetched or "",
+                        document_hash(doc),
+                    ]
+                )
+                langs[doc.lang or "unknown"] += 1
+            out.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, docs_path)
+    finally:
+        journal.close()
+    stats = {
+        "unit": unit.index,
+        "pages": pages,
+        "docs": len(keys),
+        "counts": counts.as_dict(),
+        "langs": dict(sorted(langs.items())),
+        "keys": keys,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    atomic_write_json(stats_path, stats)  # the completion marker: written last
+    journal_path.unlink(missing_ok=True)
+    return stats
+
+
+def _count_skip(counts: Counts, code: str, page: RawPage, exc: BaseException | None = None) -> None:
+    counts[code] += 1
+    log.warning(
+        "%s: skipped page %s (%s offset %d)%s",
+        code,
+        page.url,
+        page.source_file,
+        page.source_offset,
+        f": {type(exc).__name__}: {exc}" if exc else "",
+    )
+
+
+def iter_unit_pages(unit: WorkUnit, config: BuildConfig, counts: Counts) -> Iterator[RawPage]:
+    """The unit's pages in a fixed order. An input that fails mid-read is counted and logged with its
+    name; the pages read before the failure are kept (the same ones on every attempt)."""
+    if unit.kind == "urls":
+        yield from _fetch_url_pages(unit, config, counts)
+        return
+    from m3w_builder.sources import iter_pages
+
+    for path in unit.paths:
+        try:
+            yield from iter_pages(path, counts, config.sources)
+        except Exception as exc:  # noqa: BLE001 - one bad input never stops the job
+            counts["input.error"] += 1
+            log.error("input.error: %s: %s: %s", path, type(exc).__name__, exc)
+
+
+def _fetch_url_pages(unit: WorkUnit, config: BuildConfig, counts: Counts) -> Iterator[RawPage]:
+    """Fetch lines [start, stop) of a URL list with the job's safe fetcher (SSRF guard, per-host
+    connection cap, size and time caps); pages come out in list order whatever order they arrive in.
+
+    A fetched page records no capture date: the record stays a function of the page bytes, so two
+    builds of the same URL list give byte-identical shards."""
+    from m3w_builder.fetch import run_async
+
+    path = unit.paths[0]
+    urls = list(_read_url_lines(path))[unit.start : unit.stop]
+    for batch_start in range(0, len(urls), PAGE_FETCH_BATCH):
+        batch = urls[batch_start : batch_start + PAGE_FETCH_BATCH]
+        offset = unit.start + batch_start
+        yield from (
+            p for p in run_async(_fetch_pages(batch, offset, path, config, counts)) if p is not None
+        )
+
+
+async def _fetch_pages(
+    urls: list[str], first_line: int, path: str, config: BuildConfig, counts: Counts
+) -> list[RawPage | None]:
+    import asyncio
+
+    from m3w_builder.fetch import Fetcher
+
+    async with Fetcher(config.fetch) as fetcher:
+
+        async def one(line: int, url: str) -> RawPage | None:
+            try:
+                result = await fetcher.fetch(
+                    url, sniff=False, stage="page", max_bytes=config.sources.max_html_bytes
+                )
+            except Skip as skip:
+                counts[skip.code] += 1
+                log.info("%s: %s (%s line %d) %s", skip.code, url, path, line, skip.detail)
+                return None
+            return RawPage(
+                url=result.final_url,
+                body=result.body,
+                headers=result.headers,
+                source_file=path,
+                source_offset=line,
+            )
+
+        return await asyncio.gather(*(one(first_line + i, u) for i, u in enumerate(urls)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 2: decide
+
+
+def iter_extracted(job: JobDir, unit: int) -> Iterator[dict[str, Any]]:
+    with gzip.open(job.extract_docs(unit), "rb") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def decide_duplicates(
+    extract_stats: list[dict[str, Any]], max_docs: int | None = None
+) -> dict[int, dict[int, str]]:
+    """Page-URL and identical-document dedup over the whole job → {unit: {ord: reason code}}.
+
+    Page URL: among captures with the same normalised URL keep the newest (WARC-Date); equal dates keep
+    the first in input order. Identical documents: among the survivors with the same content hash keep
+    the first in input order. `max_docs` then keeps the first N survivors in input order.
+    """
+    drops: dict[int, dict[int, str]] = {s["unit"]: {} for s in extract_stats}
+    best: dict[int, tuple[str, int, int]] = {}  # page key → (date, -unit, -ord) of the winner
+    ordered = [
+        (s["unit"], k) for s in sorted(extract_stats, key=lambda s: s["unit"]) for k in s["keys"]
+    ]
+    for unit, (ord_, page_key, date, _) in ordered:
+        cand = (date, -unit, -ord_)
+        if page_key not in best or cand > best[page_key]:
+            best[page_key] = cand
+    seen_content: set[str] = set()
+    kept = 0
+    for unit, (ord_, page_key, date, content) in ordered:
+        if best[page_key] != (date, -unit, -ord_):
+            drops[unit][ord_] = "dedup.page_url"
+        elif content in seen_content:
+            drops[unit][ord_] = "dedup.identical_doc"
+        elif max_docs is not None and kept >= max_docs:
+            drops[unit][ord_] = "job.max_docs"
+        else:
+            seen_content.add(content)
+            kept += 1
+    return drops
+
+
+def count_unit(job: JobDir, unit: int, drops: dict[int, str]) -> tuple[Counter, Counter]:
+    """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted once
+    per document, dedup.image_url_counts / paragraph_counts)."""
+    from m3w_builder.dedup import image_url_counts, paragraph_counts
+
+    docs = [Document.from_json(rec) for rec in iter_extracted(job, unit) if rec["ord"] not in drops]
+    return image_url_counts(docs), paragraph_counts(docs)
+
+
+@dataclass(slots=True)
+class Decisions:
+    """Everything the write stage needs from the whole job; small enough to ship to every task."""
+
+    drops: dict[int, dict[int, str]]
+    frequent_images: set[int]
+    repeated_paragraphs: set[int]
+
+    def to_bytes(self) -> bytes:
+        obj = {
+            "drops": {
+                str(u): {str(o): c for o, c in sorted(d.items())}
+                for u, d in sorted(self.drops.items())
+            },
+            "frequent_images": sorted(self.frequent_images),
+            "repeated_paragraphs": sorted(self.repeated_paragraphs),
+        }
+        return gzip.compress(json.dumps(obj, sort_keys=True).encode(), mtime=0)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Decisions:
+        obj = json.loads(gzip.decompress(data))
+        return cls(
+            drops={int(u): {int(o): c for o, c in d.items()} for u, d in obj["drops"].items()},
+            frequent_images=set(obj["frequent_images"]),
+            repeated_paragraphs=set(obj["repeated_paragraphs"]),
+        )
+
+
+def frequent_keys(
+    image_counts: Iterable[Counter], para_counts: Iterable[Counter], config: BuildConfig
+) -> tuple[set[int], set[int]]:
+    """OBELICS §3.2: image URLs on more than `image_url_max_count` documents are logos and buttons;
+    paragraphs on ≥ `para_max_repeats_per_domain` documents of one domain are boilerplate."""
+    images: Counter = Counter()
+    paras: Counter = Counter()
+    for c in image_counts:
+        images.update(c)
+    for c in para_counts:
+        paras.update(c)
+    max_images = config.dedup.image_url_max_count
+    min_repeats = config.dedup.para_max_repeats_per_domain
+    return (
+        {k for k, n in images.items() if n > max_images},
+        {k for k, n in paras.items() if n >= min_repeats},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 3: write
+
+
+def write_unit(
+    unit: WorkUnit,
+    config: BuildConfig,
+    job: JobDir,
+    decisions: Decisions,
+    archive: Any = None,
+) -> dict[str, Any]:
+    """Apply the job-wide decisions, resolve images, draw attachments and write this unit's part
+    shards. Idempotent; a failed attempt leaves only a `.tmp` folder, which the next attempt clears."""
+    stats_path = job.write_stats(unit.index)
+    if stats_path.exists():
+        return read_json(stats_path)
+    started = time.perf_counter()
+    final_dir = job.write_dir(unit.index)
+    tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    shutil.rmtree(final_dir, ignore_errors=True)  # a rename that lost its marker: redo the unit
+    counts = Counts()
+    langs: Counter[str] = Counter()
+    images = 0
+    drops = decisions.drops.get(unit.index, {})
+    with RollingShardWriter(
+        tmp_dir,
+        docs_per_shard=config.shards.docs_per_shard,
+        max_shard_bytes=config.shards.max_shard_bytes,
+    ) as writer:
+        for doc in iter_written_docs(
+            iter_extracted(job, unit.index), drops, decisions, config, counts, archive
+        ):
+            writer.write(doc)
+            images += len(doc.image_nodes)
+            langs[doc.lang or "unknown"] += 1
+    infos = writer.infos
+    if not infos:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_dir, final_dir)
+    stats = {
+        "unit": unit.index,
+        "docs": sum(i.docs for i in infos),
+        "images": images,
+        "bytes": sum(i.bytes for i in infos),
+        "shards": [i.to_json() for i in infos],
+        "counts": counts.as_dict(),
+        "langs": dict(sorted(langs.items())),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    atomic_write_json(stats_path, stats)
+    return stats
+
+
+def iter_written_docs(
+    records: Iterable[dict[str, Any]],
+    drops: dict[int, str],
+    decisions: Decisions,
+    config: BuildConfig,
+    counts: Counts,
+    archive: Any = None,
+) -> Iterator[Document]:
+    """The write stage as a chain of generators: dedup decisions → images (in batches) → attachment."""
+    from m3w_builder.attach import sample
+    from m3w_builder.images import resolve_images
+
+    batch: list[Document] = []
+
+    def flush() -> Iterator[Document]:
+        for doc in resolve_images(batch, config, counts, archive):
+            yield sample(
+                doc, seed=config.seed, mode=config.attach.mode, p_next=config.attach.p_next
+            )
+        batch.clear()
+
+    for record in records:
+        code = drops.get(record["ord"])
+        if code is not None:
+            counts[code] += 1
+            continue
+        doc = apply_job_dedup(Document.from_json(record), decisions, counts)
+        if doc is None:
+            continue
+        batch.append(doc)
+        if len(batch) >= IMAGE_BATCH:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def apply_job_dedup(doc: Document, decisions: Decisions, counts: Counts) -> Document | None:
+    """Remove boilerplate paragraphs and frequent image URLs; a document left without text is dropped
+    (`doc.no_text`); one left without images is dropped later by the images stage (`doc.no_images`)."""
+    from m3w_builder.dedup import domain_of, image_url_key, paragraph_key
+    from m3w_builder.document import ImageNode, TextNode
+
+    domain = domain_of(doc.url)
+    nodes = []
+    for node in doc.nodes:
+        if (
+            isinstance(node, TextNode)
+            and paragraph_key(domain, node.text) in decisions.repeated_paragraphs
+        ):
+            counts["dedup.paragraph_repeat"] += 1
+            continue
+        if isinstance(node, ImageNode) and image_url_key(node.src) in decisions.frequent_images:
+            counts["dedup.image_url_frequent"] += 1
+            continue
+        nodes.append(node)
+    doc.nodes = nodes
+    if not doc.text_nodes:
+        counts["doc.no_text"] += 1
+        return None
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 4: finalize
+
+
+def finalize(job: JobDir, write_stats: list[dict[str, Any]]) -> list[ShardInfo]:
+    """Rename part shards to contiguous global names in (unit, part) order and write manifest.jsonl.
+
+    Idempotent: a part already moved (destination present, source gone) is skipped, so a driver killed
+    half-way through renaming finishes the job on the next run."""
+    job.shards.mkdir(parents=True, exist_ok=True)
+    infos: list[ShardInfo] = []
+    for stats in sorted(write_stats, key=lambda s: s["unit"]):
+        for part in stats["shards"]:
+            src = job.write_dir(stats["unit"]) / part["name"]
+            dst = job.shards / f"{len(infos):06d}.tar"
+            if src.exists():
+                os.replace(src, dst)
+            elif not dst.exists():
+                raise FileNotFoundError(f"part shard {src} is missing and {dst} was never written")
+            infos.append(ShardInfo(**{**part, "name": f"shards/{dst.name}"}))
+    manifest = "".join(json.dumps(i.to_json(), sort_keys=True) + "\n" for i in infos)
+    atomic_write(job.manifest, manifest.encode())
+    return infos
+
+
+def build_report(
+    extract_stats: list[dict[str, Any]],
+    write_stats: list[dict[str, Any]],
+    infos: list[ShardInfo],
+    *,
+    seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """report.json: every reason code's count, what was kept, speed and languages."""
+    counts = Counts()
+    for stats in [*extract_stats, *write_stats]:
+        counts.update(stats["counts"])
+    langs: Counter[str] = Counter()
+    for stats in write_stats:
+        langs.update(stats["langs"])
+    pages = sum(s["pages"] for s in extract_stats)
+    docs = sum(i.docs for i in infos)
+    return {
+        "pages": pages,
+        "documents_extracted": sum(s["docs"] for s in extract_stats),
+        "documents": docs,
+        "images": sum(i.images for i in infos),
+        "bytes": sum(i.bytes for i in infos),
+        "shards": len(infos),
+        "seconds": round(seconds, 3),
+        "pages_per_s": round(pages / seconds, 2) if seconds > 0 else None,
+        "docs_per_s": round(docs / seconds, 2) if seconds > 0 else None,
+        "languages": dict(langs.most_common()),
+        "counts": counts.as_dict(),
+        **(extra or {}),
+    }
+
+
+__all__ = [
+    "Decisions",
+    "ExtractOptions",
+    "JobDir",
+    "WorkUnit",
+    "build_report",
+    "count_unit",
+    "decide_duplicates",
+    "extract_unit",
+    "finalize",
+    "frequent_keys",
+    "plan_units",
+    "read_journal",
+    "write_unit",
+]

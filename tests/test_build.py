@@ -1,0 +1,183 @@
+"""The build job: its Ray-free stages (journal, dedup decisions, finalize) and end-to-end Ray builds
+over a real WARC and over a generated site served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from m3w_builder.document import Document, ImageNode, TextNode
+from m3w_builder.reasons import Counts
+from m3w_builder.shards import ShardWriter
+from pipelines import build_stages as stages
+from pipelines.sample_site import SITE_MARK, make_site, serve_site, write_url_list
+
+# --------------------------------------------------------------------------------------------------
+# journal: pages that crash or hang their worker
+
+
+def test_journal_skips_a_timed_out_page_at_once_and_a_crashing_page_after_two_crashes():
+    text = (
+        "a run1\ns 0\ne\ns 1\nTimeout (0:00:30)!\nThread 0x01 (most recent call first):\n"  # 1 hung
+        "a run1\ns 0\ne\ns 1\ne\ns 2\n"  # attempt 2 died in page 2 (crash #1)
+        "a run1\ns 0\ne\ns 1\ne\ns 2\n"  # attempt 3 died in page 2 again (crash #2)
+    )
+    state = stages.read_journal(text, "run1")
+    assert state.attempts == 3
+    assert state.skip == {1: "html.parse_timeout", 2: "html.parse_crash"}
+
+
+def test_journal_ignores_crashes_of_an_earlier_run():
+    # a driver killed twice while page 4 was being parsed is not evidence against page 4
+    text = "a old1\ns 4\na old2\ns 4\na now\ns 3\ne\n"
+    assert stages.read_journal(text, "now").skip == {}
+    assert stages.read_journal("a now\ns 4\na now\ns 4\n", "now").skip == {4: "html.parse_crash"}
+
+
+def test_journal_watchdog_kills_a_hanging_parse_and_records_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "j"
+    code = (
+        "import time, pathlib\n"
+        "from pipelines.build_stages import _Journal\n"
+        f"j = _Journal(pathlib.Path({str(path)!r}), 'r', 0.2)\n"
+        "with j.page(0):\n    pass\n"
+        "with j.page(1):\n    time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=20, capture_output=True)
+    assert proc.returncode != 0  # faulthandler's watchdog _exit()ed the process
+    assert stages.read_journal(path.read_text(), "r").skip == {1: "html.parse_timeout"}
+
+
+# --------------------------------------------------------------------------------------------------
+# dedup decisions
+
+
+def _stats(unit: int, keys: list[list]) -> dict:
+    return {"unit": unit, "keys": keys, "pages": len(keys), "docs": len(keys), "counts": {}}
+
+
+def test_decide_keeps_newest_capture_then_first_identical_then_max_docs():
+    stats = [
+        _stats(0, [[0, 11, "2008-04-01", "A"], [1, 22, "2008-04-01", "B"], [2, 33, "", "C"]]),
+        _stats(1, [[0, 11, "2008-05-01", "A2"], [1, 44, "", "B"], [2, 55, "", "D"]]),
+    ]
+    drops = stages.decide_duplicates(stats)
+    # page 11 captured twice: the newer (unit 1) wins; "B" content twice: the first (unit 0) wins
+    assert drops == {0: {0: "dedup.page_url"}, 1: {1: "dedup.identical_doc"}}
+    capped = stages.decide_duplicates(stats, max_docs=2)
+    # kept in input order: unit 0 ord 1 and 2; unit 1's newer capture of page 11 comes third
+    assert capped[1] == {0: "job.max_docs", 1: "dedup.identical_doc", 2: "job.max_docs"}
+    assert capped[0] == {0: "dedup.page_url"}
+
+
+def test_decide_breaks_date_ties_by_input_order():
+    stats = [_stats(0, [[0, 7, "d", "x"]]), _stats(1, [[0, 7, "d", "y"]])]
+    assert stages.decide_duplicates(stats) == {0: {}, 1: {0: "dedup.page_url"}}
+
+
+def test_job_dedup_removes_frequent_images_and_boilerplate_paragraphs():
+    from m3w_builder.dedup import image_url_key, paragraph_key
+
+    doc = Document(
+        url="https://www.example.com/a",
+        nodes=[
+            TextNode("kept words"),
+            ImageNode(src="https://example.com/logo.png"),
+            ImageNode(src="https://example.com/photo.jpg"),
+            TextNode("footer boilerplate"),
+        ],
+    )
+    decisions = stages.Decisions(
+        drops={},
+        frequent_images={image_url_key("https://example.com/logo.png")},
+        repeated_paragraphs={paragraph_key("example.com", "footer boilerplate")},
+    )
+    decisions = stages.Decisions.from_bytes(decisions.to_bytes())  # what the tasks read back
+    counts = Counts()
+    out = stages.apply_job_dedup(doc, decisions, counts)
+    assert out is not None and out.texts == ["kept words", None]
+    assert out.image_nodes[0].src == "https://example.com/photo.jpg"
+    assert counts == {"dedup.image_url_frequent": 1, "dedup.paragraph_repeat": 1}
+    only_footer = Document(url="https://example.com/b", nodes=[TextNode("footer boilerplate")])
+    assert stages.apply_job_dedup(only_footer, decisions, counts) is None
+    assert counts["doc.no_text"] == 1
+
+
+def test_frequent_keys_uses_more_than_10_images_and_at_least_3_paragraphs():
+    from collections import Counter
+
+    from m3w_builder.config import BuildConfig
+
+    images, paras = stages.frequent_keys(
+        [Counter({1: 6, 2: 10}), Counter({1: 5})], [Counter({7: 2, 8: 3})], BuildConfig()
+    )
+    assert images == {1} and paras == {8}
+
+
+# --------------------------------------------------------------------------------------------------
+# finalize: contiguous names, idempotent renames
+
+
+def _part(job: stages.JobDir, unit: int, name: str, url: str) -> dict:
+    writer = ShardWriter(job.write_dir(unit) / name)
+    writer.write(Document(url=url, nodes=[TextNode("t")]))
+    return writer.close().to_json()
+
+
+def test_finalize_renames_parts_in_unit_order_and_survives_a_second_run(tmp_path):
+    job = stages.JobDir(tmp_path)
+    write_stats = [
+        {"unit": 1, "shards": [_part(job, 1, "000000.tar", "http://e/3")]},
+        {
+            "unit": 0,
+            "shards": [
+                _part(job, 0, "000000.tar", "http://e/1"),
+                _part(job, 0, "000001.tar", "http://e/2"),
+            ],
+        },
+        {"unit": 2, "shards": []},
+    ]
+    infos = stages.finalize(job, write_stats)
+    assert [i.name for i in infos] == [
+        "shards/000000.tar",
+        "shards/000001.tar",
+        "shards/000002.tar",
+    ]
+    lines = [json.loads(line) for line in job.manifest.read_text().splitlines()]
+    assert [line["sha256"] for line in lines] == [i.sha256 for i in infos]
+    from m3w_builder.shards import iter_shard
+
+    urls = [s.record["url"] for i in infos for s in iter_shard(tmp_path / i.name)]
+    assert urls == ["http://e/1", "http://e/2", "http://e/3"]
+    assert stages.finalize(job, write_stats) == infos  # a rerun after a kill mid-rename
+
+
+# --------------------------------------------------------------------------------------------------
+# the generated site
+
+
+def test_sample_site_serves_pages_images_and_a_404(tmp_path):
+    info = make_site(tmp_path / "site", pages=12, seed=1)
+    assert len(info.pages) == 12 and info.good_images >= 12
+    with serve_site(tmp_path / "site") as base:
+        urls = write_url_list(tmp_path / "site", base, tmp_path / "urls.txt").read_text().split()
+        assert len(urls) == 12 and urls[0].startswith("http://127.0.0.1:")
+        page = urllib.request.urlopen(urls[0], timeout=5).read().decode()
+        assert SITE_MARK in page and "<p>" in page
+        mark = urllib.request.urlopen(f"{base}/{SITE_MARK}", timeout=5).read()
+        assert mark.startswith(b"\x89PNG")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/img/missing-2.jpg", timeout=5)
+        assert err.value.code == 404
+    # deterministic in (pages, seed)
+    again = make_site(tmp_path / "again", pages=12, seed=1)
+    assert (tmp_path / "site" / "pages" / "004.html").read_bytes() == (
+        tmp_path / "again" / "pages" / "004.html"
+    ).read_bytes()
+    assert again.good_images == info.good_images
