@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from m3w_builder.config import PROFILES, BuildConfig
-from m3w_builder.reasons import Counts
 from pipelines import build_stages as stages
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def run_build(inputs: list[str], config: BuildConfig, options: JobOptions) -> di
         decisions = _decide(ray, job, units, extract_stats, config, options, in_flight, failures)
         if failures:
             return _fail(failures, "count")
-        archive, archive_counts = _archive_index(units)
+        archive = stages.load_archive_index(job, extract_stats)
         decisions_ref, archive_ref = ray.put(decisions), ray.put(archive)
 
         # stage 3: write part shards
@@ -128,7 +127,7 @@ def run_build(inputs: list[str], config: BuildConfig, options: JobOptions) -> di
         infos = stages.finalize(job, write_stats)
         report = stages.build_report(
             extract_stats,
-            [*write_stats, {"counts": archive_counts.as_dict(), "langs": {}}],
+            write_stats,
             infos,
             seconds=time.perf_counter() - started,
             extra={"units": len(units), "seed": config.seed, "profile": config.profile},
@@ -250,20 +249,6 @@ def _collect_counts(ray, ready, refs, image_counts, para_counts, failures) -> No
             continue
         image_counts.append(images)
         para_counts.append(paras)
-
-
-def _archive_index(units: list[stages.WorkUnit]) -> tuple[Any, Counts]:
-    """Index the image records of every archive input once, so the write tasks resolve images from
-    the WARCs (no network) wherever the crawl captured them."""
-    counts = Counts()
-    archives = [
-        p for u in units if u.kind == "pages" for p in u.paths if stages.ARCHIVE_RE.search(p)
-    ]
-    if not archives:
-        return None, counts
-    from m3w_builder.images import ArchiveIndex
-
-    return ArchiveIndex.build(archives, counts), counts
 
 
 def _check_or_record_job(

@@ -39,6 +39,7 @@ import gzip
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -83,6 +84,9 @@ class JobDir:
 
     def extract_stats(self, unit: int) -> Path:
         return self.work / "extract" / f"{unit:05d}.stats.json"
+
+    def archive_index(self, unit: int) -> Path:
+        return self.work / "extract" / f"{unit:05d}.archive.pkl"
 
     def journal(self, unit: int) -> Path:
         return self.work / "extract" / f"{unit:05d}.journal"
@@ -254,9 +258,8 @@ def extract_unit(
     unit: WorkUnit, config: BuildConfig, job: JobDir, options: ExtractOptions
 ) -> dict[str, Any]:
     """Stage 1 for one unit; returns (and stores) its stats. Idempotent: a finished unit is read back."""
-    from m3w_builder.extract import page_to_document
-
     from m3w_builder.dedup import document_hash, hash64, page_url_key
+    from m3w_builder.extract import page_to_document
 
     stats_path = job.extract_stats(unit.index)
     if stats_path.exists():
@@ -308,9 +311,13 @@ def extract_unit(
         os.replace(tmp, docs_path)
     finally:
         journal.close()
+    archives = [p for p in unit.paths if unit.kind == "pages" and ARCHIVE_RE.search(p)]
+    if archives:
+        _write_archive_index(job.archive_index(unit.index), archives, counts)
     stats = {
         "unit": unit.index,
         "pages": pages,
+        "archive_index": bool(archives),
         "docs": len(keys),
         "counts": counts.as_dict(),
         "langs": dict(sorted(langs.items())),
@@ -320,6 +327,24 @@ def extract_unit(
     atomic_write_json(stats_path, stats)  # the completion marker: written last
     journal_path.unlink(missing_ok=True)
     return stats
+
+
+def _write_archive_index(path: Path, archives: list[str], counts: Counts) -> None:
+    """Index this unit's archives for the write stage (fetch.ArchiveIndex: URL → record offset), in
+    the extract task, so the archives are scanned in parallel; the driver merges the indexes."""
+    from m3w_builder.fetch import ArchiveIndex
+
+    atomic_write(path, pickle.dumps(ArchiveIndex.build(archives, counts)))
+
+
+def load_archive_index(job: JobDir, extract_stats: list[dict[str, Any]]) -> Any:
+    """Merge the per-unit archive indexes in unit order (the first capture of a URL wins)."""
+    index = None
+    for stats in sorted(extract_stats, key=lambda s: s["unit"]):
+        if stats.get("archive_index"):
+            part = pickle.loads(job.archive_index(stats["unit"]).read_bytes())
+            index = part if index is None else index.merge(part)
+    return index
 
 
 def _count_skip(counts: Counts, code: str, page: RawPage, exc: BaseException | None = None) -> None:
