@@ -262,7 +262,7 @@ def compute_stats(target: Target, tokenizer: str | None = None, progress: bool =
 # ------------------------------------------------------------------------------------------ output
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -281,9 +281,9 @@ def format_table(stats: Stats) -> str:
     """The human summary: one aligned `name  value` table, distributions as mean/p50/p90/max."""
     j = stats.to_json()
     rows: list[tuple[str, str]] = [
-        ("shards", f"{stats.shards:,} ({_human(stats.shard_bytes)})"),
+        ("shards", f"{stats.shards:,} ({human_bytes(stats.shard_bytes)})"),
         ("documents", f"{stats.docs:,}"),
-        ("images", f"{stats.images:,} ({_human(stats.image_bytes)} stored)"),
+        ("images", f"{stats.images:,} ({human_bytes(stats.image_bytes)} stored)"),
         ("text chunks", f"{stats.text_chunks:,}"),
         (f"tokens ({stats.tokenizer})", f"{stats.tokens:,}"),
     ]

@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import random
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +137,18 @@ def make_job(
     }
     (root / "report.json").write_text(json.dumps(report, indent=1))
     return job
+
+
+def rewrite_shard(path: Path, edit: Callable[[str, bytes], list[tuple[str, bytes]]]) -> None:
+    """Re-tar `path` member by member through `edit(name, data) -> [(name, data), ...]`: the tool for
+    hand-breaking a shard (drop, rename, replace or add members) while keeping a valid tar."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for name, data in members:
+            for new_name, new_data in edit(name, data):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                out.addfile(info, io.BytesIO(new_data))
+    Path(path).write_bytes(buf.getvalue())

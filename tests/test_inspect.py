@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from shardgen import make_job
+from shardgen import make_job, rewrite_shard
 
 from pipelines.cli import main
 from pipelines.inspect_read import TarFormatError, expand_braces, iter_samples, resolve_target
@@ -34,18 +34,7 @@ def _copy_job(job, tmp_path: Path) -> Path:
     return root
 
 
-def _rewrite(path: Path, edit) -> None:
-    """Re-tar `path` member by member through `edit(name, data) -> [(name, data), ...]`."""
-    with tarfile.open(path) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
-        for name, data in members:
-            for new_name, new_data in edit(name, data):
-                info = tarfile.TarInfo(new_name)
-                info.size = len(new_data)
-                out.addfile(info, io.BytesIO(new_data))
-    path.write_bytes(buf.getvalue())
+_rewrite = rewrite_shard
 
 
 def _fix_manifest(root: Path) -> None:
