@@ -182,3 +182,28 @@ def write_synthetic_shards(
                 w.write(synthetic_document(s * docs_per_shard + i, seed, max_images=max_images))
             infos.append(w.close())
     return infos
+
+
+def tiny_flamingo(
+    tokenizer: Any, *, image_size: int = 32, max_images: int = 5, lm_layers: int = 2, seed: int = 0
+) -> tuple[Any, Any]:
+    """A tiny random-init Flamingo (GPT-2-style LM + CLIP-style tower) and its image processor."""
+    import torch
+
+    from model.flamingo import Flamingo, FlamingoConfig
+
+    torch.manual_seed(seed)
+    lm = tiny_lm(len(tokenizer), n_layer=lm_layers)
+    vision = tiny_vision(image_size=image_size)
+    cfg = FlamingoConfig(
+        num_latents=8,
+        resampler_depth=1,
+        resampler_heads=2,
+        resampler_dim_head=16,
+        xattn_heads=2,
+        xattn_dim_head=16,
+        ff_mult=2,
+        max_images=max_images,
+    )
+    model = Flamingo.from_models(lm, vision, tokenizer, cfg)
+    return model, tiny_image_processor(image_size)
