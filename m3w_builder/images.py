@@ -25,11 +25,13 @@ the WARC archive when the image was captured next to its page and from the web o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -37,9 +39,11 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from m3w_builder.config import ImageConfig
-from m3w_builder.fetch import sniff_image_format
-from m3w_builder.reasons import Skip
+from m3w_builder.config import BuildConfig, ImageConfig
+from m3w_builder.dedup import ImageDedup, url_key
+from m3w_builder.document import Document, ImageNode
+from m3w_builder.fetch import ArchiveIndex, Fetcher, run_async, sniff_image_format
+from m3w_builder.reasons import Counts, Skip
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +264,164 @@ def decode_data_uri(uri: str) -> bytes:
         raise Skip("image.decode_error", f"bad data: URI: {e}") from None
 
 
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+# --------------------------------------------------------------------------------------------------
+# The batch entry point
+# --------------------------------------------------------------------------------------------------
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
-def make_decoder_pool(workers: int = 0) -> ThreadPoolExecutor:
-    """Pillow releases the GIL while decoding and encoding, so threads scale over cores."""
-    return ThreadPoolExecutor(
-        max_workers=workers or default_workers(), thread_name_prefix="m3w-img"
-    )
+def decoder_pool(workers: int = 0) -> ThreadPoolExecutor:
+    """One decode pool per process and size, reused across batches. Pillow releases the GIL while
+    decoding, resizing and encoding, so threads use every core without pickling bytes to processes."""
+    workers = workers or max(1, os.cpu_count() or 1)
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m3w-img")
+        return _POOLS[workers]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    stored: StoredImage | None = None
+    code: str | None = None  # the reason code when stored is None
+    source: str = ""  # "archive" | "web" | "data_uri"
+
+
+def resolve_images(
+    docs: list[Document],
+    config: BuildConfig,
+    counts: Counts,
+    archive: ArchiveIndex | None = None,
+) -> list[Document]:
+    """Fill every ImageNode of a batch of documents, drop what fails, return the documents kept.
+
+    Bytes come from `archive` when the image was captured there, else from the web (unless
+    `config.fetch.offline`), each distinct URL once per batch. Each failure removes that image only:
+    its code is appended to `doc.drops` and counted. Then, per document: exact and near duplicates
+    (dedup.ImageDedup), the `max_images_per_doc` cap (`image.over_doc_limit`), and documents left
+    with fewer than `min_images_per_doc` images are dropped as `doc.no_images` (Flamingo keeps only
+    pages with an image). Kept documents are returned in input order and are modified in place.
+    Synchronous: the asyncio fetcher runs in its own event loop inside.
+    """
+    wanted: dict[str, None] = {}
+    for doc in docs:
+        seen: set[str] = set()
+        kept_nodes = []
+        for node in doc.nodes:
+            if isinstance(node, ImageNode):
+                key = node.src if node.src.startswith("data:") else url_key(node.src)
+                if key in seen:  # the same URL twice in one page: fetch and keep it once
+                    _drop(doc, "image.duplicate", counts)
+                    continue
+                seen.add(key)
+                wanted[node.src] = None
+            kept_nodes.append(node)
+        doc.nodes = kept_nodes
+    outcomes = run_async(_resolve_all(list(wanted), config, archive)) if wanted else {}
+    for (
+        outcome
+    ) in outcomes.values():  # progress counters: where each distinct URL's bytes came from
+        if outcome.stored is not None:
+            counts[f"image.from_{outcome.source}"] += 1
+    return [doc for doc in docs if _finish(doc, outcomes, config, counts)]
+
+
+def _drop(doc: Document, code: str, counts: Counts) -> None:
+    doc.drops.append(code)
+    counts[code] += 1
+
+
+def _finish(
+    doc: Document, outcomes: dict[str, _Outcome], config: BuildConfig, counts: Counts
+) -> bool:
+    """Apply outcomes, within-document dedup and the per-document caps; False drops the document."""
+    dedup = ImageDedup(max_distance=config.dedup.image_phash_max_distance)
+    nodes = []
+    n_images = 0
+    for node in doc.nodes:
+        if isinstance(node, ImageNode):
+            outcome = outcomes[node.src]
+            if outcome.stored is None:
+                _drop(doc, outcome.code or "image.unknown", counts)
+                continue
+            stored = outcome.stored
+            code = dedup.check(stored.sha256, stored.phash)
+            if code is None and n_images >= config.images.max_images_per_doc:
+                code = "image.over_doc_limit"
+            if code is not None:
+                _drop(doc, code, counts)
+                continue
+            node.data, node.ext, node.sha256, node.phash = (
+                stored.data,
+                stored.ext,
+                stored.sha256,
+                stored.phash,
+            )
+            node.width, node.height = stored.width, stored.height
+            n_images += 1
+            counts["image.kept"] += 1
+        nodes.append(node)
+    doc.nodes = nodes
+    if n_images < config.images.min_images_per_doc:
+        counts["doc.no_images"] += 1
+        return False
+    return True
+
+
+async def _resolve_all(
+    urls: list[str], config: BuildConfig, archive: ArchiveIndex | None
+) -> dict[str, _Outcome]:
+    """Every URL → its outcome. At most `fetch.concurrency` URLs are in flight at once, which bounds
+    memory to about concurrency × max_bytes of raw bodies (decoded pixels live only inside one
+    decode call per worker thread)."""
+    loop = asyncio.get_running_loop()
+    pool = decoder_pool(config.images.decode_workers)
+    slots = asyncio.Semaphore(max(1, config.fetch.concurrency))
+    need_web = not config.fetch.offline
+    fetcher = Fetcher(config.fetch)
+
+    async def one(url: str) -> _Outcome:
+        async with slots:
+            source = ""
+            try:
+                if url.startswith("data:"):
+                    source = "data_uri"
+                    data = decode_data_uri(url)
+                    return _Outcome(
+                        await loop.run_in_executor(pool, _process, data, config), None, source
+                    )
+                if archive is not None:
+                    stored = await loop.run_in_executor(pool, _from_archive, archive, url, config)
+                    if stored is not None:
+                        return _Outcome(stored, None, "archive")
+                if not need_web:
+                    return _Outcome(None, "image.not_archived")
+                source = "web"
+                result = await fetcher.fetch(url, sniff=True, max_bytes=config.images.max_bytes)
+                stored = await loop.run_in_executor(pool, _process, result.body, config)
+                return _Outcome(stored, None, source)
+            except Skip as e:
+                log.debug("image skipped: %s (%s)", e, url[:200])
+                return _Outcome(None, e.code, source)
+            except Exception:  # a bug or an unforeseen decoder error: one image, not the job
+                log.exception("image failed unexpectedly: %s", url[:200])
+                return _Outcome(None, "image.internal_error", source)
+
+    if need_web:
+        async with fetcher:
+            results = await asyncio.gather(*(one(u) for u in urls))
+    else:
+        results = await asyncio.gather(*(one(u) for u in urls))
+    return dict(zip(urls, results, strict=True))
+
+
+def _process(data: bytes, config: BuildConfig) -> StoredImage:
+    return process_image(data, config.images)
+
+
+def _from_archive(archive: ArchiveIndex, url: str, config: BuildConfig) -> StoredImage | None:
+    """Read and process in one worker call: archive reads are blocking file I/O."""
+    data = archive.read(url, max_bytes=config.images.max_bytes)
+    return None if data is None else process_image(data, config.images)

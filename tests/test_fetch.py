@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from httpserver import LocalServer
 
 from m3w_builder.config import FetchConfig
 from m3w_builder.fetch import (
@@ -26,7 +27,6 @@ from m3w_builder.fetch import (
     robots_noai,
 )
 from m3w_builder.reasons import Skip
-from tests.httpserver import LocalServer
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
+import lxml.html
 import numpy as np
 import pytest
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from httpserver import LocalServer, drawn_image
 from PIL import Image, ImageDraw
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
 from m3w_builder.config import BuildConfig, ImageConfig
-from m3w_builder.images import phash, process_image, sniff_image_format
-from m3w_builder.reasons import Skip
+from m3w_builder.document import Document, ImageNode, TextNode
+from m3w_builder.fetch import ArchiveIndex
+from m3w_builder.images import phash, process_image, resolve_images, sniff_image_format
+from m3w_builder.reasons import Counts, Skip
 
 # What process_image does with every file of corpus images/pillow under the m3w profile. The
 # index's `pillow_load` column says what plain Pillow does; here every failure is a reason code.
@@ -204,3 +217,240 @@ def test_webp_storage_and_determinism() -> None:
     a, b = process_image(data, config), process_image(data, config)
     assert a.ext == "webp" and a.data[8:12] == b"WEBP"
     assert a.data == b.data and a.sha256 == b.sha256  # deterministic bytes → stable shards
+
+
+# --------------------------------------------------------------------------------------------------
+# resolve_images: archive first, then the web (a real 127.0.0.1 server), per-document rules
+# --------------------------------------------------------------------------------------------------
+
+
+def aut_documents(warc: Path) -> list[Document]:
+    """One Document per HTML page of a WARC, with its <img src> resolved against the page URL (and
+    <base href>): a stand-in for dom.extract that keeps every image reference."""
+    docs = []
+    for record in ArchiveIterator(
+        str(warc), record_types=WarcRecordType.response, parse_http=True, fsspec_args=False
+    ):
+        if not (record.http_content_type or "").startswith("text/html"):
+            continue
+        url = record.headers.get("WARC-Target-URI")
+        body = record.reader.read()
+        if not body.strip():
+            continue
+        tree = lxml.html.document_fromstring(body)
+        base = tree.find(".//base[@href]")
+        base_url = urljoin(url, base.get("href")) if base is not None else url
+        images = [
+            ImageNode(urljoin(base_url, img.get("src").strip()))
+            for img in tree.iter("img")
+            if img.get("src") is not None
+        ]
+        docs.append(Document(url, [TextNode("text")] + images))
+    return docs
+
+
+def offline_config(profile: str = "m3w") -> BuildConfig:
+    config = BuildConfig.for_profile(profile)
+    config.fetch.offline = True  # any attempt to reach the network is an image.not_archived
+    return config
+
+
+def test_aut_warc_images_resolve_from_the_archive(corpus: Path) -> None:
+    warc = corpus / "warc" / "aut" / "example.warc.gz"
+    docs = aut_documents(warc)
+    urls = [n.src for d in docs for n in d.image_nodes]
+    assert len(urls) == 858  # MANIFEST: 858 <img src> in the HTML pages
+    counts = Counts()
+    archive = ArchiveIndex.build([warc], counts)
+    assert sum(archive.lookup(u) is not None for u in urls) == 824  # MANIFEST: 824 archived
+    archived_payloads = {u: archive.read(u) for u in urls if archive.lookup(u) is not None}
+    assert all(sniff_image_format(b) is not None for b in archived_payloads.values())
+
+    kept = resolve_images(docs, offline_config(), counts, archive)
+    # Every reference is accounted for: kept, or dropped with a code.
+    image_codes = {k: v for k, v in counts.items() if k.startswith("image.") and k != "image.kept"}
+    dropped = sum(v for k, v in image_codes.items() if not k.startswith("image.from_"))
+    assert counts["image.kept"] + dropped == 858
+    assert sum(len(d.drops) for d in docs) == dropped
+    # No network: exactly the unarchived references failed, and only as not_archived.
+    unarchived = [
+        (d.url, n.src) for d in docs for n in d.image_nodes if archive.lookup(n.src) is None
+    ]
+    assert unarchived == []  # every surviving node is an archived one
+    assert counts["image.not_archived"] <= 858 - 824
+    assert counts["image.not_archived"] > 0
+    assert counts["doc.no_images"] + len(kept) == len(docs)
+    for doc in kept:
+        assert doc.image_nodes
+        for node in doc.image_nodes:
+            assert node.data and node.ext == "jpg" and node.width >= 64 and node.height >= 64
+            assert hashlib.sha256(node.data).hexdigest() == node.sha256
+
+
+def test_archive_revisits_and_merge(corpus: Path) -> None:
+    folder = corpus / "warc" / "aut"
+    counts = Counts()
+    small = ArchiveIndex.build([folder / "issue-493.warc"], counts)
+    # w1.gif's revisit record comes before its response; both URLs spellings resolve.
+    for name in ("w1.gif", "w2.gif", "w3.gif", "note.gif", "notekl.gif"):
+        for scheme in ("http", "https"):
+            data = small.read(f"{scheme}://auer.netzliteratur.net/wendelin/{name}")
+            assert data is not None and data.startswith(b"GIF8"), name
+    big = ArchiveIndex.build([folder / "example.warc.gz"], Counts())
+    merged = pickle.loads(pickle.dumps(big)).merge(small)
+    assert len(merged) == len(big) + len(small) and len(merged.files) == 2
+    assert merged.lookup("https://auer.netzliteratur.net/wendelin/w1.gif")[0].endswith("493.warc")
+    assert merged.read("http://www.archive.org/images/hewlett.jpg")[:3] == b"\xff\xd8\xff"
+    assert merged.read("http://www.archive.org/images/not-there.jpg") is None
+    with pytest.raises(Skip) as e:
+        merged.read("http://www.archive.org/images/hewlett.jpg", max_bytes=100)
+    assert e.value.code == "image.too_large_bytes"
+
+
+def write_warc(path: Path, records: list[tuple[str, bytes, str]]) -> None:
+    """A real .warc.gz with one HTTP 200 response per (url, body, content type)."""
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, body, ctype in records:
+            http = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
+            record = writer.create_warc_record(
+                url, "response", payload=io.BytesIO(body), http_headers=http
+            )
+            writer.write_record(record)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as s:
+        yield s
+
+
+def web_config(**images: Any) -> BuildConfig:
+    config = BuildConfig()
+    config.fetch.allowed_hosts = ["127.0.0.1"]
+    config.fetch.backoff_s = 0.01
+    config.fetch.read_timeout_s = 0.5
+    for name, value in images.items():
+        setattr(config.images, name, value)
+    return config
+
+
+def test_archive_is_read_before_the_web(server: LocalServer, tmp_path: Path) -> None:
+    archived = drawn(200, 150, "JPEG")
+    url = server.url("/archived-only.jpg")  # the server would answer 404 for it
+    write_warc(tmp_path / "a.warc.gz", [(url, archived, "image/jpeg")])
+    archive = ArchiveIndex.build([tmp_path / "a.warc.gz"], Counts())
+    counts = Counts()
+    doc = Document("http://page/", [TextNode("t"), ImageNode(url + "#top")])
+    [kept] = resolve_images([doc], web_config(), counts, archive)
+    assert server.hits("/archived-only.jpg") == 0
+    assert kept.image_nodes[0].phash == process_image(archived, ImageConfig()).phash
+    assert counts["image.from_archive"] == 1 and counts["image.from_web"] == 0
+
+
+def test_every_pillow_corpus_file_over_http(server: LocalServer, corpus: Path) -> None:
+    folder = corpus / "images" / "pillow"
+    docs = []
+    for name in PILLOW_EXPECTED:
+        url = server.add(f"/pillow/{name}", (folder / name).read_bytes(), "image/png")
+        docs.append(Document(f"http://site/{name}", [TextNode("t"), ImageNode(url)]))
+    counts = Counts()
+    kept = resolve_images(docs, web_config(), counts)
+    for doc, (name, want) in zip(docs, PILLOW_EXPECTED.items(), strict=True):
+        assert doc.drops == ([] if want == "ok" else [want]), name
+    assert [d.url.rsplit("/", 1)[1] for d in kept] == [
+        n for n, w in PILLOW_EXPECTED.items() if w == "ok"
+    ]
+    failing = sum(w != "ok" for w in PILLOW_EXPECTED.values())
+    assert counts["doc.no_images"] == failing
+
+
+def test_failures_drop_only_their_image(server: LocalServer) -> None:
+    good = [server.add(f"/good{i}.png", drawn_image(200, 160, "PNG", seed=i)) for i in range(3)]
+    doc = Document(
+        "http://site/mixed",
+        [
+            TextNode("intro"),
+            ImageNode(good[0]),
+            ImageNode(server.url("/status/404")),
+            TextNode("middle"),
+            ImageNode(server.url("/html-as-image")),
+            ImageNode(server.url("/slow?s=2")),
+            ImageNode(server.url("/noai")),
+            ImageNode(server.url("/redirect-to?url=http://169.254.169.254/")),
+            ImageNode(good[1]),
+            ImageNode(server.url(f"/big?bytes={2_000_000}")),
+            ImageNode("ftp://127.0.0.1/x.jpg"),
+            ImageNode(good[2]),
+            TextNode("end"),
+        ],
+    )
+    counts = Counts()
+    [kept] = resolve_images([doc], web_config(max_bytes=1_000_000), counts)
+    assert kept is doc
+    assert [n.src for n in doc.image_nodes] == good
+    assert [n.text for n in doc.text_nodes] == ["intro", "middle", "end"]
+    assert doc.drops == [
+        "image.http_404",
+        "image.bad_content_type",
+        "image.fetch_timeout",
+        "image.robots_noai",
+        "image.ssrf_blocked",
+        "image.too_large_bytes",
+        "image.ssrf_blocked",
+    ]
+    assert counts["image.kept"] == 3 and counts["image.ssrf_blocked"] == 2
+    assert all(n.width == 200 and n.height == 160 for n in doc.image_nodes)
+
+
+def blocky_photo(seed: int, side: int = 320, fmt: str = "JPEG") -> bytes:
+    """Random 8×8-pixel blocks: photo-like low frequencies, so a rescaled copy keeps its pHash
+    (thin drawn stripes alias at pHash's 32×32 and are a poor stand-in for photos)."""
+    rng = np.random.default_rng(seed)
+    blocks = (rng.random((side // 8, side // 8, 3)) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(np.kron(blocks, np.ones((8, 8, 1), np.uint8))).save(out, fmt)
+    return out.getvalue()
+
+
+def test_duplicates_within_a_document(server: LocalServer) -> None:
+    photo = blocky_photo(5)
+    a = server.add("/dup/a.jpg", photo)
+    b = server.add("/dup/b.jpg", photo)  # same bytes, other URL
+    small = io.BytesIO()
+    Image.open(io.BytesIO(photo)).resize((200, 200)).save(small, "PNG")
+    c = server.add("/dup/c.png", small.getvalue())  # same picture, smaller, other format
+    other = server.add("/dup/d.jpg", blocky_photo(6))
+    doc = Document("http://site/dups", [ImageNode(a), ImageNode(a + "#again"), ImageNode(b)])
+    doc.nodes += [ImageNode(c), ImageNode(other)]
+    second = Document("http://site/other-page", [ImageNode(a)])  # other documents are unaffected
+    counts = Counts()
+    kept = resolve_images([doc, second], web_config(), counts)
+    assert kept == [doc, second]
+    assert [n.src for n in doc.image_nodes] == [a, other]
+    assert doc.drops == ["image.duplicate", "image.duplicate", "image.near_duplicate"]
+    assert server.hits("/dup/a.jpg") == 1  # one fetch per distinct URL per batch
+
+
+def test_images_per_document_bounds(server: LocalServer) -> None:
+    urls = [server.add(f"/n/{i}.png", drawn_image(120, 100, "PNG", seed=10 + i)) for i in range(4)]
+    counts = Counts()
+    doc = Document("http://site/many", [ImageNode(u) for u in urls])
+    config = web_config(max_images_per_doc=2)
+    [kept] = resolve_images([doc], config, counts)
+    assert [n.src for n in kept.image_nodes] == urls[:2]
+    assert kept.drops == ["image.over_doc_limit"] * 2
+    config = web_config(min_images_per_doc=3)
+    few = Document("http://site/few", [ImageNode(urls[0]), ImageNode(server.url("/status/404"))])
+    assert resolve_images([few], config, counts) == []
+    assert counts["doc.no_images"] == 1 and few.drops == ["image.http_404"]
+
+
+def test_data_uri_images() -> None:
+    png = drawn(100, 80)
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    doc = Document("http://site/inline", [TextNode("t"), ImageNode(uri), ImageNode("data:,nope")])
+    counts = Counts()
+    [kept] = resolve_images([doc], offline_config(), counts)
+    assert (kept.image_nodes[0].width, kept.image_nodes[0].height) == (100, 80)
+    assert kept.drops == ["image.bad_content_type"] and counts["image.from_data_uri"] == 1
