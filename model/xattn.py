@@ -91,9 +91,10 @@ def fast_masked_attention(
     q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d].
     """
     bsz, seq, heads, dh = q.shape
-    out = q.new_zeros(bsz * seq, heads, dh)
     if not bool(mask.any()):
-        return out.view(bsz, seq, heads, dh)
+        # zeros that keep q, k, v in the graph: DDP expects a gradient for every parameter
+        return q * 0 + (k.sum() + v.sum()) * 0
+    out = q.new_zeros(bsz * seq, heads, dh)
     token, valid, image, count_per_token = _pair_blocks(mask, block)
     q_blk = rearrange(q.reshape(bsz * seq, heads, dh)[token], "nb s h d -> nb h s d")
     k_blk = rearrange(k.flatten(0, 1)[image], "nb l h d -> nb h l d")  # (NB, H, L, d)
