@@ -61,82 +61,197 @@ class JobOptions:
 # the job
 
 
-def run_build(inputs: list[str], config: BuildConfig, options: JobOptions) -> dict[str, Any]:
-    """Build (or finish building) the job in `options.out`; returns the report (also report.json)."""
+def run_build(
+    inputs: list[str], config: BuildConfig, options: JobOptions, *, use_ray: bool = True
+) -> dict[str, Any]:
+    """Build (or finish building) the job in `options.out`; returns the report (also report.json).
+
+    `use_ray=False` runs the very same stages one after another in this process (the benchmark's
+    baseline, and a debugging aid): the output is byte-identical to a Ray build."""
     started = time.perf_counter()
     job = stages.JobDir(options.out)
     units = stages.plan_units(
         inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
     )
     _check_or_record_job(job, inputs, config, options, units)
-    import ray
-
-    owns_ray = _init_ray(options)
-    try:
-        progress = _Progress(len(units), enabled=options.progress)
-        run_id = uuid.uuid4().hex
-        extract_options = stages.ExtractOptions(
-            run_id=run_id,
-            page_kill_timeout_s=(
-                options.page_kill_timeout_s
-                if options.page_kill_timeout_s is not None
-                else 3 * config.sources.parse_timeout_s + 5
-            ),
-        )
-        in_flight = options.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        failures: list[str] = []
-
-        # stage 1: extract
-        extract_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.extract_unit)
-        config_ref = ray.put(config)
-        extract_stats = _run_tasks(
-            ray,
+    extract_options = stages.ExtractOptions(
+        run_id=uuid.uuid4().hex,
+        page_kill_timeout_s=(
+            options.page_kill_timeout_s
+            if options.page_kill_timeout_s is not None
+            else 3 * config.sources.parse_timeout_s + 5
+        ),
+    )
+    if (
+        not use_ray
+    ):  # a watchdog _exit() would take the whole driver down: no retry to skip the page
+        extract_options.page_kill_timeout_s = 0.0
+    progress = _Progress(len(units), enabled=options.progress)
+    with _RayExecutor(options) if use_ray else _LocalExecutor() as executor:
+        # stage 1: extract (and index archives)
+        extract_stats = executor.map(
+            stages.extract_unit,
             units,
-            lambda u: extract_remote.remote(u, config_ref, job, extract_options),
-            lambda u: job.extract_stats(u.index),
-            in_flight,
+            (config, job, extract_options),
+            marker=lambda u: job.extract_stats(u.index),
             on_done=progress.extracted,
-            failures=failures,
         )
-        if failures:
-            return _fail(failures, "extract")
-
+        executor.raise_failures("extract")
         # stage 2: decide (page/content dedup in the driver, then counts of the survivors)
-        decisions = _decide(ray, job, units, extract_stats, config, options, in_flight, failures)
-        if failures:
-            return _fail(failures, "count")
+        decisions = _decide(executor, job, units, extract_stats, config, options)
         archive = stages.load_archive_index(job, extract_stats)
-        decisions_ref, archive_ref = ray.put(decisions), ray.put(archive)
-
         # stage 3: write part shards
-        write_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.write_unit)
-        write_stats = _run_tasks(
-            ray,
+        write_stats = executor.map(
+            stages.write_unit,
             units,
-            lambda u: write_remote.remote(u, config_ref, job, decisions_ref, archive_ref),
-            lambda u: job.write_stats(u.index),
-            in_flight,
+            (config, job, decisions, archive),
+            marker=lambda u: job.write_stats(u.index),
             on_done=progress.written,
-            failures=failures,
         )
-        if failures:
-            return _fail(failures, "write")
-        progress.close()
+        executor.raise_failures("write")
+    progress.close()
+    # stage 4: contiguous shard names, manifest, report
+    infos = stages.finalize(job, write_stats)
+    report = stages.build_report(
+        extract_stats,
+        write_stats,
+        infos,
+        seconds=time.perf_counter() - started,
+        extra={"units": len(units), "seed": config.seed, "profile": config.profile},
+    )
+    stages.atomic_write_json(job.report, report)
+    return report
 
-        # stage 4: contiguous shard names, manifest, report
-        infos = stages.finalize(job, write_stats)
-        report = stages.build_report(
-            extract_stats,
-            write_stats,
-            infos,
-            seconds=time.perf_counter() - started,
-            extra={"units": len(units), "seed": config.seed, "profile": config.profile},
-        )
-        stages.atomic_write_json(job.report, report)
-        return report
-    finally:
-        if owns_ray:
-            ray.shutdown()
+
+def _decide(
+    executor: _LocalExecutor,
+    job: stages.JobDir,
+    units: list[stages.WorkUnit],
+    extract_stats: list[dict[str, Any]],
+    config: BuildConfig,
+    options: JobOptions,
+) -> stages.Decisions:
+    """Job-wide dedup decisions, computed once and stored (a rerun reads them back).
+
+    Two passes rather than a streaming counter actor: an actor would see documents in completion
+    order, so "keep the newest capture" and "the first copy" would depend on timing, and its state
+    would be lost with it on a crash. A second parse-free pass over the extract files is cheap
+    (JSON lines, no HTML) and makes the decisions a pure function of the inputs."""
+    if job.dedup.exists():
+        return stages.Decisions.from_bytes(job.dedup.read_bytes())
+    drops = stages.decide_duplicates(extract_stats, options.max_docs)
+    counted = executor.map(stages.count_unit, units, (job, drops))
+    executor.raise_failures("count")
+    frequent, repeated = stages.frequent_keys(
+        [c[0] for c in counted], [c[1] for c in counted], config
+    )
+    decisions = stages.Decisions(drops, frequent, repeated)
+    stages.atomic_write(job.dedup, decisions.to_bytes())
+    return decisions
+
+
+class _LocalExecutor:
+    """Run a stage's units one after another in this process (same contract as _RayExecutor)."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __enter__(self) -> _LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        units: list[stages.WorkUnit],
+        shared: tuple[Any, ...],
+        *,
+        marker: Callable[[stages.WorkUnit], Path] | None = None,
+        on_done: Callable[[dict[str, Any], bool], None] | None = None,
+    ) -> list[Any]:
+        """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back."""
+        results = []
+        for unit in units:
+            if marker is not None and marker(unit).exists():
+                results.append(stages.read_json(marker(unit)))
+                resumed = True
+            else:
+                results.append(fn(unit, *shared))
+                resumed = False
+            if on_done is not None:
+                on_done(results[-1], resumed)
+        return results
+
+    def raise_failures(self, stage: str) -> None:
+        if self.failures:
+            raise SystemExit(
+                f"{len(self.failures)} unit(s) failed in the {stage} stage after retries; finished "
+                "units are kept, run the same command again to retry the rest:\n  "
+                + "\n  ".join(self.failures[:20])
+            )
+
+
+class _RayExecutor(_LocalExecutor):
+    """Ray core tasks with at most `max_in_flight` submitted; the shared arguments are put in the
+    object store once per stage, not once per task. Worker deaths are retried by Ray
+    (TASK_RETRIES); a unit that still fails is reported with its input, and the job stops before
+    finalizing, so a rerun can fill it in without renumbering shards."""
+
+    def __init__(self, options: JobOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.owns_ray = False
+
+    def __enter__(self) -> _RayExecutor:
+        import ray
+
+        self.ray = ray
+        self.owns_ray = _init_ray(self.options)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.max_in_flight = self.options.max_in_flight or max(2, 2 * cpus)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owns_ray:
+            self.ray.shutdown()
+
+    def map(self, fn, units, shared, *, marker=None, on_done=None):  # noqa: D102 - see base
+        ray = self.ray
+        remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(fn)
+        shared_refs = [ray.put(arg) for arg in shared]
+        results: dict[int, Any] = {}
+        pending: dict[Any, stages.WorkUnit] = {}
+
+        def collect(ready: Iterable[Any]) -> None:
+            for ref in ready:
+                unit = pending.pop(ref)
+                try:
+                    results[unit.index] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - reported; the rerun retries the unit
+                    self.failures.append(
+                        f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}"
+                    )
+                    log.error("unit %d (%s) failed: %s", unit.index, unit.describe(), exc)
+                    continue
+                if on_done is not None:
+                    on_done(results[unit.index], False)
+
+        for unit in units:
+            if marker is not None and marker(unit).exists():
+                results[unit.index] = stages.read_json(marker(unit))
+                if on_done is not None:
+                    on_done(results[unit.index], True)
+                continue
+            while len(pending) >= self.max_in_flight:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                collect(ready)
+            pending[remote.remote(unit, *shared_refs)] = unit
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            collect(ready)
+        return [results[u.index] for u in units if u.index in results]
 
 
 def _init_ray(options: JobOptions) -> bool:
@@ -154,101 +269,6 @@ def _init_ray(options: JobOptions) -> bool:
         kwargs["num_cpus"] = options.num_cpus
     ray.init(**kwargs)
     return True
-
-
-def _run_tasks(
-    ray: Any,
-    units: list[stages.WorkUnit],
-    submit: Callable[[stages.WorkUnit], Any],
-    marker: Callable[[stages.WorkUnit], Path],
-    max_in_flight: int,
-    *,
-    on_done: Callable[[dict[str, Any], bool], None],
-    failures: list[str],
-) -> list[dict[str, Any]]:
-    """Run one stage over all units with at most `max_in_flight` tasks submitted; units whose marker
-    exists are read back, not re-run. A unit that still fails after Ray's retries is reported (with
-    its input) and the job stops before finalizing, so a rerun can fill it in without renumbering."""
-    results: dict[int, dict[str, Any]] = {}
-    pending: dict[Any, stages.WorkUnit] = {}
-    todo = iter(units)
-
-    def collect(ready: Iterable[Any]) -> None:
-        for ref in ready:
-            unit = pending.pop(ref)
-            try:
-                results[unit.index] = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - reported, and the rerun retries the unit
-                failures.append(
-                    f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}"
-                )
-                log.error("unit %d (%s) failed: %s", unit.index, unit.describe(), exc)
-                continue
-            on_done(results[unit.index], False)
-
-    for unit in todo:
-        path = marker(unit)
-        if path.exists():
-            results[unit.index] = stages.read_json(path)
-            on_done(results[unit.index], True)
-            continue
-        while len(pending) >= max_in_flight:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            collect(ready)
-        pending[submit(unit)] = unit
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        collect(ready)
-    return [results[i] for i in sorted(results)]
-
-
-def _decide(
-    ray: Any,
-    job: stages.JobDir,
-    units: list[stages.WorkUnit],
-    extract_stats: list[dict[str, Any]],
-    config: BuildConfig,
-    options: JobOptions,
-    in_flight: int,
-    failures: list[str],
-) -> stages.Decisions:
-    """Job-wide dedup decisions, computed once and stored (a rerun reads them back).
-
-    Two passes rather than a streaming counter actor: an actor would see documents in completion
-    order, so "keep the newest capture" and "the first copy" would depend on timing, and its state
-    would be lost with it on a crash. A second parse-free pass over the extract files is cheap
-    (JSON lines, no HTML) and makes the decisions a pure function of the inputs."""
-    if job.dedup.exists():
-        return stages.Decisions.from_bytes(job.dedup.read_bytes())
-    drops = stages.decide_duplicates(extract_stats, options.max_docs)
-    count_remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.count_unit)
-    refs = {}
-    image_counts, para_counts = [], []
-    for unit in units:
-        while len(refs) >= in_flight:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            _collect_counts(ray, ready, refs, image_counts, para_counts, failures)
-        refs[count_remote.remote(job, unit.index, drops.get(unit.index, {}))] = unit
-    while refs:
-        ready, _ = ray.wait(list(refs), num_returns=1)
-        _collect_counts(ray, ready, refs, image_counts, para_counts, failures)
-    frequent, repeated = stages.frequent_keys(image_counts, para_counts, config)
-    decisions = stages.Decisions(drops, frequent, repeated)
-    if not failures:
-        stages.atomic_write(job.dedup, decisions.to_bytes())
-    return decisions
-
-
-def _collect_counts(ray, ready, refs, image_counts, para_counts, failures) -> None:
-    for ref in ready:
-        unit = refs.pop(ref)
-        try:
-            images, paras = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001
-            failures.append(f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}")
-            continue
-        image_counts.append(images)
-        para_counts.append(paras)
 
 
 def _check_or_record_job(
@@ -279,13 +299,6 @@ def _check_or_record_job(
         log.info("resuming the build in %s", job.root)
         return
     stages.atomic_write_json(job.job, identity)
-
-
-def _fail(failures: list[str], stage: str) -> dict[str, Any]:
-    raise SystemExit(
-        f"{len(failures)} unit(s) failed in the {stage} stage after retries; finished units are kept, "
-        "run the same command again to retry the rest:\n  " + "\n  ".join(failures[:20])
-    )
 
 
 # ---------------------------------------------------------------------------------------------------

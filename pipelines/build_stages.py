@@ -465,12 +465,19 @@ def decide_duplicates(
     return drops
 
 
-def count_unit(job: JobDir, unit: int, drops: dict[int, str]) -> tuple[Counter, Counter]:
+def count_unit(
+    unit: WorkUnit, job: JobDir, drops: dict[int, dict[int, str]]
+) -> tuple[Counter, Counter]:
     """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted once
     per document, dedup.image_url_counts / paragraph_counts)."""
     from m3w_builder.dedup import image_url_counts, paragraph_counts
 
-    docs = [Document.from_json(rec) for rec in iter_extracted(job, unit) if rec["ord"] not in drops]
+    unit_drops = drops.get(unit.index, {})
+    docs = [
+        Document.from_json(rec)
+        for rec in iter_extracted(job, unit.index)
+        if rec["ord"] not in unit_drops
+    ]
     return image_url_counts(docs), paragraph_counts(docs)
 
 
