@@ -44,7 +44,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     target = _target(args)
     if target is None:
         return 2
-    report = verify(target, jobs=args.jobs, progress=not args.no_progress)
+    report = verify(
+        target, jobs=args.jobs, progress=not args.no_progress, decode=not args.no_decode
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -145,6 +147,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("verify", cmd_verify, "schema, members, images, manifest and tar integrity")
     p.add_argument("--jobs", type=int, default=1, help="verify shards in N processes")
+    p.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="check image headers only, not every pixel (fast; misses cut-off image data)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--max-problems", type=int, default=50, help="problems listed (all counted)")
     p.add_argument("--no-progress", action="store_true")

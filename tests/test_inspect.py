@@ -292,6 +292,9 @@ def test_verify_stray_member_and_undecodable_image(job, tmp_path):
         ("image.undecodable", doc.key),
         ("manifest.images", None),
     }
+    # header-only decoding does not see the cut-off image body, by design
+    fast = verify(resolve_target(root), decode=False).problems
+    assert {p.code for p in fast} == {"member.stray", "manifest.images"}
 
 
 def test_verify_wrong_format_for_extension(job, tmp_path):
