@@ -1,0 +1,826 @@
+"""DOM → Document: the HTML page as an ordered list of paragraphs and images (DESIGN §2).
+
+`extract(html, url, config)` is a recipe of named private steps. Each step is ONE pass over the tree
+(an `etree.iterwalk` or one `iter()`), never a loop that restarts from the top after every edit — the
+quadratic mistake of OBELICS's DOM simplifier (obelics/processors/dom_tree_simplificator.py, which
+re-walks the whole tree once per rule and per change). The steps, in order:
+
+1. `_parse`: lxml's libxml2 HTML parser (17× faster than BeautifulSoup on the dev corpus, see
+   benchmarks/results/extract.md), comments and processing instructions removed while parsing.
+2. `_base_url`: `<base href>` resolved against the page URL (HTML §4.2.3) for every relative URL.
+3. `_clean`: drop non-content elements (script/style/nav/footer/aside/form/...), hidden elements
+   (`hidden`, `aria-hidden=true`, inline `display:none`/`visibility:hidden`) and boilerplate
+   containers named by class/id/role (Readability.js's "unlikely candidates" list). `<noscript>` is
+   unwrapped when it carries the only copy of a lazy-loaded image, dropped otherwise.
+4. `_select_main`: main-content focus by Readability-style scoring (Mozilla Readability.js,
+   `_grabArticle`): paragraphs score by length and commas, pass the score up to their parent and
+   grandparent; the best container, discounted by its link density, plus qualifying siblings, is the
+   article. Falls back to the whole body when the winner holds too little text, so non-article pages
+   (galleries, forums) are not emptied.
+5. `_linearise`: one walk in reading order that segments text into paragraphs at block boundaries
+   (p, div, li, h1-6, td/th, figcaption, blockquote, pre, two consecutive `<br>`), normalises
+   whitespace, drops link-dense paragraphs (menus, tag clouds, "related" lists) and emits an ImageNode
+   for every `<img>` (src, srcset, lazy-load attributes, `<picture><source>`), dropping tracking
+   pixels, tiny `data:` URIs and URLs matching `config.url_block_rules`.
+
+Every removed image and paragraph leaves its reason code in `doc.drops`; removed elements are counted
+in `doc.stats["dom"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+from lxml import etree
+
+from m3w_builder.config import DomConfig
+from m3w_builder.document import Document, ImageNode, Node, TextNode
+
+log = logging.getLogger(__name__)
+
+# Elements that never hold article content. Chrome (nav/header/footer/aside), code and embeds
+# (script/style/template/iframe/object/svg/canvas), forms and their controls. Mirrors the tag list of
+# OBELICS obelics/utils/tags_attributes.py (TAGS_TO_REMOVE) plus HTML5 sectioning chrome.
+_DROP_TAGS = frozenset(
+    """script style noscript template nav header footer aside form iframe frame frameset svg math
+    canvas object embed applet audio video map button input select textarea option label dialog
+    menu link meta head title base""".split()
+)
+# <math> is MathML, which has no text a language model can read as prose; wikipedia's rendered math
+# images are `<img>` and survive.
+
+# Block-level elements: their start and end close the current paragraph (HTML §3.2.5.2.x "flow
+# content" that browsers render as blocks). Inline elements (a, span, b, em...) do not.
+_BLOCK_TAGS = frozenset(
+    """p div li ul ol dl dt dd h1 h2 h3 h4 h5 h6 td th tr table thead tbody tfoot caption figure
+    figcaption blockquote pre section article main address hr center details summary fieldset
+    legend body html""".split()
+)
+
+# Readability.js `REGEXPS.unlikelyCandidates` / `okMaybeItsACandidate` (mozilla/readability,
+# Readability.js): class/id words that mark comment sections, share widgets, menus, sidebars,
+# related-article lists and ads. A container matching the first but not the second is dropped.
+_UNLIKELY = re.compile(
+    r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|gdpr|"
+    r"header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|sponsor|"
+    r"supplemental|ad-break|agegate|pagination|pager|popup|yom-remote|share|sharing|newsletter|"
+    r"promo|subscribe|cookie|signup|outbrain|taboola",
+    re.I,
+)
+_MAYBE = re.compile(r"and|article|body|column|content|main|shadow", re.I)
+_UNLIKELY_ROLES = frozenset(
+    "menu menubar complementary navigation alert alertdialog dialog banner contentinfo".split()
+)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+
+# Readability.js `REGEXPS.positive` / `negative`: class/id words that raise or lower a container's
+# content score.
+_POSITIVE = re.compile(
+    r"article|body|content|entry|hentry|h-entry|main|page|pagination|post|text|blog|story", re.I
+)
+_NEGATIVE = re.compile(
+    r"-ad-|hidden|^hid$| hid$| hid |^hid |banner|combx|comment|com-|contact|footer|gdpr|masthead|"
+    r"media|meta|outbrain|promo|related|scroll|share|shoutbox|sidebar|skyscraper|sponsor|shopping|"
+    r"tags|widget",
+    re.I,
+)
+
+# Lazy-loading libraries keep the real image URL in one of these (lazysizes, lozad, jQuery lazyload,
+# WordPress Jetpack, Medium, NYT...). srcset-like ones list "url descriptor" candidates.
+_LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "data-src-set", "data-original-set")
+_LAZY_SRC_ATTRS = (
+    "data-src",
+    "data-original",
+    "data-lazy-src",
+    "data-url",
+    "data-hi-res-src",
+    "data-full-src",
+    "data-lazy",
+    "data-echo",
+    "data-actualsrc",
+    "data-img-src",
+    "data-original-src",
+    "data-large-src",
+    "data-orig-src",
+    "data-image",
+    "data-raw-src",
+)
+# Known 1×1 beacon/spacer URL shapes (Adobe `/b/ss/`, comScore, "1x1", blank/clear/transparent gifs).
+_PIXEL_URL = re.compile(
+    r"1x1|/b/ss/|/beacon|[/_.-]pixel\.(?:gif|png)|/p\.gif|blank\.gif|clear\.gif|"
+    r"transparent\.(?:gif|png)|scorecardresearch\.com|/pixel[/?]",
+    re.I,
+)
+_WS = re.compile(r"\s+")
+_DIMENSION = re.compile(r"^\s*(\d+)(?:\.\d+)?\s*(?:px)?\s*$", re.I)
+
+
+def extract(html: str | bytes, url: str, config: DomConfig | None = None) -> Document:
+    """Parse `html` and return its Document: nodes in reading order, removed items in `drops`.
+
+    `html` as `str` is parsed as such; as `bytes` libxml2 sniffs the charset from BOM / `<meta>`
+    (m3w_builder.extract decodes with the HTTP headers first and passes `str`).
+    """
+    root = _parse(html)
+    if root is None:
+        return Document(url=url, stats={"dom": {}})
+    return extract_tree(root, url, config)
+
+
+# --------------------------------------------------------------------------------------- 1. parse
+
+
+def make_parser(encoding: str | None = None) -> etree.HTMLParser:
+    """libxml2 HTML parser. `huge_tree` lifts the 10 MB text-node and 256-depth limits to 2048
+    levels (deeper content is cut by libxml2 itself and logged as "Excessive depth", which
+    m3w_builder.extract turns into `html.too_deep`); network access is never allowed."""
+    return etree.HTMLParser(
+        remove_comments=True,
+        remove_pis=True,
+        huge_tree=True,
+        no_network=True,
+        recover=True,
+        encoding=encoding,
+    )
+
+
+def _parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._Element | None:
+    if isinstance(html, str):
+        # Parsing UTF-8 bytes with a fixed encoding sidesteps lxml's refusal of `str` input that
+        # carries an XML encoding declaration, and is as fast as parsing the str.
+        html = html.encode("utf-8", "surrogatepass")
+        parser = parser or make_parser("utf-8")
+    if not html.strip():
+        return None
+    return etree.fromstring(html, parser or make_parser())
+
+
+def parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._Element | None:
+    """The root element of `html` (None for an empty page); public for m3w_builder.extract."""
+    return _parse(html, parser)
+
+
+def extract_tree(
+    root: etree._Element,
+    url: str,
+    config: DomConfig | None = None,
+    *,
+    check: Callable[[], None] | None = None,
+) -> Document:
+    """`extract` for an already parsed tree (m3w_builder.extract parses itself to bound the parse).
+
+    `check` runs between passes; m3w_builder.extract passes a deadline check that raises Skip, which
+    bounds the time of a page because each pass is linear in the (capped) page size.
+    """
+    config = config or DomConfig()
+    check = check or _no_check
+    doc = Document(url=url)
+    stats: dict[str, int] = {}
+    base = _base_url(root, url)
+    _clean(root, doc.drops, stats)
+    check()
+    blocks = _select_main(root, config, doc.drops, stats)
+    check()
+    doc.nodes = _linearise(blocks, base, config, doc.drops, stats)
+    doc.stats["dom"] = stats
+    return doc
+
+
+def _no_check() -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------ 2. base URL
+
+
+def _base_url(root: etree._Element, url: str) -> str:
+    """The URL relative links resolve against: the first `<base href>` (itself resolved against the
+    document URL, HTML §4.2.3), else the page URL."""
+    for base in root.iter("base"):
+        href = (base.get("href") or "").strip()
+        if href and not href.lower().startswith(("javascript:", "data:")):
+            try:
+                return urljoin(url, href)
+            except ValueError:
+                return url
+        break
+    return url
+
+
+# --------------------------------------------------------------------------------------- 3. clean
+
+
+def _bump(stats: dict[str, int], key: str, n: int = 1) -> None:
+    stats[key] = stats.get(key, 0) + n
+
+
+def _is_hidden(el: etree._Element) -> bool:
+    """Not rendered: Readability.js `_isProbablyVisible` inverted (its exception for Wikipedia's
+    `fallback-image` class, which is aria-hidden but the only copy of the image, included)."""
+    if el.get("hidden") is not None:
+        return True
+    if (el.get("aria-hidden") or "").strip().lower() == "true" and "fallback-image" not in (
+        el.get("class") or ""
+    ):
+        return True
+    style = el.get("style")
+    return bool(style and _HIDDEN_STYLE.search(style))
+
+
+def _is_boilerplate(el: etree._Element, tag: str) -> bool:
+    """A container whose class/id/role names it chrome (Readability.js unlikely candidates)."""
+    if tag in ("body", "html", "a", "article", "main"):
+        return False
+    role = (el.get("role") or "").strip().lower()
+    if role in _UNLIKELY_ROLES:
+        return True
+    names = f"{el.get('class') or ''} {el.get('id') or ''}"
+    if len(names) < 3:
+        return False
+    return bool(_UNLIKELY.search(names)) and not _MAYBE.search(names)
+
+
+def _noscript_keeps_image(el: etree._Element) -> bool:
+    """A `<noscript><img>` is the only real copy of a lazy image when the element before it is not
+    an `<img>` that already carries a usable URL (the lazy-image pattern of Medium, NYT, WordPress)."""
+    if next(el.iter("img"), None) is None:
+        return False
+    prev = el.getprevious()
+    while prev is not None and not isinstance(prev.tag, str):
+        prev = prev.getprevious()
+    if prev is None:
+        return True
+    imgs = [prev] if prev.tag == "img" else list(prev.iter("img"))
+    return not any(_image_url(img)[0] for img in imgs)
+
+
+def _clean(root: etree._Element, drops: list[str], stats: dict[str, int]) -> None:
+    """One walk marking chrome, hidden and boilerplate subtrees (skipping into none of them), then
+    their removal. Readability keeps boilerplate-looking containers inside tables and code, so a
+    counter of open table/code elements is kept on the walk instead of asking for ancestors (which
+    would be O(depth) per element and quadratic on deeply nested pages)."""
+    doomed: list[tuple[etree._Element, str]] = []
+    unwrap: list[etree._Element] = []
+    protected = 0  # open <table>/<code>/<pre> elements
+    depth = max_depth = 0  # libxml2 (huge_tree) silently cuts below 2048 levels: report the depth
+    walker = etree.iterwalk(root, events=("start", "end"))
+    for event, el in walker:
+        tag = el.tag
+        if not isinstance(tag, str):
+            continue
+        if event == "end":
+            depth -= 1
+            if tag in ("table", "code", "pre"):
+                protected -= 1
+            continue
+        depth += 1
+        if depth > max_depth:
+            max_depth = depth
+        if tag in ("table", "code", "pre"):
+            protected += 1
+        reason = None
+        if tag == "noscript":
+            if _noscript_keeps_image(el):
+                unwrap.append(el)
+                continue
+            reason = "noscript"
+        elif tag in _DROP_TAGS and tag not in ("head",):
+            reason = "tag"
+        elif tag in ("html", "body", "head"):
+            continue
+        elif _is_hidden(el):
+            reason = "hidden"
+        elif not protected and _is_boilerplate(el, tag):
+            reason = "boilerplate"
+        if reason is None:
+            continue
+        doomed.append((el, reason))
+        walker.skip_subtree()
+    stats["max_depth"] = max_depth
+    for el, reason in doomed:
+        _bump(stats, f"removed_{reason}")
+        if reason != "tag" or el.tag not in ("head", "title", "meta", "link", "base"):
+            code = "image.hidden" if reason == "hidden" else f"image.{reason}"
+            if reason == "noscript":
+                code = "image.noscript_duplicate"
+            drops.extend(code for _ in el.iter("img"))
+        _drop_tree(el)
+    for el in unwrap:
+        _bump(stats, "unwrapped_noscript")
+        _drop_tag(el)
+    for head in root.findall("head"):
+        _drop_tree(head)
+
+
+def _append_text(parent: etree._Element, previous: etree._Element | None, text: str) -> None:
+    if previous is None:
+        parent.text = (parent.text or "") + text
+    else:
+        previous.tail = (previous.tail or "") + text
+
+
+def _drop_tree(el: etree._Element) -> None:
+    """Remove `el` and its subtree but keep its tail text, which belongs to the parent (as
+    lxml.html's `drop_tree`, for plain etree elements)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    if el.tail:
+        _append_text(parent, el.getprevious(), el.tail)
+    parent.remove(el)
+
+
+def _drop_tag(el: etree._Element) -> None:
+    """Replace `el` by its children and text (lxml.html's `drop_tag`, for plain etree elements)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    previous = el.getprevious()
+    if el.text:
+        _append_text(parent, previous, el.text)
+    if el.tail:
+        if len(el):
+            last = el[-1]
+            last.tail = (last.tail or "") + el.tail
+        else:
+            _append_text(parent, previous, el.tail)
+    index = parent.index(el)
+    parent[index : index + 1] = list(el)
+
+
+# --------------------------------------------------------------------------------- 4. main content
+
+# Readability.js `_initializeNode`: a container's starting score by tag.
+_TAG_WEIGHT = {
+    "div": 5,
+    "pre": 3,
+    "td": 3,
+    "blockquote": 3,
+    "article": 10,
+    "main": 10,
+    "section": 2,
+    "address": -3,
+    "ol": -3,
+    "ul": -3,
+    "dl": -3,
+    "dd": -3,
+    "dt": -3,
+    "li": -3,
+    "form": -3,
+    "h1": -5,
+    "h2": -5,
+    "h3": -5,
+    "h4": -5,
+    "h5": -5,
+    "h6": -5,
+    "th": -5,
+}
+_SCORED_TAGS = frozenset(("p", "td", "pre", "blockquote", "li", "figcaption", "dd"))
+_PARA_CONTAINERS = frozenset(("div", "section", "article", "main", "figure", "span", "font"))
+
+
+def _class_weight(el: etree._Element) -> int:
+    """Readability.js `_getClassWeight`: ±25 for positive/negative class and id words."""
+    weight = 0
+    for value in (el.get("class"), el.get("id")):
+        if value:
+            if _NEGATIVE.search(value):
+                weight -= 25
+            if _POSITIVE.search(value):
+                weight += 25
+    return weight
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Per-element text and link-text character counts, summed bottom-up in one walk."""
+
+    chars: int = 0
+    link_chars: int = 0
+    commas: int = 0
+    blocks: int = 0  # block-level descendants
+    images: int = 0
+    score: float = 0.0
+    scored: bool = False
+    children: list = field(default_factory=list)
+
+
+def _tally(body: etree._Element) -> dict[etree._Element, _Tally]:
+    """One post-order walk: text/link characters, commas, block children and images per element."""
+    tallies: dict[etree._Element, _Tally] = {}
+    stack: list[_Tally] = []
+    link_depth = 0
+    for event, el in etree.iterwalk(body, events=("start", "end")):
+        if not isinstance(el.tag, str):
+            continue
+        if event == "start":
+            t = _Tally()
+            tallies[el] = t
+            stack.append(t)
+            if el.tag == "a":
+                link_depth += 1
+            text = el.text
+            if text:
+                n = len(text.strip())
+                t.chars += n
+                t.commas += text.count(",") + text.count("，") + text.count("、")
+                if link_depth:
+                    t.link_chars += n
+            if el.tag == "img":
+                t.images += 1
+            continue
+        t = stack.pop()
+        if el.tag == "a":
+            link_depth -= 1
+        if stack:
+            parent = stack[-1]
+            parent.chars += t.chars
+            parent.link_chars += t.link_chars
+            parent.commas += t.commas
+            parent.images += t.images
+            parent.blocks += t.blocks + (el.tag in _BLOCK_TAGS)
+            tail = el.tail
+            if tail:
+                n = len(tail.strip())
+                parent.chars += n
+                parent.commas += tail.count(",") + tail.count("，") + tail.count("、")
+                if link_depth:
+                    parent.link_chars += n
+    return tallies
+
+
+def _select_main(
+    root: etree._Element, config: DomConfig, drops: list[str], stats: dict[str, int]
+) -> list[etree._Element]:
+    """The elements holding the main content, in document order (Readability.js `_grabArticle`,
+    single pass, no retries): returns `[body]` when main-content focus is off or nothing wins."""
+    body = next(root.iter("body"), None)
+    if body is None:
+        body = root
+    if not config.main_content:
+        return [body]
+    tallies = _tally(body)
+    total = tallies[body].chars
+    if total == 0:
+        return [body]
+    candidates: dict[etree._Element, float] = {}
+    for el, t in tallies.items():
+        tag = el.tag
+        # Paragraph-like: scored tags, or a div-like container with no block children (Readability
+        # turns such divs into <p>).
+        if not (tag in _SCORED_TAGS or (tag in _PARA_CONTAINERS and t.blocks == 0)):
+            continue
+        if t.chars < 25:
+            continue
+        score = 1 + t.commas + min(t.chars // 100, 3)
+        ancestor, level = el.getparent(), 0
+        while ancestor is not None and level < 5 and ancestor in tallies:
+            if ancestor not in candidates:
+                candidates[ancestor] = _TAG_WEIGHT.get(ancestor.tag, 0) + _class_weight(ancestor)
+            divider = 1 if level == 0 else 2 if level == 1 else level * 3
+            candidates[ancestor] += score / divider
+            ancestor, level = ancestor.getparent(), level + 1
+    if not candidates:
+        return [body]
+    for el in candidates:
+        t = tallies.get(el)
+        density = t.link_chars / t.chars if t and t.chars else 0.0
+        candidates[el] *= 1 - density
+    top = max(candidates, key=candidates.__getitem__)
+    top_score = candidates[top]
+    # Readability: when the winner is the only child of its parent, the parent is the article.
+    parent = top.getparent()
+    while parent is not None and parent is not body and parent in tallies and len(parent) == 1:
+        top, parent = parent, parent.getparent()
+    if top is body:
+        return [body]
+    blocks = _with_siblings(top, top_score, candidates, tallies)
+    kept = sum(tallies[b].chars for b in blocks if b in tallies)
+    stats["main_chars"] = kept
+    stats["body_chars"] = total
+    if kept < config.main_min_fraction * total and kept < 500:
+        return [body]
+    _count_outside(body, blocks, tallies, drops)
+    return blocks
+
+
+def _with_siblings(
+    top: etree._Element,
+    top_score: float,
+    candidates: dict[etree._Element, float],
+    tallies: dict[etree._Element, _Tally],
+) -> list[etree._Element]:
+    """The winner plus siblings that look like article too (Readability.js: score above
+    max(10, 20% of the winner's), or a paragraph of ≥ 80 characters with link density < 0.25, or a
+    short one without links that ends a sentence; plus figures/images next to the article)."""
+    parent = top.getparent()
+    if parent is None:
+        return [top]
+    threshold = max(10.0, top_score * 0.2)
+    top_class = top.get("class") or ""
+    out = []
+    for sib in parent:
+        if not isinstance(sib.tag, str):
+            continue
+        if sib is top:
+            out.append(sib)
+            continue
+        bonus = top_score * 0.2 if top_class and sib.get("class") == top_class else 0.0
+        if candidates.get(sib, -1e9) + bonus >= threshold:
+            out.append(sib)
+            continue
+        t = tallies.get(sib)
+        if t is None:
+            continue
+        density = t.link_chars / t.chars if t.chars else 1.0
+        if sib.tag == "p":
+            text = "".join(sib.itertext()).strip() if t.chars < 2000 else "x" * t.chars
+            if t.chars >= 80 and density < 0.25:
+                out.append(sib)
+            elif 0 < t.chars < 80 and t.link_chars == 0 and re.search(r"\.( |$)", text):
+                out.append(sib)
+        elif sib.tag in ("figure", "img", "picture") and t.images and density < 0.5:
+            out.append(sib)
+    return out
+
+
+def _count_outside(
+    body: etree._Element,
+    blocks: list[etree._Element],
+    tallies: dict[etree._Element, _Tally],
+    drops: list[str],
+) -> None:
+    """Record `image.outside_main` for each image the main-content selection leaves out."""
+    inside = sum(tallies[b].images for b in blocks if b in tallies)
+    outside = tallies[body].images - inside
+    drops.extend("image.outside_main" for _ in range(max(outside, 0)))
+
+
+# ------------------------------------------------------------------------------------ 5. linearise
+
+
+def _dimension(value: str | None) -> int | None:
+    if not value:
+        return None
+    m = _DIMENSION.match(value)
+    return int(m.group(1)) if m else None
+
+
+def _srcset_candidates(srcset: str) -> list[tuple[str, str]]:
+    """(URL, descriptor) pairs of a srcset, per the HTML parsing algorithm (§4.8.4.3.10): a URL is a
+    run of non-whitespace (so commas inside it, as in Cloudinary `w_300,h_200` paths, belong to
+    it); trailing commas end a candidate; otherwise descriptors run to the next comma."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(srcset)
+    while i < n:
+        while i < n and (srcset[i].isspace() or srcset[i] == ","):
+            i += 1
+        j = i
+        while j < n and not srcset[j].isspace():
+            j += 1
+        if j == i:
+            break
+        url, i = srcset[i:j], j
+        descriptor = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            k = srcset.find(",", i)
+            k = n if k < 0 else k
+            descriptor, i = srcset[i:k].strip(), k + 1
+        if url:
+            out.append((url, descriptor))
+    return out
+
+
+def _largest_candidate(srcset: str) -> str | None:
+    """The largest candidate of a srcset: by `w` descriptor, else by `x` (any `w` beats any `x`,
+    a missing descriptor means 1x), ties to the first."""
+    best, best_size = None, -1.0
+    for url, descriptor in _srcset_candidates(srcset):
+        size = 1e-3
+        desc = descriptor.split()[0].lower() if descriptor else ""
+        try:
+            if desc.endswith("w"):
+                size = float(desc[:-1])
+            elif desc.endswith("x"):
+                size = float(desc[:-1]) * 1e-3
+        except ValueError:
+            pass
+        if size > best_size:
+            best, best_size = url, size
+    return best
+
+
+def _is_placeholder(src: str) -> bool:
+    low = src.lower()
+    return (
+        low.startswith("data:")
+        and len(src) < 200
+        or any(w in low for w in ("placeholder", "blank.", "lazy", "spacer", "grey.gif", "pixel."))
+    )
+
+
+def _image_url(img: etree._Element) -> tuple[str | None, str]:
+    """(URL, which attribute) for an `<img>`: srcset-like attributes (largest candidate) first,
+    then lazy-load attributes, then `src` — unless `src` is a real URL and no srcset exists."""
+    src = (img.get("src") or "").strip()
+    for name in ("srcset", *_LAZY_SRCSET_ATTRS):
+        value = img.get(name)
+        if value and value.strip():
+            cand = _largest_candidate(value)
+            if cand and not cand.startswith("data:"):
+                return cand, name
+    for name in _LAZY_SRC_ATTRS:
+        value = (img.get(name) or "").strip()
+        if value and not value.startswith(("{", "[")) and (not src or _is_placeholder(src)):
+            return value, name
+    if src:
+        return src, "src"
+    for name in _LAZY_SRC_ATTRS:
+        value = (img.get(name) or "").strip()
+        if value and not value.startswith(("{", "[")):
+            return value, name
+    # <picture><source srcset> when the <img> itself has nothing usable
+    # libxml2 does not know <source> is void and nests the <img> inside it: look two levels up.
+    parent = img.getparent()
+    if parent is not None and parent.tag == "source":
+        parent = parent.getparent()
+    if parent is not None and parent.tag == "picture":
+        for source in parent.iter("source"):
+            value = source.get("srcset") or source.get("data-srcset")
+            if value:
+                cand = _largest_candidate(value)
+                if cand:
+                    return cand, "source"
+    return None, ""
+
+
+def _data_uri_bytes(uri: str) -> int:
+    """Decoded payload size of a data: URI without decoding it (base64 → ×3/4)."""
+    head, _, payload = uri.partition(",")
+    if head.lower().endswith(";base64"):
+        return len(payload) * 3 // 4
+    return len(payload)
+
+
+def _image_node(
+    img: etree._Element, base: str, config: DomConfig, drops: list[str]
+) -> ImageNode | None:
+    """The ImageNode for one `<img>`, or None with the reason code appended to `drops`."""
+    raw, _ = _image_url(img)
+    if not raw:
+        drops.append("image.no_src")
+        return None
+    width, height = _dimension(img.get("width")), _dimension(img.get("height"))
+    if raw.startswith("data:"):
+        if _data_uri_bytes(raw) < config.min_data_uri_bytes:
+            drops.append("image.tiny_data_uri")
+            return None
+        src = raw
+    else:
+        try:
+            src = urljoin(base, raw)
+        except ValueError:
+            drops.append("image.bad_url")
+            return None
+        if urlsplit(src).scheme not in ("http", "https"):
+            drops.append("image.bad_url")
+            return None
+        low = src.lower()
+        if (width is not None and width <= 1) or (height is not None and height <= 1):
+            drops.append("image.tracking_pixel")
+            return None
+        if _PIXEL_URL.search(low):
+            drops.append("image.tracking_pixel")
+            return None
+        if any(rule in low for rule in config.url_block_rules):
+            drops.append("image.url_rule")
+            return None
+    if (width is not None and width <= 1) or (height is not None and height <= 1):
+        drops.append("image.tracking_pixel")
+        return None
+    alt = _WS.sub(" ", img.get("alt") or "").strip()
+    return ImageNode(src=src, alt=alt, width=width, height=height)
+
+
+class _Paragraphs:
+    """Accumulates inline text into paragraphs; `flush()` at each block boundary."""
+
+    __slots__ = ("nodes", "parts", "link_chars", "chars", "tag", "config", "drops", "brs", "pre")
+
+    def __init__(self, config: DomConfig, drops: list[str]) -> None:
+        self.nodes: list[Node] = []
+        self.parts: list[str] = []
+        self.link_chars = 0
+        self.chars = 0
+        self.tag = "p"
+        self.config = config
+        self.drops = drops
+        self.brs = 0
+        self.pre = 0
+
+    def add(self, text: str | None, in_link: bool, tag: str) -> None:
+        if not text:
+            return
+        if self.brs >= 2 and text.strip():
+            self.flush()
+        if text.strip():
+            self.brs = 0
+        if not self.parts:
+            self.tag = tag
+        self.parts.append(text)
+        n = len(text)
+        self.chars += n
+        if in_link:
+            self.link_chars += n
+
+    def br(self) -> None:
+        self.brs += 1
+        self.parts.append("\n")
+
+    def flush(self) -> None:
+        self.brs = 0
+        if not self.parts:
+            return
+        raw = "".join(self.parts)
+        if self.pre:  # preformatted: keep line breaks and indentation, trim blank edges
+            text = "\n".join(line.rstrip() for line in raw.strip("\n").split("\n")).strip("\n")
+        else:
+            text = _WS.sub(" ", raw).strip()
+        link_chars, chars = self.link_chars, self.chars
+        self.parts, self.link_chars, self.chars = [], 0, 0
+        if not text:
+            return
+        if chars and link_chars / chars > self.config.max_link_density:
+            self.drops.append("text.link_dense")
+            return
+        self.nodes.append(TextNode(text, self.tag))
+
+    def image(self, node: ImageNode) -> None:
+        self.flush()
+        self.nodes.append(node)
+
+
+def _linearise(
+    blocks: list[etree._Element],
+    base: str,
+    config: DomConfig,
+    drops: list[str],
+    stats: dict[str, int],
+) -> list[Node]:
+    """One walk in reading order: text into paragraphs split at block boundaries, `<img>` into
+    ImageNodes. A paragraph's tag is the innermost block element open when its text started."""
+    paras = _Paragraphs(config, drops)
+    seen: set[str] = set()
+    images = 0
+    for block in blocks:
+        link_depth = 0
+        block_tags: list[str] = []
+        for event, el in etree.iterwalk(block, events=("start", "end")):
+            tag = el.tag
+            if not isinstance(tag, str):
+                continue
+            if event == "start":
+                if tag in _BLOCK_TAGS:
+                    paras.flush()
+                    block_tags.append(tag)
+                    if tag == "pre":
+                        paras.pre += 1
+                elif tag == "a":
+                    link_depth += 1
+                elif tag == "br":
+                    paras.br()
+                elif tag == "img":
+                    node = _image_node(el, base, config, drops)
+                    if node is not None:
+                        if node.src in seen:
+                            drops.append("image.duplicate_in_page")
+                        elif images >= config.max_images_per_doc:
+                            drops.append("image.too_many")
+                        else:
+                            seen.add(node.src)
+                            images += 1
+                            paras.image(node)
+                current = block_tags[-1] if block_tags else "p"
+                paras.add(el.text, link_depth > 0, "p" if current == "div" else current)
+                continue
+            if tag in _BLOCK_TAGS:
+                paras.flush()
+                if block_tags:
+                    block_tags.pop()
+                if tag == "pre":
+                    paras.pre -= 1
+            elif tag == "a":
+                link_depth -= 1
+            if el is not block:
+                current = block_tags[-1] if block_tags else "p"
+                paras.add(el.tail, link_depth > 0, "p" if current == "div" else current)
+        paras.flush()
+    stats["paragraphs"] = sum(isinstance(n, TextNode) for n in paras.nodes)
+    stats["images"] = images
+    return paras.nodes
