@@ -37,7 +37,7 @@ def _get_identifier() -> Any:
     return _identifier
 
 
-def detect_language(text: str, max_chars: int = 5_000) -> tuple[str, float]:
+def detect_language(text: str, max_chars: int = 2_000) -> tuple[str, float]:
     """Most probable language of `text` as (ISO 639-1 code, probability in [0, 1]).
 
     Only the first `max_chars` characters are read: a few thousand characters decide the language of

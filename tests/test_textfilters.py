@@ -442,3 +442,23 @@ def test_detect_language_edge_cases() -> None:
     lang, score = detect_language(GOOD)
     assert lang == "en" and 0.9 < score <= 1.0
     assert detect_language(GOOD_JA)[0] == "ja"
+
+
+def test_fast_paths_agree_with_plain_counting() -> None:
+    """The numpy paths (long texts) give the same numbers as plain Counter-based definitions."""
+    from collections import Counter
+
+    text = " ".join([GOOD, GOOD2, GOOD3, GOOD2])  # > 300 characters, > 60 words
+    n = 10
+    grams = Counter(text[i : i + n] for i in range(len(text) - n + 1))
+    freqs = sorted(grams.values(), reverse=True)
+    top = min(math.isqrt(len(freqs)), sum(f > 1 for f in freqs))
+    assert char_repetition_ratio(text, n) == pytest.approx(sum(freqs[:top]) / sum(freqs))
+    words = words_of(text)
+    grams5 = Counter(zip(*(words[i:] for i in range(5)), strict=False))
+    expected = sum(f for f in grams5.values() if f > 1) / sum(grams5.values())
+    assert word_repetition_ratio(words, 5) == pytest.approx(expected)
+    assert expected > 0.2  # GOOD2 appears twice
+    # dup n-grams: the second GOOD2 is exactly the duplicated span
+    dup_chars = sum(len(w) for w in words_of(GOOD2))
+    assert dup_ngram_char_frac(words, 5) == pytest.approx(dup_chars / sum(map(len, words)))
