@@ -156,7 +156,7 @@ def plan_units(
     def add(kind: str, paths: list[str], start: int = 0, stop: int = 0) -> None:
         units.append(WorkUnit(len(units), kind, paths, start, stop))
 
-    for path in expand_inputs(inputs):
+    for path in _expand_dirs(expand_inputs(inputs)):
         if is_url_list(path):
             n = sum(1 for _ in _read_url_lines(path))
             for start in range(0, n, urls_per_unit):
@@ -171,6 +171,18 @@ def plan_units(
     if html_group:
         add("pages", html_group)
     return units
+
+
+def _expand_dirs(paths: list[str]) -> Iterator[str]:
+    """Local directories → their files (sorted, hidden ones left out, as sources.iter_pages walks
+    them), so a folder of a million pages becomes many units instead of one."""
+    for path in paths:
+        if "://" in path or not os.path.isdir(path):
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            yield from (os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
 
 
 def _read_url_lines(path: str) -> Iterator[str]:

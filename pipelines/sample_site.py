@@ -124,7 +124,14 @@ _ADVERBIALS = (
     "with great care",
     "while visitors watched",
     "over several months",
-    "in spite of the cold wind",
+    "against the cold wind",
+    "beside the quiet canal",
+    "on a windy afternoon",
+    "before sunrise",
+    "after the storm",
+    "with borrowed tools",
+    "near the village square",
+    "through the long winter",
 )
 _CONNECTORS = (
     "Later that day,",
@@ -180,22 +187,33 @@ class SiteInfo:
         return asdict(self)
 
 
-def _sentence(rng: random.Random) -> str:
-    parts = [
-        rng.choice(_SUBJECTS),
-        rng.choice(_VERBS),
-        rng.choice(_OBJECTS),
-        rng.choice(_ADVERBIALS),
-    ]
-    if rng.random() < 0.4:
-        parts.insert(0, rng.choice(_CONNECTORS))
-        return " ".join(parts) + "."
-    text = " ".join(parts)
-    return text[0].upper() + text[1:] + "."
+class _Words:
+    """Per-page decks of phrases, dealt without replacement (reshuffled when empty): a page then
+    repeats no phrase until it has used them all, which keeps Gopher's duplicate n-gram fractions
+    low, as in real prose."""
 
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.decks: dict[int, list[str]] = {}
 
-def _paragraph(rng: random.Random) -> str:
-    return " ".join(_sentence(rng) for _ in range(rng.randint(4, 7)))
+    def deal(self, phrases: tuple[str, ...]) -> str:
+        deck = self.decks.get(id(phrases))
+        if not deck:
+            deck = list(phrases)
+            self.rng.shuffle(deck)
+            self.decks[id(phrases)] = deck
+        return deck.pop()
+
+    def sentence(self) -> str:
+        parts = [self.deal(_SUBJECTS), self.rng.choice(_VERBS), self.deal(_OBJECTS)]
+        parts.append(self.deal(_ADVERBIALS))
+        if self.rng.random() < 0.4:
+            return self.deal(_CONNECTORS) + " " + " ".join(parts) + "."
+        text = " ".join(parts)
+        return text[0].upper() + text[1:] + "."
+
+    def paragraph(self) -> str:
+        return " ".join(self.sentence() for _ in range(self.rng.randint(4, 6)))
 
 
 def _draw_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
@@ -218,9 +236,13 @@ def _page_html(title: str, body: list[str]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title></head>\n<body>\n"
-        f'<header><img src="/{SITE_MARK}" alt="site mark" width="120" height="40"></header>\n'
-        f"<article>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</article>\n"
-        f"<footer><p>{html.escape(FOOTER)}</p></footer>\n</body></html>\n"
+        '<header><nav><a href="/">Home</a></nav></header>\n'
+        f"<article>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n"
+        # inside the article, so that only the job-wide rules (image-URL frequency, paragraphs
+        # repeated within a domain) can remove them
+        f'<p><img src="/{SITE_MARK}" alt="" width="120" height="60"></p>\n'
+        f"<p>{html.escape(FOOTER)}</p>\n</article>\n"
+        "<footer><p>Contact us</p></footer>\n</body></html>\n"
     )
 
 
@@ -232,47 +254,54 @@ def make_site(root: str | Path, *, pages: int = 24, seed: int = 0) -> SiteInfo:
     (root / "pages").mkdir(parents=True, exist_ok=True)
     (root / "img").mkdir(parents=True, exist_ok=True)
     (root / "assets").mkdir(parents=True, exist_ok=True)
-    (root / SITE_MARK).write_bytes(_draw_image(rng, 120, 40, "PNG"))
+    (root / SITE_MARK).write_bytes(_draw_image(rng, 120, 60, "PNG"))
     (root / "img" / "pixel.gif").write_bytes(_pixel_gif())
     info = SiteInfo(root=str(root))
     bodies: list[list[str]] = []
+    titles: list[str] = []
     for i in range(pages):
         rel = f"pages/{i:03d}.html"
         topic = rng.choice(_TOPICS)
         title = f"Notes on the {topic}, part {i}"
         if i == 3 and pages > 3:  # same content as page 2 under another URL
-            body = bodies[2]
+            body, title = bodies[2], titles[2]
             info.duplicate_pages.append(rel)
         else:
-            body = _page_body(rng, root, i, info, only_bad=(i == 5))
+            body = _page_body(rng, root, i, topic, info, only_bad=(i == 5))
             if i == 5:
                 info.no_image_pages.append(rel)
         bodies.append(body)
+        titles.append(title)
         (root / rel).write_text(_page_html(title, body), encoding="utf-8")
         info.pages.append(rel)
     (root / "site.json").write_text(json.dumps(info.to_json(), indent=1))
     return info
 
 
-def _page_body(rng: random.Random, root: Path, i: int, info: SiteInfo, only_bad: bool) -> list[str]:
-    body = [f"<p>{html.escape(_paragraph(rng))}</p>"]
+def _page_body(
+    rng: random.Random, root: Path, i: int, topic: str, info: SiteInfo, only_bad: bool
+) -> list[str]:
+    words = _Words(rng)
+    body = [f"<p>{html.escape(words.paragraph())}</p>"]
     n_images = 0 if only_bad else rng.randint(1, 3)
     for j in range(n_images):
         fmt, ext = ("JPEG", "jpg") if rng.random() < 0.6 else ("PNG", "png")
-        width, height = rng.randint(96, 320), rng.randint(80, 240)
+        width = rng.randint(96, 320)
+        height = rng.randint(max(72, width // 2), min(320, width * 2))  # aspect ≤ 2 (OBELICS too)
         name = f"img/p{i:03d}-{j}.{ext}"
         (root / name).write_bytes(_draw_image(rng, width, height, fmt))
         info.good_images += 1
         body.append(
             f'<figure><img src="/{name}" alt="photo {j} of page {i}">'
-            f"<figcaption>Figure {j + 1}</figcaption></figure>"
+            f"<figcaption>Figure {j + 1} of part {i}: the {topic} seen from nearby</figcaption>"
+            "</figure>"
         )
-        body.append(f"<p>{html.escape(_paragraph(rng))}</p>")
+        body.append(f"<p>{html.escape(words.paragraph())}</p>")
     if only_bad or i % 4 == 1:
         body.append('<img src="/img/pixel.gif" width="1" height="1" alt="">')
     if only_bad or i % 5 == 2:
         body.append(f'<img src="/img/missing-{i}.jpg" alt="gone">')  # the server answers 404
-    body.append(f"<p>{html.escape(_paragraph(rng))}</p>")
+    body.append(f"<p>{html.escape(words.paragraph())}</p>")
     return body
 
 
