@@ -5,7 +5,7 @@ away, written with the real ShardWriter) into a scratch dir outside git, warms t
 each reader over all shards (best of --repeat):
 
   raw read         f.read(1 MiB) to EOF: the disk/page-cache ceiling
-  tarfile r|       bare `tarfile` stream iteration reading every member: the baseline of the issue
+  tarfile stream   bare `tarfile` stream iteration reading every member: the baseline of the issue
   iter_shard       m3w_builder.shards.iter_shard (tarfile grouped into samples)
   stats            pipelines.inspect_stats.compute_stats (reads 16-byte image heads, seeks the rest)
   stats (read all) the same aggregation with every image byte read (what a pipe would force)
@@ -150,7 +150,7 @@ def main() -> None:
     stats = compute_stats(target)
     rows = [
         ("raw read (1 MiB chunks)", lambda: raw_read(shards), args.repeat),
-        ("tarfile r| (baseline)", lambda: bare_tarfile(shards), args.repeat),
+        ("tarfile stream (baseline)", lambda: bare_tarfile(shards), args.repeat),
         ("m3w iter_shard", lambda: m3w_iter_shard(shards), args.repeat),
         ("inspect stats", lambda: compute_stats(target), args.repeat),
         ("inspect stats (read all)", lambda: stats_read_all(target), args.repeat),

@@ -5,7 +5,8 @@ Checked per shard, in one streaming read (the file's sha256 is computed from the
   but zero padding after it (TarFormatError names the shard and the byte offset);
 - each sample: a parsable `{key}.json` of schema m3w/1 whose lists obey the one-non-null rule, a key of 32
   hex chars (a dot would split the sample in webdataset, docs/format.md), every referenced image member
-  present and decodable by Pillow in the format its extension says, no stray members, no key twice;
+  present, matching its recorded sha256 and
+  decodable by Pillow in the format its extension says, no stray members, no key twice;
 - against the job's manifest.jsonl: sha256, docs, images and bytes per shard; shards missing from either.
 Every problem is a `Problem` with a code, so the summary counts them like the build's reason codes.
 Shards verify independently, so `--jobs N` fans them out over processes.
@@ -168,6 +169,10 @@ def check_sample(sample: Sample, decode: bool = True) -> Iterator[tuple[str, str
         if data is None:
             yield "member.missing", f"image member {sample.key}.{member} is not in the shard"
             continue
+        expected = image.get("sha256")
+        if isinstance(expected, str) and hashlib.sha256(data).hexdigest() != expected:
+            # images.py records the sha256 of the stored bytes: a mismatch is a corrupted member
+            yield "image.sha256", f"{sample.key}.{member}: bytes do not match the record's sha256"
         why = _decode(data, member.rsplit(".", 1)[-1], full=decode)
         if why:
             yield "image.undecodable", f"{sample.key}.{member}: {why}"

@@ -289,12 +289,13 @@ def test_verify_stray_member_and_undecodable_image(job, tmp_path):
     problems = verify(resolve_target(root)).problems
     assert {(p.code, p.key) for p in problems} == {
         ("member.stray", doc.key),
+        ("image.sha256", doc.key),
         ("image.undecodable", doc.key),
         ("manifest.images", None),
     }
     # header-only decoding does not see the cut-off image body, by design
     fast = verify(resolve_target(root), decode=False).problems
-    assert {p.code for p in fast} == {"member.stray", "manifest.images"}
+    assert {p.code for p in fast} == {"member.stray", "image.sha256", "manifest.images"}
 
 
 def test_verify_wrong_format_for_extension(job, tmp_path):
@@ -302,13 +303,39 @@ def test_verify_wrong_format_for_extension(job, tmp_path):
     doc = next(d for d in job.docs if d.nodes[1].ext == "jpg")
     png = next(im.data for d in job.docs for im in d.image_nodes if im.ext == "png")
     member = f"{doc.key}.1.jpg"
-    _rewrite(
-        root / "shards" / job.shard_of[doc.key],
-        lambda n, d: [(n, png if n == member else d)],
-    )
+
+    def edit(name, data):
+        if name == member:
+            return [(name, png)]
+        if name == f"{doc.key}.json":  # keep the record's sha256 right: only the format is wrong
+            rec = json.loads(data)
+            rec["images"][1]["sha256"] = hashlib.sha256(png).hexdigest()
+            return [(name, json.dumps(rec).encode())]
+        return [(name, data)]
+
+    _rewrite(root / "shards" / job.shard_of[doc.key], edit)
     _fix_manifest(root)
     problems = verify(resolve_target(root)).problems
     assert [(p.code, "PNG" in p.message) for p in problems] == [("image.undecodable", True)]
+
+
+def test_verify_image_bytes_against_recorded_sha256(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    doc = job.docs[9]
+    member = f"{doc.key}.1.{doc.nodes[1].ext}"
+
+    def flip(name, data):
+        if name != member:
+            return [(name, data)]
+        tail = bytearray(data)
+        tail[-3] ^= 0x01  # one bit near the end: the image may still decode
+        return [(name, bytes(tail))]
+
+    _rewrite(root / "shards" / job.shard_of[doc.key], flip)
+    _fix_manifest(root)
+    problems = verify(resolve_target(root)).problems
+    assert ("image.sha256", doc.key) in {(p.code, p.key) for p in problems}
+    assert {p.code for p in problems} <= {"image.sha256", "image.undecodable"}
 
 
 def test_verify_manifest_sha_mismatch_and_unlisted(job, tmp_path, capsys):
