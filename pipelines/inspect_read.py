@@ -5,9 +5,11 @@ say *where* a shard is broken ("000003.tar: truncated at byte 1,234,567 inside m
 header checksums and the end-of-archive marker, and skip image bytes it does not need (`stats` reads a
 16-byte head to sniff the format and seeks past the rest). `tarfile` in stream mode reports neither offsets
 nor which member was cut. The format is POSIX ustar (IEEE 1003.1-1988 §10.1.1, as written by
-`ShardWriter`), plus the pax `x` and GNU `L` long-name headers other writers emit. At most one member's
-bytes are held at a time, and at most one sample's members are grouped (DESIGN §3: one sample = one
-document), so a 10 GB shard set streams in constant memory.
+`ShardWriter`), plus the pax `x` and GNU `L` long-name headers other writers emit. Memory is bounded by
+samples, not shards: the reader groups one sample's members (DESIGN §3: one sample = one document) and,
+while the caller still holds the sample just yielded, reads the next one, so the peak is two samples'
+bytes (tests/test_inspect.py measures it); `stats` reads 16-byte image heads only. A 10 GB shard set
+therefore streams in constant memory.
 """
 
 from __future__ import annotations

@@ -432,3 +432,36 @@ def test_grep_url_and_text(job, capsys):
     assert f"»{word}«" in out.lower() or f"»{word.capitalize()}«" in out
     assert len([x for x in out.splitlines() if not x.startswith(" ")]) <= 2
     assert main(["inspect", "grep", str(job.root), "no such words anywhere"]) == 1
+
+
+# ----------------------------------------------------------------------------------------- memory
+
+
+def test_streaming_memory_is_bounded_by_one_sample_not_the_shard(tmp_path):
+    """30 MB of image bytes: stats holds 16-byte heads only; a full read holds ≤ 2 samples."""
+    import os
+    import tracemalloc
+
+    from m3w_builder.document import Document, ImageNode, TextNode
+    from m3w_builder.shards import ShardWriter
+
+    big = 3_000_000
+    with ShardWriter(tmp_path / "shards" / "000000.tar") as writer:
+        for i in range(10):
+            blob = b"\x89PNG\r\n\x1a\n" + os.urandom(big)
+            image = ImageNode(src="x", data=blob, ext="png", width=9, height=9, attach="following")
+            writer.write(Document(url=f"https://big/{i}", nodes=[TextNode("a b"), image]))
+    target = resolve_target(tmp_path / "shards" / "000000.tar")
+    tracemalloc.start()
+    try:
+        stats = compute_stats(target)
+        stats_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        n = sum(1 for _ in iter_samples(target.shards[0], images=True))
+        read_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats.docs == n == 10 and stats.formats == {"png": 10}
+    # the 1 MiB file buffer plus small change; one image alone is 3 MB, the shard 30 MB
+    assert stats_peak < 2_000_000, stats_peak
+    assert big < read_peak < 2 * big + 2_000_000, read_peak
