@@ -84,13 +84,13 @@ def process_image(data: bytes, config: ImageConfig) -> StoredImage:
     if config.formats is not None and fmt not in config.formats:
         raise Skip("image.unsupported_format", fmt)
     im = _open(data, fmt, config)
-    width, height = _upright_size(im)
+    orientation = _orientation(im)
+    width, height = (im.height, im.width) if orientation in (5, 6, 7, 8) else im.size
     _check_size(width, height, config)
-    im = _decode_first_frame(im, config)
+    im = _decode_first_frame(im, orientation, config)
     im = _to_rgb(im)
     rgb = im if max(im.size) <= config.store_max_side else _shrink(im, config.store_max_side)
-    pixels = np.asarray(rgb)  # (H, W, 3) uint8
-    if _is_uniform(pixels, config.uniform_std_max):
+    if _is_uniform(rgb, config.uniform_std_max):
         raise Skip("image.uniform", f"max channel std < {config.uniform_std_max}")
     stored = _encode(rgb, config)
     return StoredImage(
@@ -128,18 +128,16 @@ def _open(data: bytes, fmt: str, config: ImageConfig) -> Image.Image:
     return im
 
 
-def _upright_size(im: Image.Image) -> tuple[int, int]:
-    """Size after EXIF orientation (5–8 swap the sides), read from the header only."""
-    w, h = im.size
+def _orientation(im: Image.Image) -> int:
+    """EXIF Orientation (1 = upright; 5–8 swap the sides), read from the header only."""
     if im.format == "PNG" and "exif" not in im.info:
         # PngImageFile.getexif() would call load() to look for an eXIf chunk after the pixels:
         # that is a full decode before our filters, and it would hide a truncated file's error.
-        return w, h
+        return 1
     try:
-        orientation = im.getexif().get(0x0112, 1)
+        return int(im.getexif().get(0x0112, 1))
     except Exception:  # malformed EXIF is common and harmless: treat as upright
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return 1
 
 
 def _check_size(width: int, height: int, config: ImageConfig) -> None:
@@ -153,7 +151,7 @@ def _check_size(width: int, height: int, config: ImageConfig) -> None:
         raise Skip("image.aspect", f"{width}x{height}: aspect {aspect:.2f} > {config.max_aspect}")
 
 
-def _decode_first_frame(im: Image.Image, config: ImageConfig) -> Image.Image:
+def _decode_first_frame(im: Image.Image, orientation: int, config: ImageConfig) -> Image.Image:
     """Decode frame 0 (animated images keep their first frame) and apply EXIF orientation."""
     if im.format in ("JPEG", "MPO") and max(im.size) > config.store_max_side:
         # libjpeg DCT scaling: decode at the smallest 1/2^k scale still ≥ the stored size.
@@ -162,7 +160,8 @@ def _decode_first_frame(im: Image.Image, config: ImageConfig) -> Image.Image:
         im.draft(None, (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
     try:
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        if orientation != 1:  # exif_transpose copies even an upright image; skip it then
+            im = ImageOps.exif_transpose(im) or im
     except Image.DecompressionBombError as e:
         raise Skip("image.bomb", str(e)) from None
     except ValueError as e:
@@ -210,11 +209,11 @@ def _shrink(im: Image.Image, side: int) -> Image.Image:
     return im
 
 
-def _is_uniform(pixels: np.ndarray, std_max: float) -> bool:
+def _is_uniform(im: Image.Image, std_max: float) -> bool:
     """Single-coloured or nearly so: every channel's standard deviation under `std_max` (on 0–255).
-    Measured on at most ~64×64 samples: a flat image is flat at any scale."""
-    step = max(1, max(pixels.shape[:2]) // 64)
-    sample = pixels[::step, ::step].reshape(-1, pixels.shape[-1]).astype(np.float32)
+    Measured on a 64×64 nearest-neighbour sample (a strided pick, not an average, so fine texture
+    is not blurred into flatness): a flat image is flat at any scale, and this skips a full copy."""
+    sample = np.asarray(im.resize((64, 64), Image.Resampling.NEAREST), np.float32).reshape(-1, 3)
     return bool(sample.std(axis=0).max() < std_max)
 
 
@@ -246,6 +245,9 @@ def phash(im: Image.Image) -> str:
     """64-bit perceptual hash (pHash): 32×32 grey → 2-D DCT → the 8×8 lowest frequencies without the
     DC term compared to their median. Robust to re-encoding and rescaling, so Hamming distance ≤ ~4
     marks near-duplicates (the same photo at two sizes). Returned as 16 hex chars."""
+    factor = min(im.size) // 64
+    if factor > 1:  # box-reduce first: the same anti-aliased result at a fraction of the cost
+        im = im.reduce(factor)
     grey = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float64)
     coeffs = _DCT32 @ grey @ _DCT32.T  # (32, 32)
     low = coeffs[:8, :8].flatten()[1:]  # 63 coefficients, DC dropped (it is the mean brightness)
