@@ -42,6 +42,10 @@ class DomConfig:
     # Paragraphs whose characters are more than this fraction link text are menus / tag clouds /
     # "related" lists (Readability.js and trafilatura both drop link-dense blocks at about 0.5).
     max_link_density: float = 0.5
+    # A chrome-looking container (nav/header/form/aside, "sidebar"/"header" class...) holding at
+    # least this fraction of the page's text is kept: chrome is never most of a page, while ASP.NET
+    # wraps whole pages in <form> and themes give article wrappers names like "sidebar-right-mix".
+    spare_text_fraction: float = 0.4
     # Substrings of an image URL (lower-cased path, host) that mark it as chrome, not content.
     url_block_rules: list[str] = field(
         default_factory=lambda: [

@@ -50,6 +50,13 @@ _DROP_TAGS = frozenset(
     canvas object embed applet audio video map button input select textarea option label dialog
     menu link meta head title base""".split()
 )
+# Code and data, never text: removed up front by one `strip_elements` call (C speed).
+_CODE_TAGS = ("script", "style", "template")
+# Removed even when large: their text is never prose (see _clean's size guard).
+_NEVER_SPARED = frozenset(
+    "script style template svg math canvas object embed applet select".split()
+)
+_MAX_SPARED = 16  # size checks per page; bounds _clean at O(16 n)
 # <math> is MathML, which has no text a language model can read as prose; wikipedia's rendered math
 # images are `<img>` and survive.
 
@@ -181,7 +188,7 @@ def extract_tree(
     doc = Document(url=url)
     stats: dict[str, int] = {}
     base = _base_url(root, url)
-    _clean(root, doc.drops, stats)
+    _clean(root, config, doc.drops, stats)
     check()
     blocks = _select_main(root, config, doc.drops, stats)
     check()
@@ -258,11 +265,30 @@ def _noscript_keeps_image(el: etree._Element) -> bool:
     return not any(_image_url(img)[0] for img in imgs)
 
 
-def _clean(root: etree._Element, drops: list[str], stats: dict[str, int]) -> None:
-    """One walk marking chrome, hidden and boilerplate subtrees (skipping into none of them), then
-    their removal. Readability keeps boilerplate-looking containers inside tables and code, so a
-    counter of open table/code elements is kept on the walk instead of asking for ancestors (which
-    would be O(depth) per element and quadratic on deeply nested pages)."""
+def _text_len(el: etree._Element) -> int:
+    return sum(len(t.strip()) for t in el.itertext())
+
+
+def _clean(
+    root: etree._Element, config: DomConfig, drops: list[str], stats: dict[str, int]
+) -> None:
+    """Code elements go first (`strip_elements`, one C pass), then one walk marks chrome, hidden and
+    boilerplate subtrees (skipping into none of them), then they are removed.
+
+    Readability keeps boilerplate-looking containers inside tables and code, so a counter of open
+    table/code elements is kept on the walk instead of asking for ancestors (which would be
+    O(depth) per element and quadratic on deeply nested pages). A marked container that holds at
+    least `config.spare_text_fraction` of the page's text is spared (and walked into): a sidebar
+    cannot hold most of a page, but ASP.NET wraps whole pages in `<form>`, and Drupal/WordPress
+    themes name article wrappers "sidebar-right-mix" or "site_header". Readability reaches the same
+    end by re-running its whole extraction without the rule; checking sizes costs one text scan
+    per marked container, at most `_MAX_SPARED` times per page, so the walk stays linear.
+    """
+    etree.strip_elements(root, *_CODE_TAGS, with_tail=False)
+    body = next(root.iter("body"), root)
+    total = _text_len(body)
+    spare_at = max(config.spare_text_fraction * total, 200)
+    spared = 0
     doomed: list[tuple[etree._Element, str]] = []
     unwrap: list[etree._Element] = []
     protected = 0  # open <table>/<code>/<pre> elements
@@ -298,6 +324,11 @@ def _clean(root: etree._Element, drops: list[str], stats: dict[str, int]) -> Non
             reason = "boilerplate"
         if reason is None:
             continue
+        if reason != "noscript" and tag not in _NEVER_SPARED and spared < _MAX_SPARED:
+            spared += 1
+            if _text_len(el) >= spare_at:
+                _bump(stats, f"spared_{reason}")
+                continue
         doomed.append((el, reason))
         walker.skip_subtree()
     stats["max_depth"] = max_depth
