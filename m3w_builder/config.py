@@ -131,6 +131,10 @@ class TextFilterConfig:
     # C4 (Raffel et al. 2020, §2.2) keeps only lines ending in terminal punctuation; as a per-line
     # rule that deletes every image caption, so here it is a document-level fraction, off by default.
     doc_min_punct_end_ratio: float = 0.0
+    # CJK text has no spaces, so its "words" are characters; a Chinese/Japanese word averages about
+    # two characters, so word n-gram rules (repetition, Gopher n-grams) read character n-grams with
+    # n times this scale. Tuned on the dev corpus's Japanese pages (docs/textfilters.md).
+    cjk_ngram_scale: int = 2
     flagged_words_file: str | None = None  # user-supplied list, one word per line; none is shipped
     languages: list[str] | None = None  # keep only these ISO 639-1 codes; None keeps all
     min_lang_score: float = 0.0  # OBELICS: 0.8 (fastText score); ours is the detector's probability
@@ -139,7 +143,8 @@ class TextFilterConfig:
     lang_max_chars: int = 2_000
 
     def __post_init__(self) -> None:
-        for name in ("para_char_rep_n", "para_word_rep_n", "doc_char_rep_n", "doc_word_rep_n"):
+        names = ("para_char_rep_n", "para_word_rep_n", "doc_char_rep_n", "doc_word_rep_n")
+        for name in (*names, "cjk_ngram_scale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"text.{name} must be >= 1")
 

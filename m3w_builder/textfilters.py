@@ -471,7 +471,9 @@ class SymbolWordRatio:
 
 class AlphaWordRatio:
     """Gopher: "remove documents [where fewer than] 80% of words in a document contain at least one
-    alphabetic character". Words here are whitespace tokens, as in Gopher."""
+    alphabetic character". Tokens are the words plus the whitespace tokens without a letter
+    (numbers, symbols): for space-separated text that is Gopher's whitespace count; for CJK text,
+    where one whitespace token can hold a whole sentence, each character counts as a word."""
 
     name = "text.alpha_words"
 
@@ -479,8 +481,9 @@ class AlphaWordRatio:
         self.min_ratio = min_ratio
 
     def __call__(self, view: TextView) -> str | None:
-        tokens = len(view.tokens)
-        if tokens and len(_ALPHA_TOKEN_RE.findall(view.text)) / tokens < self.min_ratio:
+        letterless = len(view.tokens) - len(_ALPHA_TOKEN_RE.findall(view.text))
+        tokens = len(view.words) + letterless
+        if tokens and len(view.words) / tokens < self.min_ratio:
             return self.name
         return None
 
@@ -549,14 +552,16 @@ class CharRepetition:
 
 
 class WordRepetition:
-    """OBELICS: word 5-gram repetition ratio above 0.1 (paragraph) / 0.2 (document)."""
+    """OBELICS: word 5-gram repetition ratio above 0.1 (paragraph) / 0.2 (document). On CJK text
+    the n-grams are of characters, n times `cjk_scale` (see TextFilterConfig.cjk_ngram_scale)."""
 
-    def __init__(self, name: str, n: int, max_ratio: float) -> None:
-        self.name, self.n, self.max_ratio = name, n, max_ratio
+    def __init__(self, name: str, n: int, max_ratio: float, cjk_scale: int = 1) -> None:
+        self.name, self.n, self.max_ratio, self.cjk_scale = name, n, max_ratio, cjk_scale
 
     def __call__(self, view: TextView) -> str | None:
         hashes = view.hashes if len(view.words) >= _SHORT_WORDS else None
-        if word_repetition_ratio(view.words, self.n, hashes) > self.max_ratio:
+        n = self.n * self.cjk_scale if view.cjk else self.n
+        if word_repetition_ratio(view.words, n, hashes) > self.max_ratio:
             return self.name
         return None
 
@@ -599,30 +604,32 @@ class DupParagraphChars:
 
 class TopNgramChars:
     """Gopher Table A1: the most frequent word 2-, 3-, 4-gram may hold at most 20%, 18%, 16% of the
-    characters — a page repeating one phrase."""
+    characters — a page repeating one phrase. CJK: character n-grams, n times `cjk_scale`."""
 
     name = "text.top_ngram"
 
-    def __init__(self, max_frac: dict[int, float]) -> None:
-        self.max_frac = sorted(max_frac.items())
+    def __init__(self, max_frac: dict[int, float], cjk_scale: int = 1) -> None:
+        self.max_frac, self.cjk_scale = sorted(max_frac.items()), cjk_scale
 
     def __call__(self, view: TextView) -> str | None:
-        if any(_top_ngram_frac(view.hashes, view.lengths, n) > f for n, f in self.max_frac):
+        k = self.cjk_scale if view.cjk else 1
+        if any(_top_ngram_frac(view.hashes, view.lengths, n * k) > f for n, f in self.max_frac):
             return self.name
         return None
 
 
 class DupNgramChars:
     """Gopher Table A1: duplicated word 5- to 10-grams may cover at most 15% down to 10% of the
-    characters — pages built from repeated blocks."""
+    characters — pages built from repeated blocks. CJK: character n-grams, n times `cjk_scale`."""
 
     name = "text.dup_ngram"
 
-    def __init__(self, max_frac: dict[int, float]) -> None:
-        self.max_frac = sorted(max_frac.items())
+    def __init__(self, max_frac: dict[int, float], cjk_scale: int = 1) -> None:
+        self.max_frac, self.cjk_scale = sorted(max_frac.items()), cjk_scale
 
     def __call__(self, view: TextView) -> str | None:
-        if any(_dup_ngram_frac(view.hashes, view.lengths, n) > f for n, f in self.max_frac):
+        k = self.cjk_scale if view.cjk else 1
+        if any(_dup_ngram_frac(view.hashes, view.lengths, n * k) > f for n, f in self.max_frac):
             return self.name
         return None
 
@@ -649,7 +656,12 @@ def paragraph_rules(c: TextFilterConfig) -> list[Rule]:
         )
     if c.para_max_word_rep_ratio < 1:
         rules.append(
-            WordRepetition("text.para_word_rep", c.para_word_rep_n, c.para_max_word_rep_ratio)
+            WordRepetition(
+                "text.para_word_rep",
+                c.para_word_rep_n,
+                c.para_max_word_rep_ratio,
+                c.cjk_ngram_scale,
+            )
         )
     if c.para_max_char_rep_ratio < 1:
         rules.append(
@@ -694,11 +706,15 @@ def document_rules(c: TextFilterConfig) -> list[Rule]:
     if c.doc_max_dup_para_char_frac < 1:
         rules.append(DupParagraphChars(c.doc_max_dup_para_char_frac))
     if c.doc_max_top_ngram_char_frac:
-        rules.append(TopNgramChars(c.doc_max_top_ngram_char_frac))
+        rules.append(TopNgramChars(c.doc_max_top_ngram_char_frac, c.cjk_ngram_scale))
     if c.doc_max_dup_ngram_char_frac:
-        rules.append(DupNgramChars(c.doc_max_dup_ngram_char_frac))
+        rules.append(DupNgramChars(c.doc_max_dup_ngram_char_frac, c.cjk_ngram_scale))
     if c.doc_max_word_rep_ratio < 1:
-        rules.append(WordRepetition("text.word_rep", c.doc_word_rep_n, c.doc_max_word_rep_ratio))
+        rules.append(
+            WordRepetition(
+                "text.word_rep", c.doc_word_rep_n, c.doc_max_word_rep_ratio, c.cjk_ngram_scale
+            )
+        )
     if c.doc_max_char_rep_ratio < 1:
         rules.append(CharRepetition("text.char_rep", c.doc_char_rep_n, c.doc_max_char_rep_ratio))
     return rules
