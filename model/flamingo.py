@@ -589,9 +589,11 @@ class Flamingo(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the LM layers (transformers' own switch) and the xattn blocks in backward."""
-        self.lm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        kwargs = {"use_reentrant": False}  # inputs (frozen embeddings) need not require grad
+        if hasattr(self.lm, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         for layer in self.flamingo_layers:
             layer.checkpoint_xattn = True
 

@@ -289,9 +289,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.train()
         if ckpt:
             model.gradient_checkpointing_enable()
+        calls = {"xattn": 0, "layer": 0}
+
+        def counter(key: str, calls: dict = calls):
+            return lambda *_: calls.__setitem__(key, calls[key] + 1)
+
+        for layer in model.flamingo_layers:
+            layer.xattn.register_forward_pre_hook(counter("xattn"))
+            layer.decoder_layer.mlp.register_forward_pre_hook(counter("layer"))
         ids = encode(tok, PROMPT)
         model(ids, pixel_values=images(), labels=ids).loss.backward()
         grads.append([p.grad.clone() for p in model.trainable_parameters()])
+        # with checkpointing every block and decoder layer runs again in backward (pre-hooks: the
+        # recompute stops early, once it has what backward needs, so post-hooks would not fire;
+        # transformers checkpoints `forward`, so the count is taken on a submodule, the MLP)
+        assert calls == ({"xattn": 4, "layer": 4} if ckpt else {"xattn": 2, "layer": 2})
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
 
