@@ -92,7 +92,7 @@ def cmd_grep(args: argparse.Namespace) -> int:
     target = _target(args)
     if target is None:
         return 2
-    n = grep(
+    n, broken = grep(
         target,
         args.pattern,
         ignore_case=args.ignore_case,
@@ -100,7 +100,7 @@ def cmd_grep(args: argparse.Namespace) -> int:
         max_results=args.max,
         out=sys.stdout,
     )
-    return 0 if n else 1
+    return 2 if broken else (0 if n else 1)  # as grep(1): 2 means an error occurred
 
 
 def cmd_html(args: argparse.Namespace) -> int:

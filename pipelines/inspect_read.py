@@ -184,7 +184,7 @@ class TarReader:
             raise TarFormatError(
                 self.name,
                 self.pos + len(data),
-                f"truncated: {what} needs {n:,} bytes, only {len(data):,} left",
+                f"truncated: {what} needs {n:,} more bytes, only {len(data):,} left",
             )
         self.pos += n
         return data
@@ -197,7 +197,7 @@ class TarReader:
                 raise TarFormatError(
                     self.name,
                     self.size,
-                    f"truncated: {what} needs {n:,} bytes, only {self.size - self.pos:,} left",
+                    f"truncated: {what} needs {n:,} more bytes, only {self.size - self.pos:,} left",
                 )
             self.f.seek(n, os.SEEK_CUR)
             self.pos += n
@@ -251,7 +251,7 @@ class TarReader:
             if long_name is not None:
                 name, long_name = long_name, None
             regular = kind in (b"0", b"\0", b"7")
-            what = f"member {name!r} ({size:,} bytes)"
+            what = f"member {name!r} (header at byte {start:,}, {size:,} bytes)"
             wanted = want(name) if regular else False
             if wanted is True:
                 data: bytes | None = self._read(size, what)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines.inspect_read import Sample, Target, iter_target
+from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target
 from pipelines.inspect_stats import sniff_format
 
 ARROWS = {"following": "attached → following", "preceding": "attached ← preceding"}
@@ -60,8 +61,13 @@ def render(sample: Sample, width: int) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _warn(e: TarFormatError) -> None:
+    """A broken shard does not stop show/grep: say so on stderr and read the next shard."""
+    print(f"m3w inspect: warning: {e}", file=sys.stderr)
+
+
 def _find(target: Target, key: str | None, index: int | None, images: bool | int) -> Sample | None:
-    for i, sample in enumerate(iter_target(target, images=images)):
+    for i, sample in enumerate(iter_target(target, images=images, on_error=_warn)):
         if (key is not None and sample.key == key) or (key is None and i == index):
             return sample
     return None
@@ -123,11 +129,15 @@ def snippet(
 
 
 def grep_target(
-    target: Target, pattern: str, ignore_case: bool = False, url_only: bool = False
+    target: Target,
+    pattern: str,
+    ignore_case: bool = False,
+    url_only: bool = False,
+    on_error: Callable[[TarFormatError], None] | None = None,
 ) -> Iterator[tuple[Sample, str, str]]:
     """(sample, where, snippet) for the first match in each matching document; `where` is url or text N."""
     regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    for sample in iter_target(target, images=False):
+    for sample in iter_target(target, images=False, on_error=on_error or _warn):
         rec = sample.record or {}
         url = str(rec.get("url", ""))
         m = regex.search(url)
@@ -149,13 +159,18 @@ def grep(
     url_only: bool = False,
     max_results: int = 0,
     out: TextIO | None = None,
-) -> int:
-    """Print `key  shard  url` and a snippet per matching document; returns how many matched."""
-    n = 0
-    for sample, where, snip in grep_target(target, pattern, ignore_case, url_only):
+) -> tuple[int, int]:
+    """Print `key  shard  url` and a snippet per matching document; returns (matches, broken shards)."""
+    n, broken = 0, []
+
+    def on_error(e: TarFormatError) -> None:
+        broken.append(e)
+        _warn(e)
+
+    for sample, where, snip in grep_target(target, pattern, ignore_case, url_only, on_error):
         n += 1
         if out is not None:
             out.write(f"{sample.key}  {sample.shard}  {sample.url}\n    {where}: {snip}\n")
         if max_results and n >= max_results:
             break
-    return n
+    return n, len(broken)

@@ -294,7 +294,8 @@ def _check_manifest(target: Target, checks: list[ShardCheck], report: VerifyRepo
                     Problem(
                         f"manifest.{field_}",
                         check.shard,
-                        f"{field_} is {getattr(check, field_):,}, manifest says {row.get(field_)}",
+                        f"{field_} is {getattr(check, field_):,}, manifest says "
+                        + (f"{row[field_]:,}" if isinstance(row.get(field_), int) else "nothing"),
                     )
                 )
     for name in rows:

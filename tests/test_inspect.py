@@ -465,3 +465,17 @@ def test_streaming_memory_is_bounded_by_one_sample_not_the_shard(tmp_path):
     # the 1 MiB file buffer plus small change; one image alone is 3 MB, the shard 30 MB
     assert stats_peak < 2_000_000, stats_peak
     assert big < read_peak < 2 * big + 2_000_000, read_peak
+
+
+def test_show_and_grep_read_past_a_broken_shard(job, tmp_path, capsys):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000001.tar"
+    shard.write_bytes(shard.read_bytes()[:2500])
+    last = job.docs[-1]
+    assert main(["inspect", "show", str(root), last.key]) == 0
+    captured = capsys.readouterr()
+    assert last.url in captured.out and "000001.tar" in captured.err
+    assert main(["inspect", "grep", str(root), "s2/page"]) == 2  # matches, but a shard is broken
+    captured = capsys.readouterr()
+    assert captured.out.count("000002.tar  https://example.org/s2/page") == 4
+    assert "truncated" in captured.err
