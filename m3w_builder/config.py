@@ -166,6 +166,10 @@ class ImageConfig:
     min_images_per_doc: int = 1  # Flamingo drops documents left with no image
     max_images_per_doc: int = 100
     decode_workers: int = 0  # decode/re-encode threads (Pillow releases the GIL); 0 = CPU count
+    # Store an upright RGB JPEG within store_max_side as its own bytes minus metadata (EXIF/XMP/ICC/
+    # COM) instead of re-encoding it: no generational loss, ~2× faster (benchmarks/image_fetch.py).
+    # Off by default: issue 3 asks for every image re-encoded at store_quality.
+    jpeg_passthrough: bool = False
 
 
 @dataclass

@@ -87,12 +87,17 @@ def process_image(data: bytes, config: ImageConfig) -> StoredImage:
     orientation = _orientation(im)
     width, height = (im.height, im.width) if orientation in (5, 6, 7, 8) else im.size
     _check_size(width, height, config)
+    stored = _passthrough_bytes(data, im, orientation, config)
+    if stored is not None:
+        # Pixels only for the uniform check and pHash: libjpeg decodes at 1/2–1/8 scale.
+        im.draft("RGB", (_SMALL, _SMALL))
     im = _decode_first_frame(im, orientation, config)
     im = _to_rgb(im)
     rgb = im if max(im.size) <= config.store_max_side else _shrink(im, config.store_max_side)
     if _is_uniform(rgb, config.uniform_std_max):
         raise Skip("image.uniform", f"max channel std < {config.uniform_std_max}")
-    stored = _encode(rgb, config)
+    if stored is None:
+        stored = _encode(rgb, config)
     return StoredImage(
         data=stored,
         ext=_STORE_EXT[config.store_format],
@@ -102,6 +107,58 @@ def process_image(data: bytes, config: ImageConfig) -> StoredImage:
         sha256=hashlib.sha256(stored).hexdigest(),
         phash=phash(rgb),
     )
+
+
+_SMALL = 64  # side of the sample that the uniform check and pHash need
+# JPEG markers kept by the passthrough: APP0 (JFIF) and APP14 (Adobe: says whether the data is YCbCr);
+# every other APPn (EXIF with GPS, XMP, ICC, MPF, maker notes) and COM is dropped (ITU T.81 B.2.4).
+_KEEP_APP = frozenset({0xE0, 0xEE})
+
+
+def _passthrough_bytes(
+    data: bytes, im: Image.Image, orientation: int, config: ImageConfig
+) -> bytes | None:
+    """The source JPEG minus its metadata, when `jpeg_passthrough` is on and nothing else would
+    change: an upright 3-channel JPEG within `store_max_side`, stored as JPEG. This skips a lossy
+    re-encode (generational loss, and half the CPU of the stage); None means re-encode."""
+    if not (
+        config.jpeg_passthrough
+        and config.store_format == "jpeg"
+        and im.format == "JPEG"
+        and im.mode == "RGB"
+        and orientation == 1
+        and max(im.size) <= config.store_max_side
+    ):
+        return None
+    return strip_jpeg_metadata(data)
+
+
+def strip_jpeg_metadata(data: bytes) -> bytes | None:
+    """Copy a JPEG's segments except metadata APPn/COM, and cut after EOI (drops MPO extra frames
+    and trailing junk). None if the marker structure is not the plain one this expects."""
+    out = bytearray(b"\xff\xd8")
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > end:
+            return None
+        segment = data[pos : pos + 2 + length]
+        if marker == 0xDA:  # SOS: the entropy-coded data (and any later scans) run to EOI
+            eoi = data.find(b"\xff\xd9", pos + 2 + length)
+            if eoi < 0:
+                return None
+            out += data[pos : eoi + 2]
+            return bytes(out)
+        if not (0xE0 <= marker <= 0xEF and marker not in _KEEP_APP) and marker != 0xFE:
+            out += segment
+        pos += 2 + length
+    return None
 
 
 def _open(data: bytes, fmt: str, config: ImageConfig) -> Image.Image:

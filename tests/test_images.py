@@ -22,9 +22,16 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from m3w_builder.config import BuildConfig, ImageConfig
+from m3w_builder.dedup import hamming
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.fetch import ArchiveIndex
-from m3w_builder.images import phash, process_image, resolve_images, sniff_image_format
+from m3w_builder.images import (
+    phash,
+    process_image,
+    resolve_images,
+    sniff_image_format,
+    strip_jpeg_metadata,
+)
 from m3w_builder.reasons import Counts, Skip
 
 # What process_image does with every file of corpus images/pillow under the m3w profile. The
@@ -454,3 +461,38 @@ def test_data_uri_images() -> None:
     [kept] = resolve_images([doc], offline_config(), counts)
     assert (kept.image_nodes[0].width, kept.image_nodes[0].height) == (100, 80)
     assert kept.drops == ["image.bad_content_type"] and counts["image.from_data_uri"] == 1
+
+
+def test_jpeg_passthrough_strips_metadata_and_keeps_pixels(corpus: Path) -> None:
+    folder = corpus / "images" / "pillow"
+    config = ImageConfig(jpeg_passthrough=True)
+    # A JPEG with EXIF: stored as its own entropy-coded data, minus EXIF, pixel for pixel.
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCamera"  # Make
+    source = io.BytesIO()
+    Image.open(io.BytesIO(drawn(200, 150, "JPEG"))).save(source, "JPEG", exif=exif, quality=85)
+    data = source.getvalue()
+    assert b"SecretCamera" in data
+    stored = process_image(data, config)
+    assert b"SecretCamera" not in stored.data and len(stored.data) < len(data)
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(stored.data))), np.asarray(Image.open(io.BytesIO(data)))
+    )
+    # pHash from the reduced-scale decode stays within the near-duplicate distance of the full one.
+    assert hamming(stored.phash, process_image(data, ImageConfig()).phash) <= 4
+    # The big ICC profile (APP2) goes; the picture stays.
+    icc = process_image((folder / "icc_profile_big.jpg").read_bytes(), config)
+    assert len(icc.data) < 200_000 and Image.open(io.BytesIO(icc.data)).size == (425, 250)
+    # What passthrough cannot keep is re-encoded: rotated, CMYK, grey.
+    for name in ("hopper_orientation_6.jpg", "pil_sample_cmyk.jpg", "hopper_gray.jpg"):
+        raw = (folder / name).read_bytes()
+        assert process_image(raw, config).data == process_image(raw, ImageConfig()).data, name
+    # Guards still apply: a truncated JPEG is still caught by the (reduced-scale) decode.
+    assert outcome((folder / "truncated_jpeg.jpg").read_bytes(), config) == "image.truncated"
+
+
+def test_strip_jpeg_metadata_refuses_odd_structures() -> None:
+    assert strip_jpeg_metadata(b"\xff\xd8\x00\x00junk") is None
+    jpeg = drawn(80, 80, "JPEG")
+    assert strip_jpeg_metadata(jpeg[:-200]) is None  # no EOI
+    assert strip_jpeg_metadata(jpeg + b"trailing junk") == jpeg  # cut after EOI
