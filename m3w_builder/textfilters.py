@@ -787,21 +787,20 @@ def _first_failure(rules: Sequence[Rule], view: TextView) -> str | None:
 
 
 def _record_stats(doc: Document, view: TextView, dropped: int) -> None:
-    """Numbers worth keeping in the shard record (`stats`) and for tuning thresholds."""
+    """Numbers worth keeping in the shard record (`stats["text"]`, beside dom's `stats["dom"]`) and
+    for tuning thresholds."""
     ratio = view.stopword_ratio()
     mean = view.mean_word_len()
-    doc.stats.update(
-        {
-            "words": len(view.words),
-            "chars": len(view.text),
-            "paragraphs": len(view.paragraphs),
-            "paragraphs_dropped": dropped,
-            "stopword_ratio": None if ratio is None else round(ratio, 4),
-            "special_char_ratio": round(view.special_char_ratio(), 4),
-            "mean_word_len": None if mean is None else round(mean, 3),
-            "cjk": view.cjk,
-        }
-    )
+    doc.stats["text"] = {
+        "words": len(view.words),
+        "chars": len(view.text),
+        "paragraphs": len(view.paragraphs),
+        "paragraphs_dropped": dropped,
+        "stopword_ratio": None if ratio is None else round(ratio, 4),
+        "special_char_ratio": round(view.special_char_ratio(), 4),
+        "mean_word_len": None if mean is None else round(mean, 3),
+        "cjk": view.cjk,
+    }
 
 
 _cache: dict[str, TextFilters] = {}
@@ -809,7 +808,8 @@ _cache: dict[str, TextFilters] = {}
 
 def apply_text_filters(doc: Document, config: TextFilterConfig) -> str | None:
     """Filter `doc` in place: drop failing paragraphs (codes appended to `doc.drops`), set `doc.lang`,
-    `doc.lang_score` and `doc.stats`, then return the first failing document-level code, or None.
+    `doc.lang_score` and `doc.stats["text"]`, then return the first failing document-level code, or
+    None.
 
     The rules are built once per distinct config (keyed by its repr, so a mutated config rebuilds).
     """

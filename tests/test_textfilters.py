@@ -209,7 +209,7 @@ def test_empty_document() -> None:
     doc = Document("https://example.org/empty", [ImageNode("https://example.org/a.jpg")])
     assert apply_text_filters(doc, BuildConfig().text) == "text.doc_too_short"
     assert doc.lang == "und" and doc.lang_score == 0.0
-    assert doc.stats["words"] == 0 and doc.drops == []
+    assert doc.stats["text"]["words"] == 0 and doc.drops == []
     doc = Document("https://example.org/empty")
     assert apply_text_filters(doc, only()) is None  # nothing demanded, nothing dropped
 
@@ -347,8 +347,14 @@ def test_profiles_keep_good_english_and_record_stats(profile: str) -> None:
     assert apply_text_filters(doc, config) is None
     assert doc.lang == "en" and doc.lang_score > 0.9
     assert doc.drops == []
-    assert doc.stats["words"] > 100 and doc.stats["stopword_ratio"] > 0.35
-    assert set(doc.stats) >= {"words", "chars", "paragraphs", "stopword_ratio", "mean_word_len"}
+    assert doc.stats["text"]["words"] > 100 and doc.stats["text"]["stopword_ratio"] > 0.35
+    assert set(doc.stats["text"]) >= {
+        "words",
+        "chars",
+        "paragraphs",
+        "stopword_ratio",
+        "mean_word_len",
+    }
 
 
 def test_profiles_differ_where_the_papers_do() -> None:
@@ -371,9 +377,9 @@ def test_profiles_differ_where_the_papers_do() -> None:
 def test_cjk_document_passes_m3w() -> None:
     doc = doc_of(GOOD_JA, GOOD_JA2)
     assert apply_text_filters(doc, BuildConfig.for_profile("m3w").text) is None
-    assert doc.lang == "ja" and doc.stats["cjk"] is True
-    assert doc.stats["words"] > 100  # characters, not two "words"
-    assert doc.stats["stopword_ratio"] > 0.1  # particles の, に, は, を ... are found
+    assert doc.lang == "ja" and doc.stats["text"]["cjk"] is True
+    assert doc.stats["text"]["words"] > 100  # characters, not two "words"
+    assert doc.stats["text"]["stopword_ratio"] > 0.1  # particles の, に, は, を ... are found
 
 
 def test_paragraph_drops_are_recorded_in_order_and_lang_uses_kept_text() -> None:
@@ -382,7 +388,7 @@ def test_paragraph_drops_are_recorded_in_order_and_lang_uses_kept_text() -> None
     assert apply_text_filters(doc, c) is None
     assert doc.drops == ["text.para_too_short", "text.para_too_short"]
     assert doc.texts.count(None) == 1 and doc.lang == "fr"
-    assert doc.stats["paragraphs"] == 3 and doc.stats["paragraphs_dropped"] == 2
+    assert doc.stats["text"]["paragraphs"] == 3 and doc.stats["text"]["paragraphs_dropped"] == 2
 
 
 def test_textfilters_object_reuses_rules_and_yaml_fields_exist() -> None:
@@ -515,4 +521,4 @@ def test_cjk_ngram_scale_on_a_real_japanese_page(corpus) -> None:
     )
     doc = Document("u", [TextNode(p) for p in paras])
     assert apply_text_filters(doc, scaled) is None
-    assert doc.lang == "ja" and doc.stats["cjk"]
+    assert doc.lang == "ja" and doc.stats["text"]["cjk"]
