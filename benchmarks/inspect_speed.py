@@ -27,6 +27,7 @@ import random
 import sys
 import tarfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from PIL import Image
@@ -179,6 +180,21 @@ def main() -> None:
     print(f"|{'-' * 28}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|")
     for name, secs, rate in results:
         print(f"| {name:<26} | {secs:8.2f} | {rate:8.0f} | {rate / base:9.2f}× |")
+
+    # Streaming check: peak Python heap over the whole set (untimed runs; tracemalloc slows them).
+    print()
+    print(f"| {'reader':<26} | {'peak heap MB':>12} | {'largest sample MB':>17} |")
+    print(f"|{'-' * 28}|{'-' * 13}:|{'-' * 18}:|")
+    largest = max(sum(s.sizes.values()) for s in iter_target(target, images=False)) / 1e6
+    for name, fn in (
+        ("inspect stats", lambda: compute_stats(target)),
+        ("inspect verify --no-decode", lambda: verify(target, decode=False)),
+    ):
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+        print(f"| {name:<26} | {peak:12.1f} | {largest:17.2f} |")
 
 
 if __name__ == "__main__":
