@@ -76,7 +76,10 @@ _BLOCK_TAGS = frozenset(
 _UNLIKELY = re.compile(
     r"-ad-|ai2html|banner|breadcrumbs|combx|comment|community|cover-wrap|disqus|extra|footer|gdpr|"
     r"header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|sponsor|"
-    r"supplemental|ad-break|agegate|pagination|pager|popup|yom-remote|share|sharing|newsletter|"
+    r"supplemental|ad-break|agegate|pagination|pager|popup|yom-remote|newsletter|"
+    # share widgets, but not "shared-history" or "sharing-with-a-developer" (mercurial's sections)
+    r"(?<![a-z])shar(?:e|ing)(?:[-_]?(?:bar|buttons?|tools?|links?|widgets?|icons?|this|box))?"
+    r"(?![\w-])|"
     r"promo|subscribe|cookie|signup|outbrain|taboola",
     re.I,
 )
@@ -530,8 +533,8 @@ def _select_main(
         t = tallies.get(el)
         density = t.link_chars / t.chars if t and t.chars else 0.0
         candidates[el] *= 1 - density
-    top = max(candidates, key=candidates.__getitem__)
-    top_score = candidates[top]
+    top = _promote(body, candidates)
+    top_score = candidates.get(top, 0.0)
     # Readability: when the winner is the only child of its parent, the parent is the article.
     parent = top.getparent()
     while parent is not None and parent is not body and parent in tallies and len(parent) == 1:
@@ -546,6 +549,40 @@ def _select_main(
         return [body]
     _count_outside(body, blocks, tallies, drops)
     return blocks
+
+
+def _promote(body: etree._Element, candidates: dict[etree._Element, float]) -> etree._Element:
+    """The best candidate, moved up to a common ancestor where the content is split across
+    containers (Readability.js `_grabArticle`): (1) when at least 3 of the other top-5 candidates
+    score ≥ 75% of the winner and share an ancestor with it, that ancestor (step-by-step how-tos,
+    one container per step); (2) while walking up, an ancestor scoring higher than the node below
+    it (score rising means more article around)."""
+    ranked = sorted(candidates, key=candidates.__getitem__, reverse=True)[:5]
+    top = ranked[0]
+    top_score = candidates[top]
+    close = [c for c in ranked[1:] if candidates[c] >= 0.75 * top_score]
+    if len(close) >= 3:
+        lineages = [set(c.iterancestors()) for c in close]
+        ancestor = top.getparent()
+        while ancestor is not None and ancestor is not body:
+            if sum(ancestor in lineage for lineage in lineages) >= 3:
+                top = ancestor
+                break
+            ancestor = ancestor.getparent()
+    last = candidates.get(top, top_score)
+    threshold = last / 3
+    ancestor = top.getparent()
+    while ancestor is not None and ancestor is not body:
+        score = candidates.get(ancestor)
+        if score is not None:
+            if score < threshold:
+                break
+            if score > last:
+                top = ancestor
+                break
+            last = score
+        ancestor = ancestor.getparent()
+    return top
 
 
 def _with_siblings(
@@ -576,7 +613,7 @@ def _with_siblings(
         t = tallies.get(sib)
         if t is None:
             continue
-        density = t.link_chars / t.chars if t.chars else 1.0
+        density = t.link_chars / t.chars if t.chars else 0.0
         if sib.tag == "p":
             text = "".join(sib.itertext()).strip() if t.chars < 2000 else "x" * t.chars
             if t.chars >= 80 and density < 0.25:
