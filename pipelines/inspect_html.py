@@ -198,7 +198,7 @@ def stats_section(stats: Stats, target: Target) -> str:
         ("formats", counts(j["formats"])),
         ("attachment", counts(j["attach"])),
         ("languages", counts(j["languages"])),
-        ("drop reasons", counts(stats.reasons)),
+        ("reason codes", counts(stats.reasons)),
     ]
     if stats.errors:
         rows.append(("errors", "<br>".join(esc(e) for e in stats.errors[:20])))

@@ -309,7 +309,7 @@ def format_table(stats: Stats) -> str:
         ("languages", _top(j["languages"])),
     ]
     if stats.reasons:
-        rows.append(("drop reasons", _top(stats.reasons, 12)))
+        rows.append(("reason codes", _top(stats.reasons, 12)))
     if stats.errors:
         rows.append(("ERRORS", f"{len(stats.errors)} (first: {stats.errors[0]})"))
     width = max(len(r[0]) for r in rows)

@@ -272,7 +272,8 @@ def _check_manifest(target: Target, checks: list[ShardCheck], report: VerifyRepo
     if target.manifest is None:
         report.problems.append(Problem("manifest.missing", "manifest.jsonl", "job has no manifest"))
         return
-    rows = {str(r.get("name")): r for r in target.manifest}
+    # `name` is the shard's path relative to the job dir ("shards/000000.tar") or its bare file name
+    rows = {Path(str(r.get("name"))).name: r for r in target.manifest}
     for check in checks:
         row = rows.pop(check.shard, None)
         if row is None:

@@ -152,3 +152,23 @@ def rewrite_shard(path: Path, edit: Callable[[str, bytes], list[tuple[str, bytes
                 info.size = len(new_data)
                 out.addfile(info, io.BytesIO(new_data))
     Path(path).write_bytes(buf.getvalue())
+
+
+def build_sample_job(root: str | Path, pages: int = 12) -> tuple[Path, dict]:
+    """A job made by the real build (`pipelines.build.run_build`, in-process executor) from the
+    generated sample site served on 127.0.0.1: real extraction, filters, fetching, dedup, attachment
+    and shard writing. Returns (job dir, the build's report)."""
+    from m3w_builder.config import BuildConfig
+    from pipelines.build import JobOptions, run_build
+    from pipelines.sample_site import make_site, serve_site, write_url_list
+
+    root = Path(root)
+    make_site(root / "site", pages=pages, seed=0)
+    with serve_site(root / "site") as base:
+        urls = write_url_list(root / "site", base, root / "urls.txt")
+        config = BuildConfig.for_profile("m3w")
+        config.fetch.allow_private_hosts = True  # the site is on 127.0.0.1
+        config.shards.docs_per_shard = 4
+        options = JobOptions(out=str(root / "job"), urls_per_unit=4, progress=False)
+        report = run_build([str(urls)], config, options, use_ray=False)
+    return root / "job", report

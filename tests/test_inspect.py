@@ -479,3 +479,35 @@ def test_show_and_grep_read_past_a_broken_shard(job, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("000002.tar  https://example.org/s2/page") == 4
     assert "truncated" in captured.err
+
+
+# ------------------------------------------------------------------------------ real build output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from shardgen import build_sample_job
+
+    return build_sample_job(tmp_path_factory.mktemp("built"))
+
+
+@pytest.mark.slow
+def test_inspect_agrees_with_a_real_build(built, tmp_path, capsys):
+    """Shards, manifest and report.json as `m3w build` writes them, read by every subcommand."""
+    root, report = built
+    assert report["documents"] > 0 and report["shards"] >= 2
+    result = verify(resolve_target(root), jobs=1)
+    assert result.ok, [str(p) for p in result.problems]
+    assert (result.docs, result.shards) == (report["documents"], report["shards"])
+    stats = compute_stats(resolve_target(root)).to_json()
+    assert (stats["docs"], stats["images"]) == (report["documents"], report["images"])
+    assert stats["bytes"]["shards"] == report["bytes"]
+    assert stats["reasons"] == {k: v for k, v in report["counts"].items() if v}
+    assert stats["languages"] == report["languages"]
+    assert main(["inspect", "show", str(root), "--index", str(report["documents"] - 1)]) == 0
+    assert "[image 1 · " in capsys.readouterr().out
+    out = tmp_path / "g.html"
+    assert main(["inspect", "html", str(root), str(out), "--no-progress"]) == 0
+    page = out.read_text()
+    assert page.count('<article class="doc"') == report["documents"]
+    assert page.count("<img ") == report["images"]
