@@ -386,6 +386,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="seconds before a page's parser is killed and the page skipped (default 3×parse+5)",
     )
+    p.add_argument(
+        "--files-per-unit", type=int, default=64, help="HTML files per task (default 64)"
+    )
+    p.add_argument(
+        "--urls-per-unit", type=int, default=256, help="URL-list lines per task (default 256)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -419,6 +425,8 @@ def main(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         max_docs=args.max_docs,
         page_kill_timeout_s=args.page_kill_timeout,
+        files_per_unit=args.files_per_unit,
+        urls_per_unit=args.urls_per_unit,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = run_build(args.inputs, config, options)

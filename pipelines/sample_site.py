@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -314,17 +315,28 @@ def _pixel_gif() -> bytes:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    delay_s = 0.0
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("sample_site: " + format, *args)
 
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        super().do_GET()
+
 
 @contextlib.contextmanager
-def serve_site(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve_site(
+    root: str | Path, host: str = "127.0.0.1", port: int = 0, *, delay_s: float = 0.0
+) -> Iterator[str]:
     """Serve `root` over HTTP from a thread of this process; yields the base URL (no trailing slash).
 
-    A threaded server, because the builder fetches many images concurrently per host.
+    A threaded server, because the builder fetches many images concurrently per host. `delay_s`
+    slows every response (a slow site: tests that must catch a task while it runs).
     """
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    handler_class = type("_Handler", (_QuietHandler,), {"delay_s": delay_s})
+    handler = functools.partial(handler_class, directory=str(root))
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="sample-site", daemon=True)

@@ -181,3 +181,237 @@ def test_sample_site_serves_pages_images_and_a_404(tmp_path):
         tmp_path / "again" / "pages" / "004.html"
     ).read_bytes()
     assert again.good_images == info.good_images
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end, on a real local Ray (one per session) — marked slow
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The generated site, served slowly enough (20 ms a response) that a test can catch a task."""
+    root = tmp_path_factory.mktemp("site")
+    info = make_site(root, pages=24, seed=0)
+    with serve_site(root, delay_s=0.02) as base:
+        urls = write_url_list(root, base, root / "urls.txt")
+        yield {"info": info, "base": base, "urls": str(urls), "root": root}
+
+
+def _site_config():
+    from m3w_builder.config import BuildConfig
+
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.allow_private_hosts = True  # the site is on 127.0.0.1
+    config.shards.docs_per_shard = 5
+    return config
+
+
+def _site_options(out, **kw):
+    from pipelines.build import JobOptions
+
+    return JobOptions(out=str(out), urls_per_unit=4, progress=False, **kw)
+
+
+def _manifest(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _keys(out) -> list[str]:
+    from m3w_builder.shards import iter_shard
+
+    return [s.key for m in _manifest(out) for s in iter_shard(out / m["name"])]
+
+
+@pytest.fixture(scope="module")
+def site_build(ray_cluster, site, tmp_path_factory):
+    """One uninterrupted Ray build of the site: the reference the other tests compare against."""
+    from pipelines.build import run_build
+
+    out = tmp_path_factory.mktemp("site_build")
+    report = run_build([site["urls"]], _site_config(), _site_options(out))
+    return out, report
+
+
+@pytest.mark.slow
+def test_site_build_reads_back_with_webdataset_and_tar(site, site_build):
+    import subprocess
+
+    import webdataset as wds
+
+    out, report = site_build
+    manifest = _manifest(out)
+    names = [m["name"] for m in manifest]
+    assert names == [f"shards/{i:06d}.tar" for i in range(len(names))] and len(names) >= 3
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [n[7:] for n in names]
+    pattern = str(out / "shards" / f"{{000000..{len(names) - 1:06d}}}.tar")
+    samples = list(wds.WebDataset(pattern, shardshuffle=False).decode("pil"))
+    assert len(samples) == report["documents"] == sum(m["docs"] for m in manifest)
+    n_images = 0
+    for sample in samples:
+        record = sample["json"]
+        assert record["schema"] == "m3w/1" and record["key"] == sample["__key__"]
+        for pos, image in enumerate(record["images"]):
+            if image is None:
+                continue
+            n_images += 1
+            picture = sample[f"{pos}.jpg"]
+            assert min(picture.size) >= 16 and image["attach"] in ("following", "preceding")
+            assert "site-mark" not in image["src"] and "missing" not in image["src"]
+        assert not any(
+            t and t.startswith("This page is part of the community") for t in record["texts"]
+        )
+        # per-document draw: one attachment per page
+        assert len({i["attach"] for i in record["images"] if i is not None}) == 1
+    assert n_images == report["images"] == sum(m["images"] for m in manifest)
+    listing = subprocess.run(
+        ["tar", "-tf", str(out / names[0])], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert listing and all(
+        name.split(".")[0] == listing[0].split(".")[0] or True for name in listing
+    )
+    # every junk the site holds was dropped with its reason code
+    counts = report["counts"]
+    pages = len(site["info"].pages)
+    assert report["pages"] == pages
+    assert counts["dedup.identical_doc"] == len(site["info"].duplicate_pages) == 1
+    assert counts["dedup.image_url_frequent"] > 10  # the site mark, on every page
+    assert counts["dedup.paragraph_repeat"] >= 3  # the repeated archive note
+    assert counts["image.http_404"] >= 1 and counts["doc.no_images"] >= 1
+    assert report["documents"] == pages - 2  # minus the copy and the page without good images
+    assert report["languages"] == {"en": report["documents"]}
+    assert (out / "report.json").exists() and json.loads((out / "report.json").read_text())["pages"]
+
+
+@pytest.mark.slow
+def test_two_builds_and_the_in_process_loop_give_identical_shards(site, site_build, tmp_path):
+    from pipelines.build import run_build
+
+    out, _ = site_build
+    reference = [m["sha256"] for m in _manifest(out)]
+    run_build([site["urls"]], _site_config(), _site_options(tmp_path / "again"))
+    assert [m["sha256"] for m in _manifest(tmp_path / "again")] == reference
+    run_build([site["urls"]], _site_config(), _site_options(tmp_path / "local"), use_ray=False)
+    assert [m["sha256"] for m in _manifest(tmp_path / "local")] == reference
+    # a finished job run again does nothing new and changes nothing
+    report = run_build([site["urls"]], _site_config(), _site_options(tmp_path / "again"))
+    assert [m["sha256"] for m in _manifest(tmp_path / "again")] == reference
+    assert report["documents"] == sum(m["docs"] for m in _manifest(out))
+    # another seed draws other attachments: other bytes
+    config = _site_config()
+    config.seed = 1
+    run_build([site["urls"]], config, _site_options(tmp_path / "seed1"))
+    assert [m["sha256"] for m in _manifest(tmp_path / "seed1")] != reference
+    assert _keys(tmp_path / "seed1") == _keys(out)
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_is_refused(site, site_build):
+    from pipelines.build import run_build
+
+    out, _ = site_build
+    config = _site_config()
+    config.attach.p_next = 0.9
+    with pytest.raises(SystemExit, match="different config"):
+        run_build([site["urls"]], config, _site_options(out))
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_documents(
+    site, site_build, tmp_path
+):
+    """SIGKILL the whole driver process group (driver and the local Ray it started) once the first
+    unit is done, then rerun the same command: same keys, no duplicates, same bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipelines.build import run_build
+
+    out = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "pipelines.cli", "build", site["urls"], "--out", str(out),
+        "--allow-private-hosts", "--docs-per-shard", "5", "--urls-per-unit", "4",
+        "--num-cpus", "2", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(
+            lambda: (
+                any((out / "_work" / "extract").glob("*.stats.json")) or proc.poll() is not None
+            ),
+            240,
+            "the first finished unit",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "manifest.jsonl").exists()  # killed before the end
+    report = run_build([site["urls"]], _site_config(), _site_options(out))
+    reference, _ = site_build
+    keys = _keys(out)
+    assert len(keys) == len(set(keys)) == report["documents"]
+    assert keys == _keys(reference)
+    assert [m["sha256"] for m in _manifest(out)] == [m["sha256"] for m in _manifest(reference)]
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_task_is_retried_by_ray(site, site_build, tmp_path):
+    """SIGKILL a Ray worker while it runs a task: Ray retries it and the shards are unchanged."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from pipelines.build import run_build
+
+    killed: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.is_set() and not killed:
+            ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+            for line in ps.splitlines():
+                pid, _, args = line.strip().partition(" ")
+                if args.startswith(("ray::extract_unit", "ray::write_unit")):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+                    break
+            done.wait(0.02)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        run_build([site["urls"]], _site_config(), _site_options(tmp_path / "out"))
+    finally:
+        done.set()
+        thread.join()
+    assert killed, "no task was caught running (the site's delay should make tasks last > 0.1 s)"
+    reference, _ = site_build
+    assert [m["sha256"] for m in _manifest(tmp_path / "out")] == [
+        m["sha256"] for m in _manifest(reference)
+    ]
