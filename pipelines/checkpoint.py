@@ -136,8 +136,9 @@ def load(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> dict[str, Any]:
-    """Collective: restore weights, optimiser, scheduler and this rank's RNG; return state.json with
-    `data` reduced to this rank's entry. Refuses a checkpoint saved with another world size (the data
+    """Collective: restore weights, optimiser and scheduler; return state.json with `data` reduced to
+    this rank's entry and `rng` holding this rank's generator states, which the caller restores with
+    `set_rng_state` last, once everything that draws at start-up (DataLoader seeds) is built. Refuses a checkpoint saved with another world size (the data
     split would differ) or another version."""
     path = Path(path)
     rank = dist.get_rank() if _dist() else 0
@@ -159,6 +160,6 @@ def load(
     if missing is not None and getattr(missing, "unexpected_keys", None):
         raise ValueError(f"{path}: unexpected weights {missing.unexpected_keys[:5]}")
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False)[rank])
+    state["rng"] = torch.load(path / "rng.pt", weights_only=False)[rank]
     state["data"] = state["data"][rank]
     return state

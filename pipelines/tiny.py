@@ -195,15 +195,41 @@ def tiny_flamingo(
     torch.manual_seed(seed)
     lm = tiny_lm(len(tokenizer), n_layer=lm_layers)
     vision = tiny_vision(image_size=image_size)
-    cfg = FlamingoConfig(
-        num_latents=8,
-        resampler_depth=1,
-        resampler_heads=2,
-        resampler_dim_head=16,
-        xattn_heads=2,
-        xattn_dim_head=16,
-        ff_mult=2,
-        max_images=max_images,
-    )
+    cfg = FlamingoConfig(**TINY_FLAMINGO, max_images=max_images)
     model = Flamingo.from_models(lm, vision, tokenizer, cfg)
     return model, tiny_image_processor(image_size)
+
+
+def save_tiny_models(
+    directory: str | Path,
+    tokenizer: Any,
+    *,
+    image_size: int = 32,
+    lm_layers: int = 2,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Save a random-init tiny LM (with `tokenizer`) and vision tower (with its image processor) as
+    local model directories, so `m3w train --lm DIR/lm --vision DIR/vision` loads them exactly as it
+    loads hub ids. Returns (lm_dir, vision_dir)."""
+    import torch
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    lm_dir, vision_dir = directory / "lm", directory / "vision"
+    tiny_lm(len(tokenizer), n_layer=lm_layers).save_pretrained(lm_dir)
+    tokenizer.save_pretrained(lm_dir)
+    tiny_vision(image_size=image_size).save_pretrained(vision_dir)
+    tiny_image_processor(image_size).save_pretrained(vision_dir)
+    return lm_dir, vision_dir
+
+
+# FlamingoConfig fields that keep a tiny model tiny (for `model.flamingo` in a TrainConfig)
+TINY_FLAMINGO = {
+    "num_latents": 8,
+    "resampler_depth": 1,
+    "resampler_heads": 2,
+    "resampler_dim_head": 16,
+    "xattn_heads": 2,
+    "xattn_dim_head": 16,
+    "ff_mult": 2,
+}

@@ -486,6 +486,8 @@ def train(
         state = checkpoint.load(found, model=model, optimizer=optimizer, scheduler=scheduler)
         log.warning("resumed from %s at step %d", found, state["step"])
     streams = Streams(cfg, parts, d, state["data"])
+    if "rng" in state:  # after the DataLoader iterators drew their seeds, as in the first run
+        checkpoint.set_rng_state(state["rng"])
     counts = flop_counts(model)
     patches, latents = _vision_shape(parts), int(cfg.model.flamingo.get("num_latents", 64))
     peak = peak_flops(cfg, d.device)
