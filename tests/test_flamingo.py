@@ -311,14 +311,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # --- generation and persistence -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_generate_with_cache_equals_no_cache_greedy(kind):
+@pytest.mark.parametrize("kind,attach", [("gpt2", "ff"), ("llama", "fp"), ("gpt2", "pp")])
+def test_generate_with_cache_equals_no_cache_greedy(kind, attach):
     model, tok = build(kind)
     set_gates(model, 2.0)
     ids = encode(tok, "<s> a photo of <E> <I> a red car <E> <I> a")
-    px, pre = images(), torch.tensor([[False, False]])
+    px, pre = images(), torch.tensor([[c == "p" for c in attach]])
+    banned = [model.config.image_token_id, tok.eos_token_id]  # no early stop, no new image
     kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
-              suppress_tokens=[model.config.image_token_id])  # fmt: skip
+              suppress_tokens=banned)  # fmt: skip
     cached = model.generate(ids, px, preceding=pre, use_cache=True, **kw)
     plain = model.generate(ids, px, preceding=pre, use_cache=False, **kw)
     assert torch.equal(cached, plain) and cached.shape[1] == ids.shape[1] + 8
@@ -327,12 +328,33 @@ def test_generate_with_cache_equals_no_cache_greedy(kind):
     for _ in range(8):
         with torch.no_grad():
             logits = model(seq, pixel_values=px, preceding=pre).logits[0, -1]
-        logits[model.config.image_token_id] = -float("inf")
+        logits[banned] = -float("inf")
         seq = torch.cat([seq, logits.argmax().view(1, 1)], dim=1)
     assert torch.equal(cached, seq)
-    # the images matter for what is generated
-    other = model.generate(ids, torch.randn_like(px) * 3, preceding=pre, **kw)
-    assert other.shape == cached.shape
+
+
+def test_generate_batch_and_sampled_sequences_follow_their_own_images():
+    model, tok = build("gpt2")
+    set_gates(model, 2.0)
+    ids = encode(tok, "<s> a photo of <E> <I> a red car <E> <I> a").repeat(2, 1)
+    px = torch.cat([images(seed=3), images(seed=4) * 3])
+    pre = torch.tensor([[False, True], [True, False]])
+    kw = dict(max_new_tokens=6, pad_token_id=tok.pad_token_id,
+              suppress_tokens=[model.config.image_token_id])  # fmt: skip
+    both = model.generate(ids, px, preceding=pre, do_sample=False, **kw)
+    for row in range(2):  # each sample generates as it would alone
+        alone = model.generate(ids[row : row + 1], px[row : row + 1], preceding=pre[row : row + 1],
+                               do_sample=False, **kw)  # fmt: skip
+        assert torch.equal(both[row : row + 1], alone)
+    # sampling with several sequences per prompt: the cache path equals the no-cache path
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(5)
+        outs.append(model.generate(ids, px, preceding=pre, do_sample=True, num_return_sequences=2,
+                                   use_cache=use_cache, **kw))  # fmt: skip
+    assert outs[0].shape == (4, ids.shape[1] + 6) and torch.equal(outs[0], outs[1])
+    with pytest.raises(NotImplementedError):
+        model.generate(ids, px, preceding=pre, num_beams=2, **kw)
 
 
 def test_save_trainable_then_load_gives_identical_logits(tmp_path):
