@@ -55,15 +55,25 @@ def serve(port_queue: mp.Queue, latency_s: float, n_images: int) -> None:
     from aiohttp import web
 
     images = make_jpegs()
+    state = {"inflight": 0, "max_inflight": 0}
 
     async def handle(request: web.Request) -> web.Response:
-        await asyncio.sleep(latency_s)
+        state["inflight"] += 1
+        state["max_inflight"] = max(state["max_inflight"], state["inflight"])
+        try:
+            await asyncio.sleep(latency_s)
+        finally:
+            state["inflight"] -= 1
         i = int(request.match_info["i"])
         return web.Response(body=images[i % len(images)], content_type="image/jpeg")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(state)
 
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/img/{i}.jpg", handle)
+        app.router.add_get("/stats", stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
@@ -78,7 +88,9 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_m3w(port: int, n: int, concurrency: int, per_host: int, workers: int) -> dict:
+def run_m3w(
+    port: int, n: int, concurrency: int, per_host: int, workers: int, passthrough: bool
+) -> dict:
     """resolve_images over n one-image documents (each image its own document, so no dedup)."""
     from m3w_builder.config import BuildConfig
     from m3w_builder.document import Document, ImageNode
@@ -92,6 +104,7 @@ def run_m3w(port: int, n: int, concurrency: int, per_host: int, workers: int) ->
     config.fetch.total_timeout_s = 120
     config.fetch.read_timeout_s = 60
     config.images.decode_workers = workers
+    config.images.jpeg_passthrough = passthrough
     docs = [
         Document(f"http://p/{i}", [ImageNode(f"http://127.0.0.1:{port}/img/{i}.jpg")])
         for i in range(n)
@@ -136,7 +149,7 @@ def run_baseline(port: int, n: int) -> dict:
     }
 
 
-def run_cpu_only(n: int, workers: int) -> dict:
+def run_cpu_only(n: int, workers: int, passthrough: bool) -> dict:
     """process_image alone (no network) on the same JPEGs: the CPU ceiling of this machine."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -144,38 +157,44 @@ def run_cpu_only(n: int, workers: int) -> dict:
     from m3w_builder.images import process_image
 
     images = make_jpegs()
-    config = ImageConfig()
+    config = ImageConfig(jpeg_passthrough=passthrough)
+    rss0 = rss_mb()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda i: process_image(images[i % len(images)], config), range(n)))
     elapsed = time.perf_counter() - start
-    return {"images": n, "seconds": elapsed, "rate": n / elapsed, "rss_peak_mb": rss_mb()}
+    return {
+        "images": n,
+        "seconds": elapsed,
+        "rate": n / elapsed,
+        "rss_start_mb": rss0,
+        "rss_peak_mb": rss_mb(),
+    }
 
 
 def scenario_main(argv: list[str]) -> None:
     """Child process entry: run one scenario, print its JSON on the last line."""
-    name, port, n, conc, per_host, workers = argv[0], *map(int, argv[1:6])
+    name, port, n, conc, per_host, workers, passthrough = argv[0], *map(int, argv[1:7])
     if name == "m3w":
-        result = run_m3w(port, n, conc, per_host, workers)
+        result = run_m3w(port, n, conc, per_host, workers, bool(passthrough))
     elif name == "baseline":
         result = run_baseline(port, n)
     else:
-        result = run_cpu_only(n, workers)
+        result = run_cpu_only(n, workers, bool(passthrough))
     print(json.dumps(result))
 
 
-def child(name: str, port: int, n: int, conc: int = 0, per_host: int = 0, workers: int = 0) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--scenario",
-        name,
-        str(port),
-        str(n),
-        str(conc),
-        str(per_host),
-        str(workers),
-    ]
+def child(
+    name: str,
+    port: int,
+    n: int,
+    conc: int = 0,
+    per_host: int = 0,
+    workers: int = 0,
+    passthrough: bool = False,
+) -> dict:
+    args = [name, port, n, conc, per_host, workers, int(passthrough)]
+    cmd = [sys.executable, __file__, "--scenario", *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -190,6 +209,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=1000)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     sizes = [len(b) for b in make_jpegs()]
     ports: mp.Queue = mp.Queue()
     server = mp.Process(
@@ -207,33 +227,28 @@ def main() -> None:
         cpu = os.cpu_count() or 1
         base = child("baseline", port, args.baseline_images)
         rows.append(("sequential urllib + Pillow (baseline)", base, "1 request at a time"))
-        rows.append(("process_image only, no network", child("cpu", 0, 500, workers=1), "1 thread"))
-        rows.append(
-            ("process_image only, no network", child("cpu", 0, 500, workers=cpu), f"{cpu} threads")
-        )
-        for conc, per_host in ((256, 16), (256, 64)):
-            r = child("m3w", port, args.images, conc, per_host, 0)
-            rows.append(
-                (
-                    "m3w resolve_images",
-                    r,
-                    f"concurrency {conc}, per host {per_host}, {cpu} decode threads",
-                )
-            )
+        for workers in (1, cpu):
+            r = child("cpu", 0, 400, workers=workers)
+            rows.append(("process_image only, no network", r, f"{workers} thread(s)"))
+        r = child("cpu", 0, 400, workers=cpu, passthrough=True)
+        rows.append(("process_image only, no network", r, f"{cpu} threads, jpeg_passthrough"))
+        for conc, per_host, passthrough in ((256, 16, False), (256, 64, False), (256, 64, True)):
+            r = child("m3w", port, args.images, conc, per_host, 0, passthrough)
+            settings = f"concurrency {conc}, per host {per_host}, {cpu} decode threads"
+            rows.append(("m3w resolve_images", r, settings + (", jpeg_passthrough" * passthrough)))
         mem = child("m3w", mem_port, args.inflight, args.inflight, args.inflight, 0)
-        rows.append(
-            (
-                f"m3w resolve_images, {args.inflight} in flight (1 s latency)",
-                mem,
-                f"concurrency {args.inflight}",
-            )
-        )
+        label = f"m3w resolve_images, {args.inflight} in flight (1 s latency)"
+        with urllib.request.urlopen(f"http://127.0.0.1:{mem_port}/stats", timeout=10) as resp:
+            server_max = json.loads(resp.read())["max_inflight"]
+        rows.append((label, mem, f"concurrency {args.inflight}; server saw {server_max} at once"))
     finally:
         server.terminate()
         mem_server.terminate()
         server.join()
         mem_server.join()
 
+    load = os.getloadavg()
+    print(f"load average (1 min) before/after: {load_before[0]:.1f} / {load[0]:.1f}")
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"Pillow {Image.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
@@ -242,12 +257,12 @@ def main() -> None:
         f"images: 640x480 JPEG, {min(sizes) // 1024}-{max(sizes) // 1024} KB (mean {sum(sizes) // len(sizes) // 1024} KB); "
         f"server latency {args.latency_ms:.0f} ms per response\n"
     )
-    print("| run | settings | images | seconds | images/s | vs baseline | peak RSS MB |")
+    print("| run | settings | images | seconds | images/s | vs baseline | RSS start → peak MB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, r, settings in rows:
         print(
             f"| {name} | {settings} | {r['images']} | {r['seconds']:.2f} | {r['rate']:.0f} | "
-            f"{r['rate'] / base['rate']:.1f}× | {r['rss_peak_mb']:.0f} |"
+            f"{r['rate'] / base['rate']:.1f}× | {r.get('rss_start_mb', 0):.0f} → {r['rss_peak_mb']:.0f} |"
         )
     for name, r, _ in rows:
         if r.get("drops"):
