@@ -439,6 +439,7 @@ async def _resolve_all(
     pool = decoder_pool(config.images.decode_workers)
     slots = asyncio.Semaphore(max(1, config.fetch.concurrency))
     need_web = not config.fetch.offline
+    cap = min(config.images.max_bytes, config.fetch.max_response_bytes)
     fetcher = Fetcher(config.fetch)
 
     async def one(url: str) -> _Outcome:
@@ -458,7 +459,7 @@ async def _resolve_all(
                 if not need_web:
                     return _Outcome(None, "image.not_archived")
                 source = "web"
-                result = await fetcher.fetch(url, sniff=True, max_bytes=config.images.max_bytes)
+                result = await fetcher.fetch(url, sniff=True, max_bytes=cap)
                 stored = await loop.run_in_executor(pool, _process, result.body, config)
                 return _Outcome(stored, None, source)
             except Skip as e:
