@@ -26,8 +26,10 @@ import io
 import json
 import logging
 import random
+import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -357,15 +359,90 @@ def write_url_list(root: str | Path, base_url: str, dest: str | Path) -> Path:
     return dest
 
 
+SAMPLE_HOST = "http://sample.m3w.test"  # RFC 2606 .test: never a real host
+_IMG_SRC = re.compile(r'<img src="([^"]+)"')
+_WARC_DATE = "2024-01-01T00:00:00Z"
+
+
+def write_warcs(
+    root: str | Path, dest: str | Path, *, base_url: str = SAMPLE_HOST, files: int = 1
+) -> list[Path]:
+    """Write the site as a crawl: `files` gzipped WARC/1.0 files, pages dealt round-robin, each page
+    followed by the responses for the images it uses (as Heritrix captures page requisites), the
+    404s as 404 responses. A build reads pages *and* images from them, with no network.
+
+    Record dates and ids are fixed, so the files (and the shards built from them) are reproducible."""
+    from warcio.warcwriter import WARCWriter
+
+    root, dest = Path(root), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    info = json.loads((root / "site.json").read_text())
+    paths = [dest / f"sample-{i:05d}.warc.gz" for i in range(files)]
+    streams = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
+    writers = [WARCWriter(f, gzip=True) for f in streams]
+    captured: list[set[str]] = [set() for _ in range(files)]
+    try:
+        for n, rel in enumerate(info["pages"]):
+            i = n % files
+            body = (root / rel).read_bytes()
+            _warc_response(writers[i], f"{base_url}/{rel}", 200, "text/html; charset=utf-8", body)
+            for src in sorted(set(_IMG_SRC.findall(body.decode()))):
+                if src in captured[i]:
+                    continue
+                captured[i].add(src)
+                path = root / src.lstrip("/")
+                if path.is_file():
+                    ctype = (
+                        "image/png"
+                        if src.endswith(".png")
+                        else "image/gif"
+                        if src.endswith(".gif")
+                        else "image/jpeg"
+                    )
+                    _warc_response(writers[i], f"{base_url}{src}", 200, ctype, path.read_bytes())
+                else:
+                    _warc_response(writers[i], f"{base_url}{src}", 404, "text/html", b"gone")
+    finally:
+        for f in streams:
+            f.close()
+    return paths
+
+
+def _warc_response(writer, url: str, status: int, ctype: str, body: bytes) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+
+    reason = {200: "OK", 404: "Not Found"}[status]
+    http = StatusAndHeaders(
+        f"{status} {reason}",
+        [("Content-Type", ctype), ("Content-Length", str(len(body)))],
+        protocol="HTTP/1.1",
+    )
+    record = writer.create_warc_record(
+        url,
+        "response",
+        payload=io.BytesIO(body),
+        http_headers=http,
+        warc_headers_dict={
+            "WARC-Date": _WARC_DATE,
+            "WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url)}>",
+        },
+    )
+    writer.write_record(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="generate (and optionally serve) the sample site")
     parser.add_argument("root", help="folder to write the site into")
     parser.add_argument("--pages", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve", action="store_true", help="serve it until Ctrl-C")
+    parser.add_argument("--warcs", type=int, default=0, help="also write the site as N WARC files")
     args = parser.parse_args(argv)
     info = make_site(args.root, pages=args.pages, seed=args.seed)
     print(f"wrote {len(info.pages)} pages, {info.good_images} good images under {args.root}")
+    if args.warcs:
+        warcs = write_warcs(args.root, Path(args.root) / "warc", files=args.warcs)
+        print(f"wrote {len(warcs)} WARC files under {Path(args.root) / 'warc'}")
     if args.serve:
         with serve_site(args.root) as base_url:
             urls = write_url_list(args.root, base_url, Path(args.root) / "urls.txt")
