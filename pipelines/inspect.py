@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,13 +25,22 @@ def _target(args: argparse.Namespace) -> Target | None:
         return None
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person watching: not with --no-progress, not into a log file."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from pipelines.inspect_stats import compute_stats, format_table, plot_histograms
 
     target = _target(args)
     if target is None:
         return 2
-    stats = compute_stats(target, tokenizer=args.tokenizer, progress=not args.no_progress)
+    try:
+        stats = compute_stats(target, tokenizer=args.tokenizer, progress=_progress(args))
+    except OSError as e:  # transformers' error for a tokenizer it cannot find (offline, typo)
+        print(f"m3w inspect stats: cannot load tokenizer {args.tokenizer!r}: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(stats.to_json(), indent=1) if args.json else format_table(stats))
     if args.plot:
         plot_histograms(stats, args.plot)
@@ -44,9 +54,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     target = _target(args)
     if target is None:
         return 2
-    report = verify(
-        target, jobs=args.jobs, progress=not args.no_progress, decode=not args.no_decode
-    )
+    report = verify(target, jobs=args.jobs, progress=_progress(args), decode=not args.no_decode)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -89,6 +97,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_grep(args: argparse.Namespace) -> int:
     from pipelines.inspect_show import grep
 
+    try:
+        re.compile(args.pattern)
+    except re.error as e:
+        print(f"m3w inspect grep: bad pattern {args.pattern!r}: {e}", file=sys.stderr)
+        return 2
     target = _target(args)
     if target is None:
         return 2
@@ -115,7 +128,7 @@ def cmd_html(args: argparse.Namespace) -> int:
         n=args.n,
         sample=args.sample,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     print(f"wrote {args.out}: {summary}", file=sys.stderr)
     return 0

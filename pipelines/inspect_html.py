@@ -230,9 +230,9 @@ def document_card(sample: Sample, index: int) -> str:
     source = rec.get("source") or {}
     if source.get("warc"):
         meta.append(f"source {esc(source['warc'])} @ {esc(source.get('offset'))}")
-    filt = rec.get("stats") or {}
     chips = "".join(
-        f'<span class="chip">{esc(k)}: {esc(_short(v))}</span>' for k, v in sorted(filt.items())
+        f'<span class="chip">{esc(k)}: {esc(_short(v))}</span>'
+        for k, v in _flatten(rec.get("stats") or {})
     )
 
     cells = ['<div class="tok" style="grid-column: 1 / -1">&lt;BOS&gt;</div>']
@@ -262,7 +262,20 @@ def document_card(sample: Sample, index: int) -> str:
     )
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """The record's filter statistics as dotted `stage.name: value` pairs (nested dicts opened)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in sorted(d.items()):
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
     s = json.dumps(v) if not isinstance(v, str) else v
     return s if len(s) <= 40 else s[:37] + "..."
 

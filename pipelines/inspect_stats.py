@@ -277,6 +277,18 @@ def _top(counter: dict[str, int], k: int = 8) -> str:
     return shown + (f", +{len(items) - k} more" if len(items) > k else "") or "-"
 
 
+SPARKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(hist: Histogram) -> str:
+    """The histogram's bins as one line of block characters, so the table shows each shape too."""
+    counts = [c for _, _, c in hist.bins()]
+    if not counts:
+        return ""
+    top = max(counts)
+    return "".join(SPARKS[0 if not c else max(1, round(8 * c / top))] for c in counts)
+
+
 def format_table(stats: Stats) -> str:
     """The human summary: one aligned `name  value` table, distributions as mean/p50/p90/max."""
     j = stats.to_json()
@@ -299,8 +311,8 @@ def format_table(stats: Stats) -> str:
         rows.append(
             (
                 label,
-                f"mean {s['mean']:,.1f}  min {s['min'] or 0:,}  p50 {s['p50']:,.0f}  "
-                f"p90 {s['p90']:,.0f}  max {s['max'] or 0:,}",
+                f"mean {s['mean']:>9,.1f}  min {s['min'] or 0:>7,}  p50 {s['p50']:>7,.0f}  "
+                f"p90 {s['p90']:>7,.0f}  max {s['max'] or 0:>9,}  {sparkline(getattr(stats, key))}",
             )
         )
     rows += [

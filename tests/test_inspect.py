@@ -511,3 +511,12 @@ def test_inspect_agrees_with_a_real_build(built, tmp_path, capsys):
     page = out.read_text()
     assert page.count('<article class="doc"') == report["documents"]
     assert page.count("<img ") == report["images"]
+
+
+def test_command_line_errors_exit_2_with_a_message(job, tmp_path, capsys):
+    assert main(["inspect", "grep", str(job.root), "(unclosed"]) == 2
+    assert "bad pattern" in capsys.readouterr().err
+    assert main(["inspect", "stats", str(job.root), "--tokenizer", str(tmp_path / "none")]) == 2
+    assert "cannot load tokenizer" in capsys.readouterr().err
+    assert main(["inspect", "verify", str(tmp_path / "shards" / "{000000..000001}.tar")]) == 2
+    assert "no such shard" in capsys.readouterr().err
