@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 
 from model.flamingo import (
@@ -188,6 +190,26 @@ def test_every_nth_layer_and_a_clear_error_when_no_layers():
     assert set(model.gates().values()) == {0.0}
     with pytest.raises(ValueError, match="Linear"):
         find_decoder_layers(torch.nn.Linear(3, 3))
+
+
+def test_any_vision_tower_and_hidden_layer_siglip():
+    torch.manual_seed(1)
+    vcfg = SiglipVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=IMG_SIZE, patch_size=8)  # fmt: skip
+    tok = tiny_tokenizer()
+    cfg = FlamingoConfig(**{**CFG.__dict__, "vision_layer": -2})
+    model = Flamingo.from_models(tiny_lm("opt"), SiglipVisionModel(vcfg).eval(), tok, cfg).eval()
+    set_gates(model)
+    ids = encode(tok, PROMPT)
+    with torch.no_grad():
+        media = model.encode_images(images(), torch.tensor([[True, False]]))
+        out = model(ids, pixel_values=images())
+    assert media.shape == (1, 2, CFG.num_latents, 24) and torch.isfinite(out.logits).all()
+    # OPT ties input and output embeddings: one shared row matrix; tiny Llama does not: two
+    llama, _ = build("llama")
+    head, emb = llama.lm.get_output_embeddings(), llama.lm.get_input_embeddings()
+    assert head.extra is not emb.extra and head.extra.requires_grad
+    assert model.lm.get_output_embeddings().extra is model.lm.get_input_embeddings().extra
 
 
 # --- locality of image influence ----------------------------------------------------------------
