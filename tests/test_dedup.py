@@ -7,6 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from m3w_builder.config import ImageConfig
@@ -159,3 +161,22 @@ def test_image_dedup_exact_and_near() -> None:
     exact_only = ImageDedup(max_distance=-1)
     assert exact_only.check(a.sha256, a.phash) is None
     assert exact_only.check(near.sha256, near.phash) is None
+
+
+_url_parts = st.text(alphabet="abcXYZ019-._~%/ ?=&#é:", max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTP"]),
+    host=st.sampled_from(["example.com", "Example.COM.", "a.b.example.org", "127.0.0.1"]),
+    port=st.sampled_from(["", ":80", ":443", ":8080"]),
+    rest=_url_parts,
+)
+def test_url_key_is_idempotent_and_total(scheme: str, host: str, port: str, rest: str) -> None:
+    url = f"{scheme}://{host}{port}/{rest}"
+    once = url_key(url, keep_scheme=True)
+    assert url_key(once, keep_scheme=True) == once  # a normal form is its own normal form
+    assert "#" not in once and " " not in once
+    if not port:  # without an explicit port, http and https spellings share a key
+        assert url_key(url) == url_key(f"https://{host}/{rest}")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import pickle
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from httpserver import LocalServer, drawn_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -174,15 +177,27 @@ def test_uniform_images_are_dropped() -> None:
     assert outcome(out.getvalue(), ImageConfig()) == "image.uniform"
 
 
-def test_pixel_cap_rejects_before_decoding() -> None:
-    # A 4000×4000 PNG of one colour is 64 kB on disk; the cap is checked on the header size.
-    big = io.BytesIO()
-    Image.new("RGB", (4000, 4000)).save(big, "PNG")
-    config = ImageConfig(max_pixels=4000 * 4000 - 1)
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR claims width × height (CRC fixed up): a decompression bomb's header."""
+    data = bytearray(drawn(8, 8))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # CRC of "IHDR" + its 13 bytes
+    return bytes(data)
+
+
+def test_pixel_cap_is_checked_on_the_header() -> None:
+    # 12,000² = 144 M pixels: over our cap (89.5 M) but under Pillow's own error threshold
+    # (2 × 89.5 M), so only our check stands between this 100-byte file and a 432 MB decode.
+    bomb = png_declaring(12_000, 12_000)
+    assert len(bomb) < 1_000
     with pytest.raises(Skip) as e:
-        process_image(big.getvalue(), config)
-    assert e.value.code == "image.bomb"
-    assert "16000000 pixels" in e.value.detail
+        process_image(bomb, ImageConfig())
+    assert e.value.code == "image.bomb" and "144000000 pixels" in e.value.detail
+    # Over Pillow's threshold its DecompressionBombError becomes the same code.
+    assert outcome(png_declaring(40_000, 40_000), ImageConfig()) == "image.bomb"
+    # A lower cap applies to honest images too.
+    assert outcome(drawn(300, 300), ImageConfig(max_pixels=300 * 300 - 1)) == "image.bomb"
+    assert outcome(drawn(300, 300), ImageConfig(max_pixels=300 * 300)) == "ok"
     # Pillow's process-wide limit is untouched (STYLE (c): never switched off or raised).
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)
 
@@ -496,3 +511,40 @@ def test_strip_jpeg_metadata_refuses_odd_structures() -> None:
     jpeg = drawn(80, 80, "JPEG")
     assert strip_jpeg_metadata(jpeg[:-200]) is None  # no EOI
     assert strip_jpeg_metadata(jpeg + b"trailing junk") == jpeg  # cut after EOI
+
+
+# --------------------------------------------------------------------------------------------------
+# Never a crash: corrupted bytes end as a stored image or a Skip, nothing else
+# --------------------------------------------------------------------------------------------------
+
+_SEEDS = {fmt: drawn(96, 80, fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fmt=st.sampled_from(sorted(_SEEDS)),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=12),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+)
+def test_corrupted_images_are_skips_not_crashes(
+    fmt: str, flips: list[tuple[int, int]], cut: int | None
+) -> None:
+    data = bytearray(_SEEDS[fmt])
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    try:
+        stored = process_image(bytes(data), ImageConfig())
+    except Skip as e:
+        assert e.code.startswith("image.")
+    else:
+        assert Image.open(io.BytesIO(stored.data)).size[0] > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_are_skips(data: bytes) -> None:
+    with pytest.raises(Skip):
+        process_image(b"\xff\xd8\xff" + data, ImageConfig())
+    strip_jpeg_metadata(b"\xff\xd8" + data)  # whatever the bytes, no exception
