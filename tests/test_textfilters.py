@@ -12,6 +12,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from m3w_builder.config import BuildConfig, TextFilterConfig
 from m3w_builder.document import Document, ImageNode, TextNode
@@ -522,3 +524,46 @@ def test_cjk_ngram_scale_on_a_real_japanese_page(corpus) -> None:
     doc = Document("u", [TextNode(p) for p in paras])
     assert apply_text_filters(doc, scaled) is None
     assert doc.lang == "ja" and doc.stats["text"]["cjk"]
+
+
+def test_language_without_stopword_list_skips_stopword_rules() -> None:
+    """Russian has no shipped list: the stop-word rules cannot judge it and must not drop it."""
+    ru = (
+        "Старый портовый город просыпается рано. Рыбаки несут сети к лодкам, а пекарня на углу "
+        "открывает двери ещё до того, как солнце поднимется над холмами. К восьми часам рыночная "
+        "площадь полна людей, которые пришли купить хлеб, фрукты и свежую рыбу."
+    )
+    c = only(doc_min_stopwords=2, doc_min_stopword_ratio=0.35, para_min_stopword_ratio=0.3)
+    doc = doc_of(ru)
+    assert apply_text_filters(doc, c) is None and doc.drops == []
+    assert doc.lang == "ru" and doc.stats["text"]["stopword_ratio"] is None
+
+
+def test_yaml_overrides_text_section(tmp_path) -> None:
+    wordlist = tmp_path / "flagged.txt"
+    wordlist.write_text("bakery\n", encoding="utf-8")
+    path = tmp_path / "build.yaml"
+    path.write_text(
+        f"profile: obelics\ntext:\n  languages: [en, fr]\n  flagged_words_file: {wordlist}\n"
+        "  doc_max_top_ngram_char_frac: {2: 0.5}\n",
+        encoding="utf-8",
+    )
+    config = BuildConfig.from_yaml(path).text
+    assert config.languages == ["en", "fr"] and config.para_min_words == 4
+    assert config.doc_max_top_ngram_char_frac == {2: 0.5}
+    assert apply_text_filters(doc_of(GOOD_FR, GOOD_FR2, GOOD_FR3), config) is None
+    doc = doc_of(GOOD, GOOD2, GOOD3)
+    assert apply_text_filters(doc, config) is None  # "bakery" is 1 word in 128: under 1%...
+    assert doc.drops == ["text.para_flagged"]  # ...but 1 in 53 of GOOD's paragraph: over 1%
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=300), max_size=8), st.sampled_from(["m3w", "obelics"]))
+def test_any_text_gives_a_code_or_none_never_an_error(texts: list[str], profile: str) -> None:
+    doc = doc_of(*texts)
+    code = apply_text_filters(doc, BuildConfig.for_profile(profile).text)
+    assert code is None or code.startswith("text.")
+    assert all(d.startswith("text.para_") for d in doc.drops)
+    kept = [t for t in doc.texts if t is not None]
+    assert len(kept) + len(doc.drops) == len(texts)
+    assert 0.0 <= doc.lang_score <= 1.0
