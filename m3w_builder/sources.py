@@ -13,8 +13,21 @@ sniffing"), because a page decoded with the wrong charset becomes mojibake that 
 from __future__ import annotations
 
 import codecs
+import fnmatch
+import glob
+import gzip
 import logging
+import os
 import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from m3w_builder.config import SourceConfig
+from m3w_builder.document import RawPage
+from m3w_builder.reasons import Counts, Skip
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +229,917 @@ def decode_html(body: bytes, headers: dict[str, str] | None = None) -> tuple[str
     if detected is not None:
         return detected
     return body.decode("utf-8", errors="replace"), "utf-8"
+
+
+# --------------------------------------------------------------------------------------------------
+# Archive records (WARC 1.0/1.1, ISO 28500; ARC v1/v2, Internet Archive 1996)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ArchiveRecord:
+    """One response/resource/revisit record of a WARC or ARC file, HTTP already unwrapped.
+
+    `headers` are the HTTP response headers (for a resource record: its WARC Content-Type); `body`
+    is the payload with chunked transfer-encoding and gzip/deflate content-encoding removed;
+    `offset` is where the record starts in the file (the gzip member's offset in a .warc.gz), so
+    `read_record_at(source_file, offset)` reads it again; `content_type` is the bare MIME type.
+    """
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    offset: int
+    source_file: str
+    date: str | None
+    record_type: str
+    content_type: str
+    status: int | None
+    truncated: bool = False  # the block exceeded max_body_bytes: body holds only its start
+
+
+class _Corrupt(Exception):
+    """A framing or decompression error inside an archive; the reader counts it and resyncs."""
+
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+_READ_SIZE = 1 << 16
+_MAX_HEADER_BYTES = 1 << 16  # a WARC/HTTP header block longer than 64 KB is corrupt, not a header
+_PADDING = b"\r\n\x00 \t"
+# A record starts at a line start with a WARC version line, or an ARC URL line
+# ("URL IP-address Archive-date Content-type Archive-length", ARC v1; v2 adds fields before length).
+# `(?m)^` makes a search try line starts only; each line is bounded so a search stays linear.
+# WARC/0.17 and 0.18 (pre-ISO drafts) are still common in 2008-era Archive-It crawls.
+_WARC_START = re.compile(rb"(?m)^WARC/[01]\.\d{1,2}\r?\n")
+_ARC_START = re.compile(
+    rb"(?m)^[A-Za-z][A-Za-z0-9+.\-]{0,30}:[^\r\n]{0,8192}? \d{14,18} [^ \r\n]{1,200}"
+    rb"(?: [^ \r\n]{1,2000}){0,5} -?\w{1,20}\r?\n"
+)
+RECORD_TYPES = frozenset({"response", "resource"})
+
+
+class _Stream:
+    """The decompressed bytes of an archive, with the raw offset of every gzip member.
+
+    A .warc.gz is a concatenation of gzip members, one per record (ISO 28500 annex D), but real
+    files also hold one member for the whole file, records split over several members, garbage
+    between members and corrupt or truncated members. This layer knows only bytes and member
+    boundaries: it feeds the file through zlib member by member, remembers the raw offset of each
+    member, and on a zlib error or garbage jumps to the next gzip magic by itself. It never drops
+    decompressed bytes; instead it records a *break* (stream position + reason) where the output
+    is discontinuous, and the record parser skips, counts and logs whatever record spans a break.
+    """
+
+    def __init__(self, raw: BinaryIO, gzipped: bool, base: int = 0) -> None:
+        self.raw = raw
+        self.gzipped = gzipped
+        self.buf = bytearray()
+        self.pos = 0  # stream position of buf[0]
+        self.members: list[tuple[int, int]] = []  # (stream position, raw offset) of member starts
+        self.breaks: list[tuple[int, str]] = []  # (stream position, reason)
+        self.pending = b""  # raw bytes read but not yet fed to zlib
+        self.raw_off = base  # raw offset of pending[0] (plain: of the next byte read)
+        self.raw_eof = False
+        self.last: int | None = None  # the last byte consumed (line-start test after a skip)
+        self._z: Any = None  # the open zlib decompressor, None between members
+        self._member_raw = base
+        self._member_pos = 0
+
+    @property
+    def end(self) -> int:
+        return self.pos + len(self.buf)
+
+    def _read_raw(self) -> bool:
+        block = self.raw.read(_READ_SIZE)
+        if not block:
+            self.raw_eof = True
+            return False
+        self.pending += block
+        return True
+
+    def _break(self, reason: str) -> None:
+        if not self.breaks or self.breaks[-1][0] != self.end:
+            self.breaks.append((self.end, reason))
+
+    def _fill(self) -> bool:
+        """Append more output to buf; False once the file is exhausted."""
+        if not self.gzipped:
+            block = self.raw.read(_READ_SIZE)
+            if not block:
+                return False
+            self.buf += block
+            self.raw_off += len(block)
+            return True
+        start = len(self.buf)
+        while len(self.buf) == start:
+            if not self.pending and not self._read_raw():
+                if self._z is not None:
+                    self._break(f"gzip member at raw offset {self._member_raw} is truncated")
+                    self._z = None
+                return False
+            if self._z is None and not self._open_member():
+                continue
+            self._decompress()
+        return True
+
+    def _open_member(self) -> bool:
+        """At a member boundary: start a member at a gzip magic, else skip garbage to the next."""
+        if len(self.pending) < len(GZIP_MAGIC) and not self.raw_eof:
+            self._read_raw()
+            return False
+        if self.pending.startswith(GZIP_MAGIC):
+            self._member_raw, self._member_pos = self.raw_off, self.end
+            self.members.append((self.end, self.raw_off))
+            self._z = zlib.decompressobj(31)
+            return True
+        junk = self.pending.lstrip(_PADDING)
+        hit = self.pending.find(GZIP_MAGIC)
+        if junk and not junk.startswith(GZIP_MAGIC[: len(junk)]):
+            self._break(f"non-gzip bytes at raw offset {self.raw_off}")
+        drop = hit if hit >= 0 else max(0, len(self.pending) - (0 if self.raw_eof else 2))
+        self.raw_off += drop
+        self.pending = self.pending[drop:]
+        if self.raw_eof and hit < 0:
+            self.pending = b""
+        return False
+
+    def _decompress(self) -> None:
+        try:
+            self.buf += self._z.decompress(self.pending)
+        except zlib.error as exc:
+            self._break(f"gzip member at raw offset {self._member_raw}: {exc}")
+            self._z = None
+            self._restart_after(self._member_raw + 1)
+            return
+        if self._z.eof:
+            unused = self._z.unused_data
+            self.raw_off += len(self.pending) - len(unused)
+            self.pending = unused
+            self._z = None
+        else:
+            self.raw_off += len(self.pending)
+            self.pending = b""
+
+    def _restart_after(self, raw_offset: int) -> None:
+        """Continue the magic search from `raw_offset` (inside the member that failed)."""
+        if raw_offset >= self.raw_off:
+            self.pending = self.pending[raw_offset - self.raw_off :]
+            self.raw_off = raw_offset
+            return
+        self.raw.seek(raw_offset)
+        self.raw_off, self.pending, self.raw_eof = raw_offset, b"", False
+
+    def settle(self, since: int) -> None:
+        """Finish the gzip member holding a record that began at stream position `since`, so that
+        its CRC is checked before the record is handed out (not for a whole-file member)."""
+        while self.gzipped and self._z is not None and self._member_pos >= since:
+            if not self._fill():
+                break
+
+    def raw_offset(self, stream_pos: int) -> int:
+        """Raw offset of a record starting at `stream_pos`: the start of the gzip member it
+        begins in (exact for one-record members), or the byte offset in a plain file."""
+        if not self.gzipped:
+            return self.raw_off - (self.end - stream_pos)
+        for spos, roff in reversed(self.members):
+            if spos <= stream_pos:
+                return roff
+        return self.members[0][1] if self.members else 0
+
+    def break_between(self, start: int, stop: int) -> str | None:
+        for spos, reason in self.breaks:
+            if start < spos <= stop:
+                return reason
+        return None
+
+    def peek(self, n: int) -> bytes:
+        while len(self.buf) < n and self._fill():
+            pass
+        return bytes(self.buf[:n])
+
+    def read_line(self, limit: int = _MAX_HEADER_BYTES) -> bytes:
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                return self.read(end + 1)
+            if len(self.buf) > limit or not self._fill():
+                return self.read(min(len(self.buf), limit))
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n and self._fill():
+            pass
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.pos += len(out)
+        if out:
+            self.last = out[-1]
+        self._forget()
+        return out
+
+    def skip(self, n: int) -> int:
+        """Discard n bytes without holding them (a large record we don't want)."""
+        done = 0
+        while done < n:
+            if not self.buf and not self._fill():
+                break
+            take = min(n - done, len(self.buf))
+            if take:
+                self.last = self.buf[take - 1]
+            del self.buf[:take]
+            self.pos += take
+            done += take
+        self._forget()
+        return done
+
+    def skip_padding(self) -> None:
+        while True:
+            if not self.buf and not self._fill():
+                return
+            stripped = len(self.buf) - len(self.buf.lstrip(_PADDING))
+            if stripped < len(self.buf):
+                self.skip(stripped)
+                return
+            self.skip(stripped)
+
+    def seek_record_start(self, since: int, patterns: tuple[re.Pattern[bytes], ...]) -> bool:
+        """Skip to the next record header (one of `patterns`) at a line start after stream
+        position `since`; False at the end of the file."""
+        if self.pos <= since:
+            self.skip(since - self.pos + 1)
+        while True:
+            hits = [h for h in (self._line_start_match(p) for p in patterns) if h is not None]
+            if hits:
+                self.skip(min(hits))
+                return True
+            keep = 64  # a header line may straddle two fills
+            if len(self.buf) > keep:
+                self.skip(len(self.buf) - keep)
+            if not self._fill():
+                self.skip(len(self.buf))
+                return False
+
+    def _line_start_match(self, pattern: re.Pattern[bytes]) -> int | None:
+        """First match of `pattern` that starts a line; buf[0] counts only if the byte before it
+        was a newline or it begins a gzip member / follows a break (a fresh start)."""
+        for match in pattern.finditer(self.buf):
+            at = match.start()
+            if at > 0 or self.last in (None, 0x0A) or self._fresh_start():
+                return at
+        return None
+
+    def _fresh_start(self) -> bool:
+        return any(spos == self.pos for spos, _ in self.members) or any(
+            spos == self.pos for spos, _ in self.breaks
+        )
+
+    def _forget(self) -> None:
+        """Keep the member and break lists short: only what may still matter."""
+        if len(self.members) > 32:
+            older = [m for m in self.members if m[0] <= self.pos]
+            self.members = older[-1:] + [m for m in self.members if m[0] > self.pos]
+        if len(self.breaks) > 32:
+            self.breaks = [b for b in self.breaks if b[0] >= self.pos - _MAX_HEADER_BYTES]
+
+
+# --------------------------------------------------------------------------------------------------
+# Record parsing: WARC and ARC headers, then the HTTP message inside
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _RawRecord:
+    """A framed record before HTTP unwrapping: its WARC (or ARC-derived) headers and block."""
+
+    stream_pos: int
+    record_type: str
+    headers: dict[str, str]
+    block: bytes
+    truncated: bool = False
+
+
+def _parse_header_lines(lines: list[bytes]) -> dict[str, str]:
+    """`Name: value` lines (RFC 9112 §5; WARC §4) into a dict; continuation lines are folded.
+    Bytes are read as UTF-8 where valid, else Latin-1 (RFC 9110 §5.5: header octets are opaque)."""
+    headers: dict[str, str] = {}
+    last = None
+    for raw in lines:
+        line = _header_text(raw).rstrip("\r\n")
+        if not line:
+            continue
+        if line[0] in " \t" and last is not None:
+            headers[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        last = name.strip()
+        headers[last] = value.strip()
+    return headers
+
+
+def _header_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _get(headers: dict[str, str], name: str, default: str = "") -> str:
+    lname = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lname:
+            return value
+    return default
+
+
+class _Reader:
+    """Frames records out of a `_Stream`: one WARC or ARC record per call to `next_record`."""
+
+    def __init__(self, stream: _Stream, max_block: int | None) -> None:
+        self.stream = stream
+        self.max_block = max_block
+        self.arc_version = 1
+        self.patterns: tuple[re.Pattern[bytes], ...] = (_WARC_START, _ARC_START)
+
+    def next_record(self) -> _RawRecord | None:
+        """The next record; None at the end; raises _Corrupt (stream left at the bad record)."""
+        stream = self.stream
+        stream.skip_padding()
+        head = stream.peek(16)
+        if not head:
+            return None
+        start = stream.pos
+        if _WARC_START.match(stream.peek(16)):
+            record = self._warc(start)
+            self.patterns = (_WARC_START,)  # resync looks for what this file is made of
+        else:
+            record = self._arc(start)
+            self.patterns = (_ARC_START,)
+        stream.settle(start)
+        reason = stream.break_between(start, stream.pos)
+        if reason is not None:
+            raise _Corrupt(reason)
+        return record
+
+    def resync(self, start: int) -> bool:
+        """After a bad record that began at `start`: find the next record header after it."""
+        return self.stream.seek_record_start(start, self.patterns)
+
+    def _block(self, length: int) -> tuple[bytes, bool]:
+        if self.max_block is not None and length > self.max_block:
+            block = self.stream.read(self.max_block)
+            skipped = self.stream.skip(length - self.max_block)
+            if len(block) + skipped < length:
+                raise _Corrupt(f"record block cut short ({len(block) + skipped} of {length} B)")
+            return block, True
+        block = self.stream.read(length)
+        if len(block) < length:
+            raise _Corrupt(f"record block cut short ({len(block)} of {length} bytes)")
+        return block, False
+
+    def _warc(self, start: int) -> _RawRecord:
+        stream = self.stream
+        stream.read_line()  # WARC/1.x
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = stream.read_line()
+            if not line:
+                raise _Corrupt("WARC header block ends before its blank line")
+            if line in (b"\r\n", b"\n"):
+                break
+            size += len(line)
+            if size > _MAX_HEADER_BYTES:
+                raise _Corrupt("WARC header block over 64 KB")
+            lines.append(line)
+        headers = _parse_header_lines(lines)
+        try:
+            length = int(_get(headers, "Content-Length"))
+        except ValueError as exc:
+            raise _Corrupt(f"bad Content-Length {_get(headers, 'Content-Length')!r}") from exc
+        if length < 0:
+            raise _Corrupt(f"negative Content-Length {length}")
+        block, truncated = self._block(length)
+        # ISO 28500 §4: every record ends with CRLF CRLF. A different tail means Content-Length
+        # is wrong, so the block holds the wrong bytes: corrupt, and the next record is searched
+        # from this record's header on (it may sit inside the over-long block).
+        tail = stream.peek(4)
+        if tail == b"\r\n\r\n":
+            stream.skip(4)
+        elif tail and tail.lstrip(_PADDING) and not _WARC_START.match(stream.peek(16)):
+            raise _Corrupt(f"record not followed by CRLF CRLF (Content-Length {length} wrong?)")
+        record_type = _get(headers, "WARC-Type", "unknown").lower()
+        return _RawRecord(start, record_type, headers, block, truncated)
+
+    def _arc(self, start: int) -> _RawRecord:
+        """ARC (Internet Archive, 1996): a URL line "URL IP date content-type length" (v1; v2
+        adds result-code, checksum, location, offset and filename before the length), then
+        `length` bytes and a newline. URLs may contain spaces, so fields are taken from the right."""
+        stream = self.stream
+        line = stream.read_line()
+        text = _header_text(line).rstrip("\r\n")
+        fields = text.split(" ")
+        if not _ARC_START.match(line) or len(fields) < 5:
+            raise _Corrupt(f"neither a WARC nor an ARC record header: {line[:60]!r}")
+        try:
+            length = int(fields[-1])
+        except ValueError as exc:
+            raise _Corrupt(f"bad ARC length {fields[-1]!r}") from exc
+        if length < 0:
+            raise _Corrupt(f"negative ARC length {length}")
+        v2 = self.arc_version == 2 and len(fields) >= 10
+        n_after_url = 9 if v2 else 4
+        url = " ".join(fields[: len(fields) - n_after_url])
+        date, mime = fields[-n_after_url + 1], fields[-n_after_url + 2]
+        block, truncated = self._block(length)
+        if stream.peek(1) not in (b"\n", b"\r", b""):
+            raise _Corrupt(f"ARC record not followed by a newline (length {length} wrong?)")
+        if url.startswith("filedesc:"):
+            version = block.split(b"\n", 1)[0].split(b" ", 1)[0]
+            self.arc_version = 2 if version == b"2" else 1
+            record_type = "warcinfo"
+        else:
+            record_type = "response"
+        headers = {
+            "WARC-Type": record_type,
+            "WARC-Target-URI": url,
+            "WARC-Date": _arc_date(date),
+            "Content-Type": mime,
+            "Content-Length": str(length),
+        }
+        return _RawRecord(start, record_type, headers, block, truncated)
+
+
+def _arc_date(stamp: str) -> str:
+    """ARC's 14-digit `YYYYMMDDhhmmss` as the ISO 8601 form WARC-Date uses."""
+    digits = stamp[:14]
+    if len(digits) < 14 or not digits.isdigit():
+        return stamp
+    return (
+        f"{digits[0:4]}-{digits[4:6]}-{digits[6:8]}T{digits[8:10]}:{digits[10:12]}:{digits[12:14]}Z"
+    )
+
+
+def _dechunk(body: bytes) -> bytes | None:
+    """Undo HTTP/1.1 chunked transfer-coding (RFC 9112 §7.1); None if the sizes don't parse."""
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = body.find(b"\n", pos)
+        if eol < 0:
+            return bytes(out) if out else None  # a missing last chunk: keep what arrived
+        size_text = body[pos:eol].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return None
+        if size == 0:
+            return bytes(out)
+        start = eol + 1
+        out += body[start : start + size]
+        pos = start + size
+        if body[pos : pos + 2] == b"\r\n":
+            pos += 2
+        elif body[pos : pos + 1] == b"\n":
+            pos += 1
+
+
+def _decode_content(body: bytes, encoding: str) -> bytes:
+    """Undo Content-Encoding gzip / deflate (RFC 9110 §8.4.1). A body cut short still yields
+    what decompressed (crawlers truncate large pages); a body that is not what it claims raises."""
+    coding = encoding.strip().lower()
+    if coding in ("", "identity", "none"):
+        return body
+    if coding in ("gzip", "x-gzip", "deflate"):
+        for wbits in (47, -15) if coding == "deflate" else (31,):
+            z = zlib.decompressobj(wbits)
+            try:
+                out = z.decompress(body)
+            except zlib.error:
+                continue
+            if out or z.eof:
+                return out
+        raise _Corrupt(f"body does not decode as Content-Encoding {encoding}")
+    if coding == "br":
+        from fastwarc.stream_io import BrotliReader, BytesIOStream
+
+        try:
+            return BrotliReader(BytesIOStream(body)).read(1 << 40)
+        except Exception as exc:  # fastwarc raises its own errors for bad brotli
+            raise _Corrupt(f"body does not decode as brotli: {exc}") from exc
+    raise _Corrupt(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
+    """(status, HTTP headers, payload) of a response block; resources keep their block."""
+    block = raw.block
+    wrapped = "application/http" in _get(raw.headers, "Content-Type").lower()
+    if not (wrapped or (raw.record_type == "response" and block.startswith(b"HTTP/"))):
+        return None, {"Content-Type": _get(raw.headers, "Content-Type")}, block
+    end = block.find(b"\r\n\r\n")
+    sep = 4
+    lf_end = block.find(b"\n\n")
+    if end < 0 or (0 <= lf_end < end):
+        end, sep = lf_end, 2
+    if end < 0:
+        head, body = block, b""
+    else:
+        head, body = block[:end], block[end + sep :]
+    lines = head.split(b"\n")
+    status_line = _header_text(lines[0]).strip()
+    parts = status_line.split(" ", 2)
+    if not parts[0].startswith("HTTP/"):
+        raise _Corrupt(f"response block without an HTTP status line: {status_line[:60]!r}")
+    try:
+        status: int | None = int(parts[1])
+    except (IndexError, ValueError) as exc:
+        raise _Corrupt(f"bad HTTP status line {status_line[:60]!r}") from exc
+    headers = _parse_header_lines(lines[1:])
+    if raw.truncated or raw.record_type == "revisit":
+        return status, headers, body  # a revisit has no payload to decode (WARC §6.7)
+    if "chunked" in _get(headers, "Transfer-Encoding").lower():
+        dechunked = _dechunk(body)
+        body = dechunked if dechunked is not None else body  # a mislabelled plain body stays
+    content_encoding = _get(headers, "Content-Encoding")
+    if content_encoding:
+        body = _decode_content(body, content_encoding)
+    return status, headers, body
+
+
+def _to_archive_record(raw: _RawRecord, offset: int, source_file: str) -> ArchiveRecord:
+    if raw.record_type in ("response", "resource", "revisit"):
+        status, http_headers, body = _unwrap_http(raw)
+    else:
+        status, http_headers, body = None, {}, raw.block
+    if raw.record_type == "revisit":
+        status = None if not http_headers else status
+    mime = _get(http_headers, "Content-Type").split(";", 1)[0].strip().lower()
+    return ArchiveRecord(
+        url=_clean_target_uri(_get(raw.headers, "WARC-Target-URI")),
+        headers=http_headers,
+        body=body,
+        offset=offset,
+        source_file=source_file,
+        date=_get(raw.headers, "WARC-Date") or None,
+        record_type=raw.record_type,
+        content_type=mime,
+        status=status,
+        truncated=raw.truncated,
+    )
+
+
+def _clean_target_uri(uri: str) -> str:
+    """wget writes `<http://...>` (WARC 1.0 grammar); spaces inside a URI are percent-encoded."""
+    uri = uri.strip()
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1]
+    return uri.replace(" ", "%20")
+
+
+# --------------------------------------------------------------------------------------------------
+# Archive iteration and random access
+# --------------------------------------------------------------------------------------------------
+
+
+def sniff_format(path: str) -> str:
+    """What a file is, by its first bytes (extensions lie: `.warc.gz.bad`, `.arc` that is gzipped):
+    "warc", "arc", "html" or "unknown". Gzip is looked through."""
+    try:
+        with open_input(path) as f:
+            head = f.read(4096)
+    except OSError:
+        return "unknown"
+    if head.startswith(GZIP_MAGIC):
+        z = zlib.decompressobj(31)
+        try:
+            head = z.decompress(head, 4096)
+        except zlib.error:
+            return "unknown"
+    stripped = head.lstrip(_PADDING)
+    if _WARC_START.match(stripped):
+        return "warc"
+    if stripped.startswith(b"filedesc://") or _ARC_START.match(stripped):
+        return "arc"
+    if _looks_like_html(stripped):
+        return "html"
+    return "unknown"
+
+
+_HTML_SNIFF = (b"<!doctype html", b"<html", b"<head", b"<body", b"<meta", b"<title", b"<?xml")
+
+
+def _looks_like_html(head: bytes) -> bool:
+    """WHATWG MIME sniffing §7.1 "identify an unknown MIME type", HTML branch: leading tags."""
+    text = head.lstrip(b"\xef\xbb\xbf" + _PADDING).lower()
+    text = re.sub(rb"^(<!--.*?-->\s*)+", b"", text, flags=re.S)
+    return text.startswith(_HTML_SNIFF)
+
+
+def iter_records(
+    path: str,
+    counts: Counts,
+    types: frozenset[str] | set[str] = RECORD_TYPES,
+    max_body_bytes: int | None = None,
+) -> Iterator[ArchiveRecord]:
+    """Response/resource records (or `types`) of one WARC or ARC file, gzipped or not.
+
+    Never raises for bad data: a corrupt record is counted as `warc.corrupt_record` and logged
+    with file and offset, and reading resumes at the next record header / gzip member; a file
+    that can't be opened counts `warc.unreadable`. Blocks over `max_body_bytes` are not held in
+    memory: the record comes back with `truncated=True` and only the start of its block (enough
+    for the HTTP headers), and the caller decides by size, e.g. `html.too_large`.
+    """
+    try:
+        raw = open_input(path)
+    except OSError as exc:
+        counts["warc.unreadable"] += 1
+        logger.warning("warc.unreadable %s: %s", path, exc)
+        return
+    with raw:
+        head = raw.read(len(GZIP_MAGIC))
+        raw.seek(0)
+        stream = _Stream(raw, gzipped=head.startswith(GZIP_MAGIC))
+        reader = _Reader(stream, max_block=max_body_bytes)
+        yield from _read_all(reader, path, counts, types)
+
+
+def _read_all(
+    reader: _Reader, path: str, counts: Counts, types: frozenset[str] | set[str]
+) -> Iterator[ArchiveRecord]:
+    stream = reader.stream
+    while True:
+        start = stream.pos
+        try:
+            record = reader.next_record()
+        except _Corrupt as exc:
+            counts["warc.corrupt_record"] += 1
+            logger.warning("warc.corrupt_record %s@%d: %s", path, stream.raw_offset(start), exc)
+            if not reader.resync(start):
+                return
+            continue
+        except OSError as exc:  # the file went away or an fsspec read failed mid-way
+            counts["warc.unreadable"] += 1
+            logger.warning("warc.unreadable %s@%d: %s", path, stream.raw_offset(start), exc)
+            return
+        if record is None:
+            return
+        counts["warc.records"] += 1
+        if record.record_type not in types:
+            continue
+        offset = stream.raw_offset(record.stream_pos)
+        try:
+            archived = _to_archive_record(record, offset, path)
+        except _Corrupt as exc:
+            counts["warc.undecodable_body"] += 1
+            logger.warning("warc.undecodable_body %s@%d: %s", path, offset, exc)
+            continue
+        yield archived
+
+
+def read_record_at(path: str, offset: int) -> ArchiveRecord:
+    """The record that starts at `offset` (an ArchiveRecord.offset from `iter_records`).
+
+    Random access for the images stage: an image archived in the same WARC is read by offset
+    instead of fetched. Works for per-record gzip members and plain files; raises
+    `Skip("warc.corrupt_record")` when no readable record starts there.
+    """
+    with open_input(path) as raw:
+        raw.seek(offset)
+        head = raw.read(len(GZIP_MAGIC))
+        raw.seek(offset)
+        stream = _Stream(raw, gzipped=head.startswith(GZIP_MAGIC), base=offset)
+        reader = _Reader(stream, max_block=None)
+        try:
+            record = reader.next_record()
+            if record is None:
+                raise _Corrupt("end of file")
+            return _to_archive_record(record, offset, path)
+        except _Corrupt as exc:
+            raise Skip("warc.corrupt_record", f"{path}@{offset}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Pages: archives, HTML files, directories
+# --------------------------------------------------------------------------------------------------
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+# Servers label HTML with these when they don't know better; the body decides (WHATWG sniffing).
+_UNLABELLED = frozenset({"", "unk", "unknown", "no-type", "application/octet-stream"})
+HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz", ".xhtml.gz")
+_PAGE_TYPES = frozenset({"response", "resource", "revisit"})
+
+
+def is_html_record(record: ArchiveRecord) -> bool:
+    if record.content_type in HTML_TYPES:
+        return True
+    return record.content_type in _UNLABELLED and _looks_like_html(record.body[:1024])
+
+
+def iter_pages(path: str, counts: Counts, config: SourceConfig | None = None) -> Iterator[RawPage]:
+    """Every HTML page in `path`: a WARC/ARC file (gzipped or not, told by its bytes), an HTML
+    file (.html/.htm/.xhtml, optionally .gz) or a directory (recursively, in sorted order so that
+    a rebuild sees pages in the same order). Everything else is a counted skip."""
+    config = config or SourceConfig()
+    if _is_dir(path):
+        for child in _walk(path):
+            yield from iter_pages(child, counts, config)
+        return
+    kind = sniff_format(path)
+    if kind in ("warc", "arc"):
+        yield from _archive_pages(path, counts, config)
+    elif kind == "html" or path.lower().endswith(HTML_SUFFIXES):
+        page = _file_page(path, counts, config)
+        if page is not None:
+            yield page
+    elif _exists(path):
+        counts["input.unsupported"] += 1
+        logger.info("input.unsupported %s: neither WARC/ARC nor HTML", path)
+    else:
+        counts["warc.unreadable"] += 1
+        logger.warning("warc.unreadable %s: no such file", path)
+
+
+def _archive_pages(path: str, counts: Counts, config: SourceConfig) -> Iterator[RawPage]:
+    # Hold at most max_html_bytes (+ room for HTTP headers) of any record: a 2 GB video record
+    # is skipped without being read into memory.
+    limit = config.max_html_bytes + _MAX_HEADER_BYTES
+    for record in iter_records(path, counts, types=_PAGE_TYPES, max_body_bytes=limit):
+        code = _page_skip_code(record, config)
+        if code is not None:
+            counts[code] += 1
+            logger.debug("%s %s@%d %s", code, path, record.offset, record.url)
+            continue
+        counts["warc.html_pages"] += 1
+        yield RawPage(
+            url=record.url,
+            body=record.body,
+            headers=record.headers,
+            source_file=path,
+            source_offset=record.offset,
+            date=record.date,
+        )
+
+
+def _page_skip_code(record: ArchiveRecord, config: SourceConfig) -> str | None:
+    """Why an archive record is not a page (None: it is one). One early return per rule."""
+    if record.record_type == "revisit":
+        return "warc.revisit"
+    if record.status is not None and record.status != 200:
+        return "warc.http_status"
+    if not is_html_record(record):
+        return "warc.not_html"
+    if record.truncated or len(record.body) > config.max_html_bytes:
+        return "html.too_large"
+    if not record.body.strip():
+        return "html.empty"
+    return None
+
+
+def _file_page(path: str, counts: Counts, config: SourceConfig) -> RawPage | None:
+    """A single HTML file (gzip is looked through, never read past max_html_bytes: a gzip bomb
+    costs at most that much memory)."""
+    try:
+        with open_input(path) as raw:
+            head = raw.read(len(GZIP_MAGIC))
+            raw.seek(0)
+            stream: Any = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
+            body = stream.read(config.max_html_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        counts["html.unreadable"] += 1
+        logger.warning("html.unreadable %s: %s", path, exc)
+        return None
+    if len(body) > config.max_html_bytes:
+        counts["html.too_large"] += 1
+        return None
+    if not body.strip():
+        counts["html.empty"] += 1
+        return None
+    counts["html.files"] += 1
+    return RawPage(url=_file_url(path), body=body, headers={}, source_file=path, source_offset=0)
+
+
+def _file_url(path: str) -> str:
+    """A local file's page URL is its file:// URI (stable key, and a base for relative srcs)."""
+    if "://" in path:
+        return path
+    return Path(path).resolve().as_uri()
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs: paths, globs, directories, fsspec URLs, URL lists
+# --------------------------------------------------------------------------------------------------
+
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+def _is_url(path: str) -> bool:
+    return bool(_URL_RE.match(path)) and not path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    """The fsspec filesystem for a URL and the path inside it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(path)
+
+
+def _is_dir(path: str) -> bool:
+    if _is_url(path):
+        try:
+            fs, inner = _fs(path)
+            return bool(fs.isdir(inner))
+        except (ImportError, ValueError, OSError):
+            return False
+    return os.path.isdir(_local(path))
+
+
+def _exists(path: str) -> bool:
+    if _is_url(path):
+        try:
+            fs, inner = _fs(path)
+            return bool(fs.exists(inner))
+        except (ImportError, ValueError, OSError):
+            return False
+    return os.path.exists(_local(path))
+
+
+def _walk(path: str) -> list[str]:
+    """Files under a directory, recursively, sorted (hidden files and dirs are left out)."""
+    if _is_url(path):
+        fs, inner = _fs(path)
+        protocol = path.split("://", 1)[0]
+        found = sorted(fs.find(inner))
+        return [f"{protocol}://{p}" if "://" not in p else p for p in found if not _hidden(p)]
+    out = []
+    for root, dirs, files in os.walk(_local(path)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+    return sorted(out)
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(".") for part in path.split("/"))
+
+
+def open_input(path: str) -> BinaryIO:
+    """A binary, seekable file object: plain `open` locally, fsspec for URLs (s3://, gs://,
+    https://, ... whichever protocols fsspec and its plugins provide)."""
+    if _is_url(path):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(_local(path), "rb")
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Input arguments → a sorted, de-duplicated list of files and directories.
+
+    Each input may be a local path, a directory (kept as one input; `iter_pages` walks it), a
+    glob (`crawl/*.warc.gz`, `**` recursive) or an fsspec URL (optionally with a glob). An input
+    that matches nothing raises ValueError naming it, so a typo is an error and not an empty job.
+    """
+    out: list[str] = []
+    for item in inputs:
+        matches = _expand_one(item)
+        if not matches:
+            raise ValueError(f"input {item!r} matches no file or directory")
+        out.extend(m for m in matches if m not in out)
+    return out
+
+
+def _expand_one(item: str) -> list[str]:
+    has_glob = any(c in item for c in "*?[")
+    if _is_url(item):
+        try:
+            fs, inner = _fs(item)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"input {item!r}: no fsspec filesystem for it ({exc})") from exc
+        protocol = item.split("://", 1)[0]
+        if has_glob:
+            found = sorted(fs.glob(inner))
+            return [p if "://" in p else f"{protocol}://{p}" for p in found]
+        return [item] if fs.exists(inner) else []
+    local = _local(item)
+    if has_glob:
+        return sorted(p for p in glob.glob(local, recursive=True) if not fnmatch.fnmatch(p, "*/.*"))
+    return [local] if os.path.exists(local) else []
+
+
+URL_LIST_SUFFIXES = (".txt", ".urls")
+
+
+def iter_url_list(path: str) -> Iterator[str]:
+    """URLs from a list file: one per line; blank lines and `#` comments are ignored, as are
+    trailing comments after whitespace (`http://a.com/  # seen twice`)."""
+    with open_input(path) as raw:
+        for raw_line in raw:
+            line = raw_line.decode("utf-8", errors="replace").strip()
+            if not line or line.startswith("#"):
+                continue
+            url = re.split(r"\s+#", line, maxsplit=1)[0].strip()
+            if url:
+                yield url
