@@ -26,6 +26,7 @@ from typing import Any
 
 from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target
 from pipelines.inspect_stats import (
+    HEAD_BYTES,
     HIST_PANELS,
     Histogram,
     Stats,
@@ -409,18 +410,32 @@ def write_gallery(
         stats.errors.append(str(e))
         log.warning("%s", e)
 
+    # Algorithm R's draw does not depend on the document, so it is made before the document's images
+    # are reached: only the images of documents that will be shown are read, the rest are seeked past
+    # (16-byte heads for the format stats), and a 10 GB set costs about what `stats` costs.
     seen = 0
-    for s in iter_target(target, images=True, progress=progress, on_error=broken):
+    slot = 0 if n > 0 else -1  # where the next document goes; -1: not shown
+
+    def want(member: str) -> bool | int:
+        return True if slot >= 0 else HEAD_BYTES
+
+    for s in iter_target(target, images=want, progress=progress, on_error=broken):
         stats.add(s, whitespace_tokens)
         if s.record is None:
             continue
-        if len(chosen) < n:
-            chosen.append((seen, s))
-        elif sample:
-            j = rng.randrange(seen + 1)  # algorithm R: keep with probability n / (seen + 1)
-            if j < n:
-                chosen[j] = (seen, s)
+        if slot >= 0:
+            if slot < len(chosen):
+                chosen[slot] = (seen, s)
+            else:
+                chosen.append((seen, s))
         seen += 1
+        if len(chosen) < n:
+            slot = len(chosen)
+        elif sample:
+            j = rng.randrange(seen + 1)  # keep with probability n / (seen + 1)
+            slot = j if j < n else -1
+        else:
+            slot = -1
     chosen.sort(key=lambda t: t[0])
     page = render_page(stats, target, chosen, sampled=sample)
     Path(out).write_text(page, encoding="utf-8")

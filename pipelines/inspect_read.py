@@ -268,6 +268,9 @@ class TarReader:
 
 # ------------------------------------------------------------------------------------------- samples
 
+# How much of each image member to read: all (True), none (False), a head of N bytes, or per member.
+ImageMode = bool | int | Callable[[str], bool | int]
+
 
 @dataclass(slots=True)
 class Sample:
@@ -292,16 +295,21 @@ class Sample:
 
 
 def iter_samples(
-    path: str | Path, images: bool | int = True, fileobj: IO[bytes] | None = None
+    path: str | Path, images: ImageMode = True, fileobj: IO[bytes] | None = None
 ) -> Iterator[Sample]:
     """Group consecutive members by key (the name up to the first dot, as webdataset does).
 
-    `images`: True reads image bytes, an int reads that many head bytes, False reads none.
+    `images`: True reads image bytes, an int reads that many head bytes, False reads none; a callable
+    gets each image member's name and answers per member. It is asked when the member is reached, i.e.
+    after the sample's `.json` (written first) has been read and the previous sample handed out, so a
+    caller can decide from the record or its own state which images to read and which to seek past.
     """
     name = Path(path).name
 
     def want(member: str) -> bool | int:
-        return True if member.endswith(".json") else images
+        if member.endswith(".json"):
+            return True
+        return images(member) if callable(images) else images
 
     def run(f: IO[bytes]) -> Iterator[Sample]:
         current: Sample | None = None
@@ -336,7 +344,7 @@ def iter_samples(
 
 def iter_target(
     target: Target,
-    images: bool | int = True,
+    images: ImageMode = True,
     progress: bool = False,
     on_error: Callable[[TarFormatError], None] | None = None,
 ) -> Iterator[Sample]:

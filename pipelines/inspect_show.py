@@ -66,10 +66,18 @@ def _warn(e: TarFormatError) -> None:
     print(f"m3w inspect: warning: {e}", file=sys.stderr)
 
 
-def _find(target: Target, key: str | None, index: int | None, images: bool | int) -> Sample | None:
-    for i, sample in enumerate(iter_target(target, images=images, on_error=_warn)):
+def _find(target: Target, key: str | None, index: int | None, images: bool) -> Sample | None:
+    """Scan for the document; image bytes are read only for it (all others are seeked past)."""
+    i = 0
+
+    def want(member: str) -> bool:
+        # asked after this sample's .json was read and `i` counts the samples already handed out
+        return images and (member.partition(".")[0] == key if key is not None else i == index)
+
+    for sample in iter_target(target, images=want, on_error=_warn):
         if (key is not None and sample.key == key) or (key is None and i == index):
             return sample
+        i += 1
     return None
 
 

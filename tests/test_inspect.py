@@ -520,3 +520,57 @@ def test_command_line_errors_exit_2_with_a_message(job, tmp_path, capsys):
     assert "cannot load tokenizer" in capsys.readouterr().err
     assert main(["inspect", "verify", str(tmp_path / "shards" / "{000000..000001}.tar")]) == 2
     assert "no such shard" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- tar reader
+
+
+def test_reader_reads_only_the_images_asked_for(job):
+    wanted = job.docs[2].key
+    samples = list(iter_samples(job.shards[0], images=lambda m: m.startswith(wanted)))
+    for s in samples:
+        full = s.key == wanted
+        assert all((d is not None) == full for d in s.members.values()), s.key
+        assert all(s.sizes[k] > 0 for k in s.members)  # sizes are known either way
+
+
+def test_reader_handles_pax_gnu_long_names_and_webdataset_writer(tmp_path):
+    import webdataset as wds
+
+    long_dir = "d" * 120  # longer than ustar's 100-char name field
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        path = tmp_path / f"long{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for name, data in ((f"{long_dir}/k.json", b'{"a": 1}'), (f"{long_dir}/k.0.png", b"x")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        [s] = list(iter_samples(path))
+        assert s.key == long_dir + "/k" and s.record == {"a": 1} and s.members == {"0.png": b"x"}
+    path = tmp_path / "wds.tar"
+    with wds.TarWriter(str(path)) as sink:  # mtimes, pax-capable default format, user names
+        sink.write(
+            {"__key__": "a" * 32, "json": {"schema": "m3w/1"}, "0.png": b"\x89PNG\r\n\x1a\n"}
+        )
+    [s] = list(iter_samples(path))
+    assert s.key == "a" * 32 and s.record == {"schema": "m3w/1"}
+    assert s.members["0.png"].startswith(b"\x89PNG")
+
+
+def test_reader_on_a_pipe_detects_truncation(job):
+    """A non-seekable stream (e.g. `curl ... |`): members are read and discarded, not seeked."""
+    import subprocess
+
+    data = job.shards[1].read_bytes()
+    for payload, ok in ((data, True), (data[:6000], False)):
+        proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        try:
+            keys = [s.key for s in iter_samples("pipe.tar", images=16, fileobj=proc.stdout)]
+            assert ok and keys == [d.key for d in job.docs[4:8]]
+        except TarFormatError as e:
+            assert not ok and e.shard == "pipe.tar" and e.offset <= 6000
+        finally:
+            proc.stdout.close()
+            proc.wait()
