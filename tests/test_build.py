@@ -483,3 +483,43 @@ def test_warc_build_resolves_images_from_the_archive_and_survives_a_corrupt_inpu
     assert any(
         len({i["attach"] for i in json.loads(s["json"])["images"] if i}) == 2 for s in samples
     )
+
+
+@pytest.mark.slow
+def test_generated_crawl_builds_offline_from_the_archives_with_a_corrupt_file_among_them(
+    ray_cluster, site, tmp_path
+):
+    """The site as 3 WARC files plus a corrupt one: every image comes from the archives (offline),
+    the bad file is a counted skip, and the per-image draw splits about half/half."""
+    from m3w_builder.config import BuildConfig
+    from pipelines.build import JobOptions, run_build
+    from pipelines.sample_site import write_warcs
+
+    warcs = write_warcs(site["root"], tmp_path / "warc", files=3)
+    bad = tmp_path / "warc" / "sample-00001.warc.gz"
+    corrupt = tmp_path / "warc" / "sample-00003.warc.gz"  # a cut-off copy, then garbage
+    corrupt.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2] + b"\x1f\x8bgarbage" * 50)
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.offline = True
+    config.attach.mode = "per-image"
+    inputs = [str(p) for p in [*warcs, corrupt]]
+    report = run_build(inputs, config, JobOptions(out=str(tmp_path / "job"), progress=False))
+    counts = report["counts"]
+    assert counts["image.from_archive"] == report["images"] > 20
+    assert not counts.get("image.from_web")
+    assert counts["warc.corrupt_record"] >= 1, counts  # the cut, logged with file and offset
+    # the corrupt copy repeats pages of file 1: page-URL dedup keeps one capture of each
+    assert counts["dedup.page_url"] >= 1
+    keys = _keys(tmp_path / "job")
+    assert len(keys) == len(set(keys)) == report["documents"] == len(site["info"].pages) - 2
+    from m3w_builder.shards import iter_shard
+
+    attach = [
+        image["attach"]
+        for m in _manifest(tmp_path / "job")
+        for s in iter_shard(tmp_path / "job" / m["name"])
+        for image in s.record["images"]
+        if image is not None
+    ]
+    share = attach.count("following") / len(attach)
+    assert abs(share - 0.5) < 4 * (0.25 / len(attach)) ** 0.5
