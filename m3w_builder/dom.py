@@ -29,10 +29,10 @@ in `doc.stats["dom"]`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from lxml import etree
@@ -253,6 +253,12 @@ def _is_boilerplate(el: etree._Element, tag: str) -> bool:
     names = f"{el.get('class') or ''} {el.get('id') or ''}"
     if len(names) < 3:
         return False
+    return _unlikely_names(names)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _unlikely_names(names: str) -> bool:
+    """Cached: pages repeat the same class strings on hundreds of elements."""
     return bool(_UNLIKELY.search(names)) and not _MAYBE.search(names)
 
 
@@ -271,7 +277,8 @@ def _noscript_keeps_image(el: etree._Element) -> bool:
 
 
 def _text_len(el: etree._Element) -> int:
-    return sum(len(t.strip()) for t in el.itertext())
+    """Characters of text, whitespace runs collapsed; libxml2 serialises, Python only splits."""
+    return len(_text(el))
 
 
 def _clean(
@@ -417,13 +424,18 @@ _TAG_WEIGHT = {
     "th": -5,
 }
 _SCORED_TAGS = frozenset(("p", "td", "pre", "blockquote", "li", "figcaption", "dd"))
-_PARA_CONTAINERS = frozenset(("div", "section", "article", "main", "figure", "span", "font"))
+_PARA_CONTAINERS = frozenset(("div", "section", "article", "main"))
 
 
 def _class_weight(el: etree._Element) -> int:
+    return _names_weight(el.get("class"), el.get("id"))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _names_weight(class_: str | None, id_: str | None) -> int:
     """Readability.js `_getClassWeight`: ±25 for positive/negative class and id words."""
     weight = 0
-    for value in (el.get("class"), el.get("id")):
+    for value in (class_, id_):
         if value:
             if _NEGATIVE.search(value):
                 weight -= 25
@@ -432,62 +444,96 @@ def _class_weight(el: etree._Element) -> int:
     return weight
 
 
-@dataclass(slots=True)
-class _Tally:
-    """Per-element text and link-text character counts, summed bottom-up in one walk."""
-
-    chars: int = 0
-    link_chars: int = 0
-    commas: int = 0
-    blocks: int = 0  # block-level descendants
-    images: int = 0
-    score: float = 0.0
-    scored: bool = False
-    children: list = field(default_factory=list)
+_LINK_TEXT = etree.XPath(".//a//text()", smart_strings=False)
+_COUNT_IMG = etree.XPath("count(.//img)")
+_COMMAS = re.compile("[,\uff0c\u3001]")  # ASCII, fullwidth and ideographic commas
 
 
-def _tally(body: etree._Element) -> dict[etree._Element, _Tally]:
-    """One post-order walk: text/link characters, commas, block children and images per element."""
-    tallies: dict[etree._Element, _Tally] = {}
-    stack: list[_Tally] = []
-    link_depth = 0
-    for event, el in etree.iterwalk(body, events=("start", "end")):
-        if not isinstance(el.tag, str):
+def _text(el: etree._Element) -> str:
+    """The element's text, whitespace collapsed (≈ innerText), serialised by libxml2."""
+    return " ".join(etree.tostring(el, method="text", encoding=str, with_tail=False).split())
+
+
+class _Measure:
+    """Text length, link-text length and image count per element, computed on demand in C
+    (libxml2 serialisation / compiled XPath) and memoised: Readability's per-node
+    `_getInnerText` / `_getLinkDensity`, without a Python-level walk over every element."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: dict[etree._Element, tuple[int, int]] = {}
+
+    def __call__(self, el: etree._Element) -> tuple[int, int]:
+        hit = self.cache.get(el)
+        if hit is None:
+            chars = len(_text(el))
+            links = len(" ".join("".join(_LINK_TEXT(el)).split())) if chars else 0
+            hit = self.cache[el] = (chars, min(links, chars))
+        return hit
+
+    def density(self, el: etree._Element) -> float:
+        chars, links = self(el)
+        return links / chars if chars else 0.0
+
+
+def _score_paragraphs(
+    body: etree._Element, config: DomConfig, measure: _Measure
+) -> dict[etree._Element, float]:
+    """Readability's scoring: each paragraph-like element with ≥ 25 characters adds its score to
+    its parent (×1), grandparent (×1/2) and ancestors up to 5 levels (×1/(3·level)); an ancestor
+    starts from its tag and class weights. Returns raw (not yet link-discounted) scores."""
+    candidates: dict[etree._Element, float] = {}
+    stop = body.getparent()
+    for el in body.iter(*_SCORED_TAGS, *_PARA_CONTAINERS):
+        tag = el.tag
+        # A div-like container counts as a paragraph only without block descendants (Readability
+        # turns such divs into <p>).
+        if tag not in _SCORED_TAGS and next(el.iterdescendants(*_BLOCK_TAGS), None) is not None:
             continue
-        if event == "start":
-            t = _Tally()
-            tallies[el] = t
-            stack.append(t)
-            if el.tag == "a":
-                link_depth += 1
-            text = el.text
-            if text:
-                n = len(text.strip())
-                t.chars += n
-                t.commas += text.count(",") + text.count("，") + text.count("、")
-                if link_depth:
-                    t.link_chars += n
-            if el.tag == "img":
-                t.images += 1
+        text = _text(el)
+        if len(text) < 25:
             continue
-        t = stack.pop()
-        if el.tag == "a":
-            link_depth -= 1
-        if stack:
-            parent = stack[-1]
-            parent.chars += t.chars
-            parent.link_chars += t.link_chars
-            parent.commas += t.commas
-            parent.images += t.images
-            parent.blocks += t.blocks + (el.tag in _BLOCK_TAGS)
-            tail = el.tail
-            if tail:
-                n = len(tail.strip())
-                parent.chars += n
-                parent.commas += tail.count(",") + tail.count("，") + tail.count("、")
-                if link_depth:
-                    parent.link_chars += n
-    return tallies
+        chars, links = measure(el)
+        # Two departures from Readability, measured on the readability corpus: a paragraph's own
+        # link text discounts it (a 1,000-name "kudos" list of links, commas and all, out-scored
+        # the story on archive-of-our-own), and commas count up to 20.
+        density = links / chars if chars else 0.0
+        if density > config.max_link_density:
+            continue
+        commas = len(_COMMAS.findall(text))
+        score = (1 + min(commas, 20) + min(chars // 100, 3)) * (1 - density)
+        ancestor, level = el.getparent(), 0
+        while ancestor is not None and ancestor is not stop and level < 5:
+            if ancestor not in candidates:
+                candidates[ancestor] = _TAG_WEIGHT.get(ancestor.tag, 0) + _class_weight(ancestor)
+            candidates[ancestor] += score / (1 if level == 0 else 2 if level == 1 else level * 3)
+            ancestor, level = ancestor.getparent(), level + 1
+    return candidates
+
+
+class _Scores:
+    """Final candidate scores: raw × (1 − link density), the density computed only for the
+    candidates actually compared (Readability computes it for every candidate)."""
+
+    __slots__ = ("raw", "measure", "cache")
+
+    def __init__(self, raw: dict[etree._Element, float], measure: _Measure) -> None:
+        self.raw, self.measure, self.cache = raw, measure, {}
+
+    def get(self, el: etree._Element) -> float | None:
+        if el not in self.raw:
+            return None
+        hit = self.cache.get(el)
+        if hit is None:
+            hit = self.cache[el] = self.raw[el] * (1 - self.measure.density(el))
+        return hit
+
+    def best(self, k: int) -> list[etree._Element]:
+        """The k best by final score, searched among the 3k best raw scores (the discount only
+        lowers scores, so a candidate outside them rarely wins)."""
+        pool = sorted(self.raw, key=self.raw.__getitem__, reverse=True)[: 3 * k]
+        return sorted(pool, key=self.get, reverse=True)[:k]
 
 
 def _select_main(
@@ -500,67 +546,43 @@ def _select_main(
         body = root
     if not config.main_content:
         return [body]
-    tallies = _tally(body)
-    total = tallies[body].chars
+    measure = _Measure()
+    total = measure(body)[0]
     if total == 0:
         return [body]
-    candidates: dict[etree._Element, float] = {}
-    for el, t in tallies.items():
-        tag = el.tag
-        # Paragraph-like: scored tags, or a div-like container with no block children (Readability
-        # turns such divs into <p>).
-        if not (tag in _SCORED_TAGS or (tag in _PARA_CONTAINERS and t.blocks == 0)):
-            continue
-        if t.chars < 25:
-            continue
-        # Readability's paragraph score, with two departures measured on the readability corpus:
-        # a paragraph's own link text discounts it (a 1,000-name "kudos" list of links, commas
-        # and all, out-scored the story on archive-of-our-own) and commas count up to 20.
-        density = t.link_chars / t.chars
-        if density > config.max_link_density:
-            continue
-        score = (1 + min(t.commas, 20) + min(t.chars // 100, 3)) * (1 - density)
-        ancestor, level = el.getparent(), 0
-        while ancestor is not None and level < 5 and ancestor in tallies:
-            if ancestor not in candidates:
-                candidates[ancestor] = _TAG_WEIGHT.get(ancestor.tag, 0) + _class_weight(ancestor)
-            divider = 1 if level == 0 else 2 if level == 1 else level * 3
-            candidates[ancestor] += score / divider
-            ancestor, level = ancestor.getparent(), level + 1
-    if not candidates:
+    raw = _score_paragraphs(body, config, measure)
+    if not raw:
         return [body]
-    for el in candidates:
-        t = tallies.get(el)
-        density = t.link_chars / t.chars if t and t.chars else 0.0
-        candidates[el] *= 1 - density
-    top = _promote(body, candidates)
-    top_score = candidates.get(top, 0.0)
+    scores = _Scores(raw, measure)
+    top = _promote(body, scores)
+    top_score = scores.get(top) or 0.0
     # Readability: when the winner is the only child of its parent, the parent is the article.
     parent = top.getparent()
-    while parent is not None and parent is not body and parent in tallies and len(parent) == 1:
+    while parent is not None and parent is not body and len(parent) == 1:
         top, parent = parent, parent.getparent()
-    if top is body:
+    if top is body or parent is None:
         return [body]
-    blocks = _with_siblings(top, top_score, candidates, tallies)
-    kept = sum(tallies[b].chars for b in blocks if b in tallies)
+    blocks = _with_siblings(top, top_score, scores, measure)
+    kept = sum(measure(b)[0] for b in blocks)
     stats["main_chars"] = kept
     stats["body_chars"] = total
     if kept < config.main_min_fraction * total and kept < 500:
         return [body]
-    _count_outside(body, blocks, tallies, drops)
+    outside = int(_COUNT_IMG(body)) - sum(int(_COUNT_IMG(b)) for b in blocks)
+    drops.extend("image.outside_main" for _ in range(max(outside, 0)))
     return blocks
 
 
-def _promote(body: etree._Element, candidates: dict[etree._Element, float]) -> etree._Element:
+def _promote(body: etree._Element, scores: _Scores) -> etree._Element:
     """The best candidate, moved up to a common ancestor where the content is split across
     containers (Readability.js `_grabArticle`): (1) when at least 3 of the other top-5 candidates
     score ≥ 75% of the winner and share an ancestor with it, that ancestor (step-by-step how-tos,
     one container per step); (2) while walking up, an ancestor scoring higher than the node below
     it (score rising means more article around)."""
-    ranked = sorted(candidates, key=candidates.__getitem__, reverse=True)[:5]
+    ranked = scores.best(5)
     top = ranked[0]
-    top_score = candidates[top]
-    close = [c for c in ranked[1:] if candidates[c] >= 0.75 * top_score]
+    top_score = scores.get(top) or 0.0
+    close = [c for c in ranked[1:] if (scores.get(c) or 0.0) >= 0.75 * top_score]
     if len(close) >= 3:
         lineages = [set(c.iterancestors()) for c in close]
         ancestor = top.getparent()
@@ -569,11 +591,12 @@ def _promote(body: etree._Element, candidates: dict[etree._Element, float]) -> e
                 top = ancestor
                 break
             ancestor = ancestor.getparent()
-    last = candidates.get(top, top_score)
+    last = scores.get(top)
+    last = top_score if last is None else last
     threshold = last / 3
     ancestor = top.getparent()
     while ancestor is not None and ancestor is not body:
-        score = candidates.get(ancestor)
+        score = scores.get(ancestor)
         if score is not None:
             if score < threshold:
                 break
@@ -586,10 +609,7 @@ def _promote(body: etree._Element, candidates: dict[etree._Element, float]) -> e
 
 
 def _with_siblings(
-    top: etree._Element,
-    top_score: float,
-    candidates: dict[etree._Element, float],
-    tallies: dict[etree._Element, _Tally],
+    top: etree._Element, top_score: float, scores: _Scores, measure: _Measure
 ) -> list[etree._Element]:
     """The winner plus siblings that look like article too (Readability.js: score above
     max(10, 20% of the winner's), or a paragraph of ≥ 80 characters with link density < 0.25, or a
@@ -607,34 +627,21 @@ def _with_siblings(
             out.append(sib)
             continue
         bonus = top_score * 0.2 if top_class and sib.get("class") == top_class else 0.0
-        if candidates.get(sib, -1e9) + bonus >= threshold:
+        score = scores.get(sib)
+        if score is not None and score + bonus >= threshold:
             out.append(sib)
             continue
-        t = tallies.get(sib)
-        if t is None:
-            continue
-        density = t.link_chars / t.chars if t.chars else 0.0
         if sib.tag == "p":
-            text = "".join(sib.itertext()).strip() if t.chars < 2000 else "x" * t.chars
-            if t.chars >= 80 and density < 0.25:
+            chars, links = measure(sib)
+            density = links / chars if chars else 0.0
+            if chars >= 80 and density < 0.25:
                 out.append(sib)
-            elif 0 < t.chars < 80 and t.link_chars == 0 and re.search(r"\.( |$)", text):
+            elif 0 < chars < 80 and links == 0 and re.search(r"\.( |$)", _text(sib)):
                 out.append(sib)
-        elif sib.tag in ("figure", "img", "picture") and t.images and density < 0.5:
-            out.append(sib)
+        elif sib.tag in ("figure", "img", "picture") and measure.density(sib) < 0.5:
+            if sib.tag == "img" or _COUNT_IMG(sib):
+                out.append(sib)
     return out
-
-
-def _count_outside(
-    body: etree._Element,
-    blocks: list[etree._Element],
-    tallies: dict[etree._Element, _Tally],
-    drops: list[str],
-) -> None:
-    """Record `image.outside_main` for each image the main-content selection leaves out."""
-    inside = sum(tallies[b].images for b in blocks if b in tallies)
-    outside = tallies[body].images - inside
-    drops.extend("image.outside_main" for _ in range(max(outside, 0)))
 
 
 # ------------------------------------------------------------------------------------ 5. linearise

@@ -62,6 +62,7 @@ _BINARY_MAGIC = (
 )
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
+_CONTROL_BYTES = bytes((0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 127))  # never in text; NUL et al.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\ufffd]")
 
 
@@ -118,7 +119,7 @@ def _looks_binary(body: bytes) -> bool:
         return True
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return False
-    controls = sum(head.count(bytes([c])) for c in (0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 127))
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     return controls > 0.1 * max(len(head), 1)
 
 

@@ -1,0 +1,131 @@
+"""Extraction speed over every dev page: page_to_document vs bare lxml parse vs BeautifulSoup, same run.
+
+Pages: html/readability/*/source.html (130) + html/postlight/*.html.gz (170), read into memory first
+(gzip is not timed). Single process, one page at a time, each system over all pages in turn:
+
+- `lxml.html.fromstring` — the floor: a parse and nothing else;
+- `BeautifulSoup(html, "lxml")` — the parse OBELICS-era pipelines start from;
+- `page_to_document(filter_text=False)` — our whole DOM stage: size cap, charset decode, bounded
+  parse, clean, main content, linearise (what `m3w extract --no-filter` runs);
+- `page_to_document` — the same plus the text filters (language id and Gopher rules).
+
+Peak RSS is `ru_maxrss` read after each system (it only grows, so each row is the high-water mark
+so far: run order is lightest first). Targets: ≥ 150 pages/s, DOM stage ≤ 3× the bare lxml time.
+
+Usage: python benchmarks/extract_speed.py [--corpus DIR] [--repeat N] [--no-bs4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from m3w_builder.config import BuildConfig  # noqa: E402
+from m3w_builder.document import RawPage  # noqa: E402
+from m3w_builder.extract import page_to_document  # noqa: E402
+from m3w_builder.reasons import Skip  # noqa: E402
+
+
+def load_pages(corpus: Path) -> list[RawPage]:
+    pages = []
+    for path in sorted((corpus / "html" / "readability").glob("*/source.html")):
+        pages.append(RawPage("http://fakehost/test/page.html", path.read_bytes(), {}, str(path)))
+    for path in sorted((corpus / "html" / "postlight").glob("*.html.gz")):
+        url = f"https://{path.name.split('--')[0].removesuffix('.html.gz')}/"
+        pages.append(RawPage(url, gzip.decompress(path.read_bytes()), {}, str(path)))
+    return pages
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def time_system(
+    fn: Callable[[RawPage], object], pages: list[RawPage], repeat: int
+) -> tuple[float, list[float], Counter]:
+    """Best-of-`repeat` total seconds, per-page seconds of the best run, outcome counts."""
+    best, best_per_page, outcomes = float("inf"), [], Counter()
+    for _ in range(repeat):
+        per_page, outcomes = [], Counter()
+        for page in pages:
+            start = time.perf_counter()
+            try:
+                fn(page)
+                outcomes["ok"] += 1
+            except Skip as skip:
+                outcomes[skip.code] += 1
+            per_page.append(time.perf_counter() - start)
+        total = sum(per_page)
+        if total < best:
+            best, best_per_page = total, per_page
+    return best, best_per_page, outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = Path(os.environ.get("M3W_DEV_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
+    parser.add_argument("--corpus", type=Path, default=default)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs per system")
+    parser.add_argument("--no-bs4", action="store_true", help="skip the slow BeautifulSoup row")
+    args = parser.parse_args(argv)
+
+    import lxml.html
+    from bs4 import BeautifulSoup
+
+    pages = load_pages(args.corpus)
+    mb = sum(len(p.body) for p in pages) / 1e6
+    config = BuildConfig.for_profile("m3w")
+    systems: dict[str, Callable[[RawPage], object]] = {
+        "lxml.html.fromstring (floor)": lambda p: lxml.html.fromstring(p.body),
+        "page_to_document, no filter": lambda p: page_to_document(p, config, filter_text=False),
+        "page_to_document + text filters": lambda p: page_to_document(p, config),
+    }
+    if not args.no_bs4:
+        systems['BeautifulSoup(html, "lxml")'] = lambda p: BeautifulSoup(p.body, "lxml")
+    rows = []
+    for name, fn in systems.items():
+        seconds, per_page, outcomes = time_system(fn, pages, args.repeat)
+        rows.append((name, seconds, per_page, outcomes, peak_rss_mb()))
+    floor = rows[0][1]
+    print(f"{len(pages)} pages, {mb:.1f} MB, best of {args.repeat}\n")
+    print("| system | pages/s | MB/s | total s | × lxml | p50 ms | p99 ms | max ms | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, seconds, per_page, _, rss in rows:
+        ms = sorted(1000 * t for t in per_page)
+        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+        print(
+            f"| {name} | {len(pages) / seconds:.0f} | {mb / seconds:.1f} | {seconds:.2f} | "
+            f"{seconds / floor:.2f} | {statistics.median(ms):.1f} | {p99:.1f} | {ms[-1]:.0f} | "
+            f"{rss:.0f} |"
+        )
+    print()
+    for name, _, _, outcomes, _ in rows[1:3]:
+        print(f"{name}: {dict(outcomes.most_common())}")
+    slow = sorted(zip(rows[1][2], pages, strict=True), key=lambda x: -x[0])[:5]
+    print("\nslowest pages (no filter):")
+    for t, page in slow:
+        print(f"  {1000 * t:7.1f} ms  {len(page.body) / 1e3:7.0f} KB  {Path(page.source_file).parent.name}"
+              f"/{Path(page.source_file).name}")  # fmt: skip
+    print(
+        f"\nmachine: {platform.machine()} {os.cpu_count()} cpus (load avg "
+        f"{os.getloadavg()[0]:.1f}), python {platform.python_version()}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
