@@ -68,7 +68,7 @@ def serve(port_queue: mp.Queue, latency_s: float, n_images: int) -> None:
         return web.Response(body=images[i % len(images)], content_type="image/jpeg")
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(state)
+        return web.json_response({**state, "cpu_s": time.process_time()})
 
     async def main() -> None:
         app = web.Application()
@@ -82,6 +82,13 @@ def serve(port_queue: mp.Queue, latency_s: float, n_images: int) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads: unlike wall time, not inflated when
+    other jobs share the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb() -> float:
@@ -110,7 +117,7 @@ def run_m3w(
         for i in range(n)
     ]
     counts = Counts()
-    rss0 = rss_mb()
+    rss0, cpu0 = rss_mb(), cpu_s()
     start = time.perf_counter()
     kept = resolve_images(docs, config, counts)
     elapsed = time.perf_counter() - start
@@ -121,13 +128,14 @@ def run_m3w(
         "rate": counts["image.kept"] / elapsed,
         "rss_start_mb": rss0,
         "rss_peak_mb": rss_mb(),
+        "cpu_s": cpu_s() - cpu0,
         "drops": {k: v for k, v in counts.items() if k not in ("image.kept", "image.from_web")},
     }
 
 
 def run_baseline(port: int, n: int) -> dict:
     """What one would write first: urllib, one image at a time, decode, shrink, re-encode, hash."""
-    rss0 = rss_mb()
+    rss0, cpu0 = rss_mb(), cpu_s()
     start = time.perf_counter()
     ok = 0
     for i in range(n):
@@ -146,6 +154,7 @@ def run_baseline(port: int, n: int) -> dict:
         "rate": ok / elapsed,
         "rss_start_mb": rss0,
         "rss_peak_mb": rss_mb(),
+        "cpu_s": cpu_s() - cpu0,
     }
 
 
@@ -158,7 +167,7 @@ def run_cpu_only(n: int, workers: int, passthrough: bool) -> dict:
 
     images = make_jpegs()
     config = ImageConfig(jpeg_passthrough=passthrough)
-    rss0 = rss_mb()
+    rss0, cpu0 = rss_mb(), cpu_s()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda i: process_image(images[i % len(images)], config), range(n)))
@@ -169,6 +178,7 @@ def run_cpu_only(n: int, workers: int, passthrough: bool) -> dict:
         "rate": n / elapsed,
         "rss_start_mb": rss0,
         "rss_peak_mb": rss_mb(),
+        "cpu_s": cpu_s() - cpu0,
     }
 
 
@@ -184,6 +194,11 @@ def scenario_main(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
+def server_stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
 def child(
     name: str,
     port: int,
@@ -197,6 +212,14 @@ def child(
     cmd = [sys.executable, __file__, "--scenario", *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ms(seconds: float | None, n: int) -> str:
+    return "–" if seconds is None else f"{1000 * seconds / n:.2f}"
+
+
+def _ms(seconds: float | None, n: int) -> str:
+    return "–" if seconds is None else f"{1000 * seconds / n:.2f}"
 
 
 def main() -> None:
@@ -225,7 +248,9 @@ def main() -> None:
     try:
         rows = []
         cpu = os.cpu_count() or 1
+        server_cpu0 = server_stats(port)["cpu_s"]
         base = child("baseline", port, args.baseline_images)
+        base["server_cpu_s"] = server_stats(port)["cpu_s"] - server_cpu0
         rows.append(("sequential urllib + Pillow (baseline)", base, "1 request at a time"))
         for workers in (1, cpu):
             r = child("cpu", 0, 400, workers=workers)
@@ -233,13 +258,14 @@ def main() -> None:
         r = child("cpu", 0, 400, workers=cpu, passthrough=True)
         rows.append(("process_image only, no network", r, f"{cpu} threads, jpeg_passthrough"))
         for conc, per_host, passthrough in ((256, 16, False), (256, 64, False), (256, 64, True)):
+            server_cpu0 = server_stats(port)["cpu_s"]
             r = child("m3w", port, args.images, conc, per_host, 0, passthrough)
+            r["server_cpu_s"] = server_stats(port)["cpu_s"] - server_cpu0
             settings = f"concurrency {conc}, per host {per_host}, {cpu} decode threads"
             rows.append(("m3w resolve_images", r, settings + (", jpeg_passthrough" * passthrough)))
         mem = child("m3w", mem_port, args.inflight, args.inflight, args.inflight, 0)
         label = f"m3w resolve_images, {args.inflight} in flight (1 s latency)"
-        with urllib.request.urlopen(f"http://127.0.0.1:{mem_port}/stats", timeout=10) as resp:
-            server_max = json.loads(resp.read())["max_inflight"]
+        server_max = server_stats(mem_port)["max_inflight"]
         rows.append((label, mem, f"concurrency {args.inflight}; server saw {server_max} at once"))
     finally:
         server.terminate()
@@ -257,12 +283,17 @@ def main() -> None:
         f"images: 640x480 JPEG, {min(sizes) // 1024}-{max(sizes) // 1024} KB (mean {sum(sizes) // len(sizes) // 1024} KB); "
         f"server latency {args.latency_ms:.0f} ms per response\n"
     )
-    print("| run | settings | images | seconds | images/s | vs baseline | RSS start → peak MB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| run | settings | images | seconds | images/s | vs baseline | client CPU ms/img "
+        "| server CPU ms/img | RSS start → peak MB |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r, settings in rows:
         print(
             f"| {name} | {settings} | {r['images']} | {r['seconds']:.2f} | {r['rate']:.0f} | "
-            f"{r['rate'] / base['rate']:.1f}× | {r.get('rss_start_mb', 0):.0f} → {r['rss_peak_mb']:.0f} |"
+            f"{r['rate'] / base['rate']:.1f}× | {1000 * r['cpu_s'] / r['images']:.2f} | "
+            f"{_ms(r.get('server_cpu_s'), r['images'])} | "
+            f"{r.get('rss_start_mb', 0):.0f} → {r['rss_peak_mb']:.0f} |"
         )
     for name, r, _ in rows:
         if r.get("drops"):
