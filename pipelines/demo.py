@@ -70,8 +70,7 @@ def run_demo(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     train_summary = train_tiny(out, args, parts)
     prompt, generated = generate_example(out / "build", parts)
     summary = {
-        "build": {k: report.get(k) for k in ("docs", "images", "shards", "reasons") if k in report},
-        "build_report": report,
+        "build": {k: report.get(k) for k in ("pages", "documents", "images", "shards", "counts")},
         "tokenizer": tokenizer_note,
         "first_loss": train_summary["first_loss"],
         "last_loss": train_summary["last_loss"],
