@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -548,3 +549,16 @@ def test_random_bytes_are_skips(data: bytes) -> None:
     with pytest.raises(Skip):
         process_image(b"\xff\xd8\xff" + data, ImageConfig())
     strip_jpeg_metadata(b"\xff\xd8" + data)  # whatever the bytes, no exception
+
+
+def test_resolve_images_inside_a_running_event_loop() -> None:
+    """An async caller (a Ray async actor, a notebook) gets the same result: the fetcher's loop
+    then runs in a helper thread instead of colliding with the caller's."""
+    uri = "data:image/png;base64," + base64.b64encode(drawn(90, 90)).decode()
+
+    async def caller() -> list[Document]:
+        doc = Document("http://site/async", [ImageNode(uri)])
+        return resolve_images([doc], offline_config(), Counts())
+
+    [kept] = asyncio.run(caller())
+    assert kept.image_nodes[0].width == 90
