@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -406,11 +406,11 @@ class _Stream:
                 return roff
         return self.members[0][1] if self.members else 0
 
-    def break_between(self, start: int, stop: int) -> str | None:
-        for spos, reason in self.breaks:
-            if start < spos <= stop:
-                return reason
-        return None
+    def take_breaks(self, upto: int) -> list[tuple[int, str]]:
+        """Remove and return the breaks at stream positions <= `upto` (each is reported once)."""
+        taken = [b for b in self.breaks if b[0] <= upto]
+        self.breaks = [b for b in self.breaks if b[0] > upto]
+        return taken
 
     def peek(self, n: int) -> bytes:
         while len(self.buf) < n and self._fill():
@@ -560,6 +560,7 @@ class _Reader:
         self.max_block = max_block
         self.arc_version = 1
         self.patterns: tuple[re.Pattern[bytes], ...] = (_WARC_START, _ARC_START)
+        self.gaps: list[str] = []  # skipped non-record bytes, reported by the caller
 
     def next_record(self) -> _RawRecord | None:
         """The next record; None at the end; raises _Corrupt (stream left at the bad record)."""
@@ -576,26 +577,40 @@ class _Reader:
             record = self._arc(start)
             self.patterns = (_ARC_START,)
         stream.settle(start)
-        reason = stream.break_between(start, stream.pos)
-        if reason is not None:
-            raise _Corrupt(reason)
+        inside = []
+        for spos, reason in stream.take_breaks(stream.pos):
+            if spos <= start:
+                self.gaps.append(reason)  # garbage before this record: the record is fine
+            else:
+                inside.append(reason)
+        if inside:
+            raise _Corrupt(inside[0])
         return record
 
     def resync(self, start: int) -> bool:
         """After a bad record that began at `start`: find the next record header after it."""
         return self.stream.seek_record_start(start, self.patterns)
 
-    def _block(self, length: int) -> tuple[bytes, bool]:
+    def _block(self, length: int, tail_ok: Callable[[bytes], bool]) -> tuple[bytes, bool]:
+        """The record block, consumed only if the bytes after it look like a record end, so that
+        after a wrong length the resync searches from inside this block (where the next record
+        may sit) instead of after it. Blocks over max_block are skipped, not held."""
+        stream = self.stream
         if self.max_block is not None and length > self.max_block:
-            block = self.stream.read(self.max_block)
-            skipped = self.stream.skip(length - self.max_block)
-            if len(block) + skipped < length:
-                raise _Corrupt(f"record block cut short ({len(block) + skipped} of {length} B)")
+            block = stream.read(self.max_block)
+            got = len(block) + stream.skip(length - self.max_block)
+            if got < length:
+                raise _Corrupt(f"record block cut short ({got} of {length} bytes)")
+            if not tail_ok(stream.peek(16)):
+                raise _Corrupt(f"record not followed by a record end (length {length} wrong?)")
             return block, True
-        block = self.stream.read(length)
-        if len(block) < length:
-            raise _Corrupt(f"record block cut short ({len(block)} of {length} bytes)")
-        return block, False
+        data = stream.peek(length + 16)
+        if len(data) < length:
+            raise _Corrupt(f"record block cut short ({len(data)} of {length} bytes)")
+        if not tail_ok(data[length:]):
+            raise _Corrupt(f"record not followed by a record end (length {length} wrong?)")
+        stream.skip(length)
+        return data[:length], False
 
     def _warc(self, start: int) -> _RawRecord:
         stream = self.stream
@@ -619,15 +634,7 @@ class _Reader:
             raise _Corrupt(f"bad Content-Length {_get(headers, 'Content-Length')!r}") from exc
         if length < 0:
             raise _Corrupt(f"negative Content-Length {length}")
-        block, truncated = self._block(length)
-        # ISO 28500 §4: every record ends with CRLF CRLF. A different tail means Content-Length
-        # is wrong, so the block holds the wrong bytes: corrupt, and the next record is searched
-        # from this record's header on (it may sit inside the over-long block).
-        tail = stream.peek(4)
-        if tail == b"\r\n\r\n":
-            stream.skip(4)
-        elif tail and tail.lstrip(_PADDING) and not _WARC_START.match(stream.peek(16)):
-            raise _Corrupt(f"record not followed by CRLF CRLF (Content-Length {length} wrong?)")
+        block, truncated = self._block(length, _warc_tail_ok)
         record_type = _get(headers, "WARC-Type", "unknown").lower()
         return _RawRecord(start, record_type, headers, block, truncated)
 
@@ -651,9 +658,7 @@ class _Reader:
         n_after_url = 9 if v2 else 4
         url = " ".join(fields[: len(fields) - n_after_url])
         date, mime = fields[-n_after_url + 1], fields[-n_after_url + 2]
-        block, truncated = self._block(length)
-        if stream.peek(1) not in (b"\n", b"\r", b""):
-            raise _Corrupt(f"ARC record not followed by a newline (length {length} wrong?)")
+        block, truncated = self._block(length, _arc_tail_ok)
         if url.startswith("filedesc:"):
             version = block.split(b"\n", 1)[0].split(b" ", 1)[0]
             self.arc_version = 2 if version == b"2" else 1
@@ -668,6 +673,19 @@ class _Reader:
             "Content-Length": str(length),
         }
         return _RawRecord(start, record_type, headers, block, truncated)
+
+
+def _warc_tail_ok(tail: bytes) -> bool:
+    """ISO 28500 §4: a record ends with CRLF CRLF. A different tail means Content-Length is
+    wrong and the block holds the wrong bytes. Tolerated: end of file, padding (CR, LF, NUL,
+    space: some writers pad), or the next record's header right away."""
+    rest = tail.lstrip(_PADDING)
+    return tail.startswith(b"\r\n\r\n") or not rest or bool(_WARC_START.match(rest))
+
+
+def _arc_tail_ok(tail: bytes) -> bool:
+    """An ARC record ends with a newline (or the file ends)."""
+    return not tail or tail[:1] in (b"\n", b"\r")
 
 
 def _arc_date(stamp: str) -> str:
@@ -881,7 +899,9 @@ def _read_all(
             counts["warc.unreadable"] += 1
             logger.warning("warc.unreadable %s@%d: %s", path, stream.raw_offset(start), exc)
             return
+        _count_gaps(reader, path, counts)
         if record is None:
+            _count_gaps(reader, path, counts, final=True)
             return
         counts["warc.records"] += 1
         if record.record_type not in types:
@@ -894,6 +914,16 @@ def _read_all(
             logger.warning("warc.undecodable_body %s@%d: %s", path, offset, exc)
             continue
         yield archived
+
+
+def _count_gaps(reader: _Reader, path: str, counts: Counts, final: bool = False) -> None:
+    """Bytes between records that were no record (garbage, a bad gzip member): one count each."""
+    if final:
+        reader.gaps.extend(reason for _, reason in reader.stream.take_breaks(1 << 62))
+    for reason in reader.gaps:
+        counts["warc.corrupt_record"] += 1
+        logger.warning("warc.corrupt_record %s: %s", path, reason)
+    reader.gaps.clear()
 
 
 def read_record_at(path: str, offset: int) -> ArchiveRecord:

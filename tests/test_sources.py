@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import html
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from m3w_builder.config import SourceConfig
 from m3w_builder.reasons import Counts, Skip
 from m3w_builder.sources import (
+    GZIP_MAGIC,
     decode_html,
     is_html_record,
     iter_pages,
@@ -308,3 +310,202 @@ def test_issue_493_revisits_and_images(corpus: Path) -> None:
     pages = list(iter_pages(str(corpus / "warc" / "aut" / "issue-493.warc"), counts))
     assert counts["warc.revisit"] == 5
     assert len(pages) + counts["warc.http_status"] == 5  # index.jsonl: 5 HTML responses
+
+
+# ------------------------------------------------------------------------------------------------
+# Archives: generated fixtures (warcio's writer), damaged on purpose
+# ------------------------------------------------------------------------------------------------
+
+
+def _page(i: int) -> bytes:
+    return (
+        f"<!doctype html><html><body><p>page {i} ".encode()
+        + b"x" * (200 + 37 * i)
+        + b"</p></body></html>"
+    )
+
+
+def write_warc(
+    path: Path, gz: bool, n: int = 6, extra: list[tuple[str, str, bytes, int]] | None = None
+) -> list[int]:
+    """n HTML responses (http://ex.test/{i}), then `extra` (url, content-type, body, status)
+    responses; returns each record's start offset."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    offsets = []
+    items = [(f"http://ex.test/{i}", "text/html; charset=utf-8", _page(i), 200) for i in range(n)]
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=gz)
+        for url, ctype, body, status in items + (extra or []):
+            offsets.append(f.tell())
+            http = StatusAndHeaders(
+                f"{status} X",
+                [("Content-Type", ctype), ("Content-Length", str(len(body)))],
+                protocol="HTTP/1.1",
+            )
+            record = writer.create_warc_record(
+                url, "response", payload=io.BytesIO(body), http_headers=http
+            )
+            writer.write_record(record)
+    return offsets
+
+
+def _urls(path: Path, counts: Counts, config: SourceConfig | None = None) -> list[str]:
+    return [p.url.rsplit("/", 1)[-1] for p in iter_pages(str(path), counts, config)]
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_generated_warc_reads_every_page(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / ("a.warc.gz" if gz else "a.warc")
+    offsets = write_warc(path, gz)
+    counts = Counts()
+    pages = list(iter_pages(str(path), counts))
+    assert [p.body for p in pages] == [_page(i) for i in range(6)]
+    assert [p.source_offset for p in pages] == offsets
+    assert counts["warc.html_pages"] == 6 and not _codes(counts)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_truncated_tail_is_counted_and_the_rest_read(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / "t.warc"
+    offsets = write_warc(path, gz)
+    data = path.read_bytes()
+    path.write_bytes(data[: offsets[5] + (len(data) - offsets[5]) // 2])
+    counts = Counts()
+    assert _urls(path, counts) == ["0", "1", "2", "3", "4"]
+    assert _codes(counts) == {"warc.corrupt_record": 1}
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_garbage_between_records_is_skipped(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / "g.warc"
+    offsets = write_warc(path, gz)
+    data = path.read_bytes()
+    junk = b"GARBAGE\x00\x01\x1f\x8b junk\r\n" * 50
+    path.write_bytes(data[: offsets[2]] + junk + data[offsets[2] :])
+    counts = Counts()
+    assert _urls(path, counts) == ["0", "1", "2", "3", "4", "5"]
+    assert _codes(counts) == {"warc.corrupt_record": 1}
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_corrupt_record_in_the_middle_costs_one_record(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / "c.warc"
+    offsets = write_warc(path, gz)
+    data = bytearray(path.read_bytes())
+    if gz:
+        data[offsets[2] + 40 : offsets[2] + 60] = b"\xff" * 20  # deflate data of member 2
+    else:
+        # a Content-Length that is too long swallows the start of the next record
+        at = data.index(b"Content-Length: ", offsets[2]) + len(b"Content-Length: ")
+        end = data.index(b"\r\n", at)
+        data[at:end] = str(int(data[at:end]) + 100).encode()
+    path.write_bytes(bytes(data))
+    counts = Counts()
+    assert _urls(path, counts) == ["0", "1", "3", "4", "5"]
+    assert _codes(counts) == {"warc.corrupt_record": 1}
+
+
+def test_record_cut_in_half_then_intact_records(tmp_path: Path) -> None:
+    path = tmp_path / "h.warc.gz"
+    offsets = write_warc(path, gz=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: offsets[2] + (offsets[3] - offsets[2]) // 2] + data[offsets[3] :])
+    counts = Counts()
+    assert _urls(path, counts) == ["0", "1", "3", "4", "5"]
+    assert _codes(counts) == {"warc.corrupt_record": 1}
+
+
+def test_status_type_size_and_empty_skips(tmp_path: Path) -> None:
+    path = tmp_path / "m.warc.gz"
+    big = b"<html><body>" + b"y" * 5000 + b"</body></html>"
+    write_warc(
+        path,
+        gz=True,
+        n=1,
+        extra=[
+            ("http://ex.test/404", "text/html", b"<html>gone</html>", 404),
+            ("http://ex.test/img", "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 200),
+            ("http://ex.test/big", "text/html", big, 200),
+            ("http://ex.test/empty", "text/html", b"", 200),
+            ("http://ex.test/blank", "text/html", b"  \r\n ", 200),
+            ("http://ex.test/sniffed", "application/octet-stream", _page(9), 200),
+            ("http://ex.test/xhtml", "application/xhtml+xml", _page(8), 200),
+        ],
+    )
+    counts = Counts()
+    urls = _urls(path, counts, SourceConfig(max_html_bytes=4000))
+    assert urls == ["0", "sniffed", "xhtml"]
+    assert _codes(counts) == {
+        "warc.http_status": 1,
+        "warc.not_html": 1,
+        "html.too_large": 1,
+        "html.empty": 2,
+    }
+
+
+def test_big_records_are_not_held_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "v.warc"
+    video = b"\x00" * 3_000_000
+    write_warc(path, gz=False, n=1, extra=[("http://ex.test/v", "video/mp4", video, 200)])
+    records = list(iter_records(str(path), Counts(), max_body_bytes=10_000))
+    assert [r.truncated for r in records] == [False, True]
+    assert len(records[1].body) < 10_000 and records[1].content_type == "video/mp4"
+
+
+def test_gzip_content_encoding_and_chunked_are_undone(tmp_path: Path) -> None:
+    from warcio.warcwriter import WARCWriter
+
+    html_body = _page(1)
+    compressed = gzip.compress(html_body)
+    chunked = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(compressed[i : i + 100]), compressed[i : i + 100])
+            for i in range(0, len(compressed), 100)
+        )
+        + b"0\r\n\r\n"
+    )
+    block = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+    )
+    path = tmp_path / "e.warc.gz"
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        record = writer.create_warc_record(
+            "http://ex.test/enc",
+            "response",
+            payload=io.BytesIO(block),
+            warc_content_type="application/http; msgtype=response",
+            length=len(block),
+        )
+        writer.write_record(record)
+    (page,) = iter_pages(str(path), Counts())
+    assert page.body == html_body
+
+
+def test_whole_file_gzip_member_and_detection_by_magic(tmp_path: Path) -> None:
+    plain = tmp_path / "p.warc"
+    write_warc(plain, gz=False, n=3)
+    whole = tmp_path / "misnamed.bin"  # one gzip member for the whole file, and a lying name
+    whole.write_bytes(gzip.compress(plain.read_bytes()))
+    counts = Counts()
+    assert _urls(whole, counts) == ["0", "1", "2"]
+    assert not _codes(counts)
+
+
+def test_unreadable_and_junk_files_never_raise(tmp_path: Path) -> None:
+    counts = Counts()
+    assert list(iter_pages(str(tmp_path / "missing.warc.gz"), counts)) == []
+    assert counts["warc.unreadable"] == 1
+    junk = tmp_path / "junk.warc.gz"
+    junk.write_bytes(GZIP_MAGIC + bytes(range(256)) * 40)
+    counts = Counts()
+    assert list(iter_records(str(junk), counts)) == []
+    assert counts["warc.corrupt_record"] >= 1
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(range(256)) * 40)
+    counts = Counts()
+    assert list(iter_pages(str(noise), counts)) == []
+    assert counts["input.unsupported"] == 1
