@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 BLOCK = 512
+REGULAR = (b"0", b"\0", b"7")  # ustar typeflags of regular files (7: contiguous file)
 # `{000000..000099}` (zero-padded numeric range, as webdataset/braceexpand accept) or `{a,b,c}`.
 _BRACE_RE = re.compile(r"\{([^{}]*)\}")
 _RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -142,9 +143,15 @@ def _octal(field_: bytes) -> int:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    stored = _octal(header[148:156])
-    unsigned = sum(header[:148]) + 256 + sum(header[156:])  # chksum field counted as 8 spaces
-    return stored == unsigned
+    """POSIX sums the header bytes unsigned; some old tars summed them signed: accept either."""
+    try:
+        stored = _octal(header[148:156])
+    except ValueError:
+        return False
+    rest = header[:148] + header[156:]
+    if stored == sum(rest) + 256:  # the chksum field itself counts as 8 spaces
+        return True
+    return stored == sum(b - 256 if b > 127 else b for b in rest) + 256
 
 
 def _pax_path(payload: bytes) -> str | None:
@@ -229,7 +236,10 @@ class TarReader:
                 raise TarFormatError(
                     self.name, start, "bad tar header checksum (corrupt or not a tar)"
                 )
-            size = _octal(header[124:136])
+            try:
+                size = _octal(header[124:136])
+            except ValueError:
+                raise TarFormatError(self.name, start, "bad size field in tar header") from None
             kind = header[156:157] or b"0"
             padded = -size % BLOCK
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -239,18 +249,21 @@ class TarReader:
             if kind in (b"x", b"L"):  # pax extended / GNU long name: applies to the next member
                 payload = self._read(size, f"extended header at {start}")
                 self._skip(padded, "padding")
-                long_name = (
-                    _pax_path(payload)
-                    if kind == b"x"
-                    else payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
-                )
+                try:
+                    long_name = (
+                        _pax_path(payload)
+                        if kind == b"x"
+                        else payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                    )
+                except ValueError:
+                    raise TarFormatError(self.name, start, "bad pax extended header") from None
                 continue
             if kind == b"g":
                 self._skip(size + padded, "global header")
                 continue
             if long_name is not None:
                 name, long_name = long_name, None
-            regular = kind in (b"0", b"\0", b"7")
+            regular = kind in REGULAR
             what = f"member {name!r} (header at byte {start:,}, {size:,} bytes)"
             wanted = want(name) if regular else False
             if wanted is True:
@@ -287,7 +300,7 @@ class Sample:
     json_error: str | None = None
     members: dict[str, bytes | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
-    extra: list[str] = field(default_factory=list)  # non-regular entries, duplicate suffixes
+    extra: list[tuple[str, str]] = field(default_factory=list)  # (code, message): odd entries
 
     @property
     def url(self) -> str:
@@ -319,8 +332,19 @@ def iter_samples(
                 if current is not None:
                     yield current
                 current = Sample(shard=name, key=key, offset=m.offset)
+            if m.type not in REGULAR:  # webdataset ignores these; a shard should not have them
+                kind = m.type.decode("ascii", "replace")
+                current.extra.append(
+                    (
+                        "member.not_file",
+                        f"{m.name!r} at byte {m.offset:,} is not a file (type {kind})",
+                    )
+                )
+                continue
             if suffix in current.sizes:
-                current.extra.append(f"duplicate member {m.name!r} at byte {m.offset:,}")
+                current.extra.append(
+                    ("member.duplicate", f"duplicate member {m.name!r} at byte {m.offset:,}")
+                )
             current.sizes[suffix] = m.size
             if suffix == "json":
                 try:

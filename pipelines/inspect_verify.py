@@ -149,8 +149,7 @@ def check_sample(sample: Sample, decode: bool = True) -> Iterator[tuple[str, str
         dotted = [s for s in sample.sizes if s != "json" and not MEMBER_RE.match(s)]
         hint = " (a dot in the key splits the sample in webdataset)" if dotted else ""
         yield "key.invalid", f"key {sample.key!r} is not 32 lowercase hex chars{hint}"
-    for extra in sample.extra:
-        yield "member.duplicate", extra
+    yield from sample.extra
     if sample.record is None:
         yield (
             ("json.bad", sample.json_error)

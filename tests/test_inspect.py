@@ -574,3 +574,27 @@ def test_reader_on_a_pipe_detects_truncation(job):
         finally:
             proc.stdout.close()
             proc.wait()
+
+
+def test_verify_non_file_entries_and_duplicate_members(job, tmp_path):
+    root = _copy_job(job, tmp_path)
+    shard = root / "shards" / "000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    key = job.docs[0].key
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as out:
+        for i, (name, data) in enumerate(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+            if i == 1:  # after the first image of doc 0: the same image again, and a symlink
+                out.addfile(info, io.BytesIO(data))
+                link = tarfile.TarInfo(f"{key}.7.jpg")
+                link.type, link.linkname = tarfile.SYMTYPE, name
+                out.addfile(link)
+    _fix_manifest(root)
+    problems = verify(resolve_target(root)).problems
+    assert sorted((p.code, p.key) for p in problems) == [
+        ("member.duplicate", key),
+        ("member.not_file", key),
+    ]
