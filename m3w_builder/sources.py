@@ -365,7 +365,8 @@ class _Stream:
 
     def _decompress(self) -> None:
         try:
-            self.buf += self._z.decompress(self.pending)
+            # Bounded output per call: 64 KB of deflate can expand to 64 MB of zeros.
+            self.buf += self._z.decompress(self.pending, _READ_SIZE * 16)
         except zlib.error as exc:
             self._break(f"gzip member at raw offset {self._member_raw}: {exc}")
             self._z = None
@@ -377,8 +378,9 @@ class _Stream:
             self.pending = unused
             self._z = None
         else:
-            self.raw_off += len(self.pending)
-            self.pending = b""
+            tail = self._z.unconsumed_tail
+            self.raw_off += len(self.pending) - len(tail)
+            self.pending = tail
 
     def _restart_after(self, raw_offset: int) -> None:
         """Continue the magic search from `raw_offset` (inside the member that failed)."""
@@ -1101,9 +1103,7 @@ def _walk(path: str) -> list[str]:
     """Files under a directory, recursively, sorted (hidden files and dirs are left out)."""
     if _is_url(path):
         fs, inner = _fs(path)
-        protocol = path.split("://", 1)[0]
-        found = sorted(fs.find(inner))
-        return [f"{protocol}://{p}" if "://" not in p else p for p in found if not _hidden(p)]
+        return [fs.unstrip_protocol(p) for p in sorted(fs.find(inner)) if not _hidden(p)]
     out = []
     for root, dirs, files in os.walk(_local(path)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -1148,10 +1148,8 @@ def _expand_one(item: str) -> list[str]:
             fs, inner = _fs(item)
         except (ImportError, ValueError) as exc:
             raise ValueError(f"input {item!r}: no fsspec filesystem for it ({exc})") from exc
-        protocol = item.split("://", 1)[0]
         if has_glob:
-            found = sorted(fs.glob(inner))
-            return [p if "://" in p else f"{protocol}://{p}" for p in found]
+            return [fs.unstrip_protocol(p) for p in sorted(fs.glob(inner))]
         return [item] if fs.exists(inner) else []
     local = _local(item)
     if has_glob:

@@ -21,11 +21,15 @@ from m3w_builder.reasons import Counts, Skip
 from m3w_builder.sources import (
     GZIP_MAGIC,
     decode_html,
+    expand_inputs,
     is_html_record,
     iter_pages,
     iter_records,
+    iter_url_list,
     normalize_charset,
+    open_input,
     read_record_at,
+    sniff_format,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -509,3 +513,116 @@ def test_unreadable_and_junk_files_never_raise(tmp_path: Path) -> None:
     counts = Counts()
     assert list(iter_pages(str(noise), counts)) == []
     assert counts["input.unsupported"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# HTML files, directories, inputs, URL lists
+# ------------------------------------------------------------------------------------------------
+
+
+def test_html_files_gz_and_directories_in_sorted_order(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "b" / "deep").mkdir(parents=True)
+    (site / "a.html").write_bytes(_page(1))
+    (site / "b" / "c.htm").write_bytes(_page(2))
+    (site / "b" / "deep" / "d.html.gz").write_bytes(gzip.compress(_page(3)))
+    (site / "b" / "e.xhtml").write_bytes(_page(4))
+    (site / "b" / "empty.html").write_bytes(b"")
+    (site / "b" / "notes.jsonl").write_bytes(b'{"a": 1}\n')
+    (site / ".hidden.html").write_bytes(_page(5))
+    write_warc(site / "b" / "z.warc.gz", gz=True, n=2)
+    counts = Counts()
+    pages = list(iter_pages(str(site), counts))
+    assert [p.body for p in pages] == [_page(i) for i in (1, 2, 3, 4)] + [_page(0), _page(1)]
+    assert pages[0].url == (site / "a.html").resolve().as_uri()
+    assert pages[0].source_file == str(site / "a.html") and pages[0].source_offset == 0
+    assert pages[-1].url == "http://ex.test/1"
+    assert counts["html.empty"] == 1 and counts["input.unsupported"] == 1
+    assert counts["html.files"] == 4 and counts["warc.html_pages"] == 2
+
+
+def test_html_file_size_cap_and_gzip_bomb(tmp_path: Path) -> None:
+    big = tmp_path / "big.html"
+    big.write_bytes(b"<html>" + b"a" * 10_000 + b"</html>")
+    bomb = tmp_path / "bomb.html.gz"
+    bomb.write_bytes(gzip.compress(b"<html>" + b"\x00" * 50_000_000))  # 50 MB, ~50 KB on disk
+    corrupt = tmp_path / "corrupt.html.gz"
+    corrupt.write_bytes(gzip.compress(_page(1))[:30])
+    counts = Counts()
+    config = SourceConfig(max_html_bytes=5_000)
+    for path in (big, bomb, corrupt):
+        assert list(iter_pages(str(path), counts, config)) == []
+    assert counts["html.too_large"] == 2 and counts["html.unreadable"] == 1
+
+
+def test_sniff_format_reads_bytes_not_names(tmp_path: Path, corpus: Path) -> None:
+    warcio = corpus / "warc" / "warcio"
+    assert sniff_format(str(warcio / "example.arc.gz")) == "arc"
+    assert sniff_format(str(warcio / "example-bad.warc.gz.bad")) == "warc"
+    assert sniff_format(str(warcio / "example.warc")) == "warc"
+    page = tmp_path / "page.txt"
+    page.write_bytes(b"\n<!-- saved -->\n<!DOCTYPE html><html></html>")
+    assert sniff_format(str(page)) == "html"
+    assert sniff_format(str(tmp_path / "nothing")) == "unknown"
+
+
+def test_expand_inputs_paths_globs_dirs_and_errors(tmp_path: Path) -> None:
+    for name in ("b.warc.gz", "a.warc.gz", "c.html"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.warc.gz").write_bytes(b"x")
+    got = expand_inputs([str(tmp_path / "*.warc.gz"), str(tmp_path / "c.html")])
+    assert got == [
+        str(tmp_path / "a.warc.gz"),
+        str(tmp_path / "b.warc.gz"),
+        str(tmp_path / "c.html"),
+    ]
+    assert expand_inputs([str(tmp_path / "**" / "*.warc.gz")]) == [
+        str(tmp_path / "a.warc.gz"),
+        str(tmp_path / "b.warc.gz"),
+        str(tmp_path / "sub" / "d.warc.gz"),
+    ]
+    assert expand_inputs([str(tmp_path / "sub"), str(tmp_path / "sub")]) == [str(tmp_path / "sub")]
+    assert expand_inputs([f"file://{tmp_path}/c.html"]) == [str(tmp_path / "c.html")]
+    with pytest.raises(ValueError, match="nope"):
+        expand_inputs([str(tmp_path / "c.html"), str(tmp_path / "nope*.warc")])
+    with pytest.raises(ValueError, match="no fsspec filesystem"):
+        expand_inputs(["nosuchproto://bucket/x.warc.gz"])
+
+
+def test_fsspec_urls_are_read_like_files(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    local = tmp_path / "m.warc.gz"
+    write_warc(local, gz=True, n=3)
+    fs.pipe("/crawl/m-00.warc.gz", local.read_bytes())
+    fs.pipe("/crawl/m-01.warc.gz", local.read_bytes())
+    fs.pipe("/crawl/page.html", _page(7))
+    inputs = expand_inputs(["memory://crawl/*.warc.gz"])
+    assert [i.replace(":///", "://") for i in inputs] == [
+        "memory://crawl/m-00.warc.gz",
+        "memory://crawl/m-01.warc.gz",
+    ]
+    counts = Counts()
+    pages = [p for path in inputs for p in iter_pages(path, counts)]
+    assert len(pages) == 6 and pages[3].source_file == inputs[1]
+    first = pages[1]
+    assert read_record_at(first.source_file, first.source_offset).body == first.body
+    (html_page,) = iter_pages("memory://crawl/page.html", Counts())
+    assert html_page.body == _page(7) and html_page.url == "memory://crawl/page.html"
+    assert len(list(iter_pages("memory://crawl", Counts()))) == 7  # a directory URL is walked
+    with open_input("memory://crawl/page.html") as f:
+        assert f.read() == _page(7)
+
+
+def test_iter_url_list(tmp_path: Path) -> None:
+    urls = tmp_path / "seed.urls"
+    urls.write_text(
+        "# seed list\nhttp://a.test/\n\n  https://b.test/x?y=1  \nhttp://c.test/#frag  # dup\n"
+    )
+    assert list(iter_url_list(str(urls))) == [
+        "http://a.test/",
+        "https://b.test/x?y=1",
+        "http://c.test/#frag",
+    ]
