@@ -96,23 +96,27 @@ def fast_masked_attention(
         return q * 0 + (k.sum() + v.sum()) * 0
     out = q.new_zeros(bsz * seq, heads, dh)
     token, valid, image, count_per_token = _pair_blocks(mask, block)
-    q_blk = rearrange(q.reshape(bsz * seq, heads, dh)[token], "nb s h d -> nb h s d")
-    k_blk = rearrange(k.flatten(0, 1)[image], "nb l h d -> nb h l d")  # (NB, H, L, d)
-    v_blk = rearrange(v.flatten(0, 1)[image], "nb l h d -> nb h l d")
-    flat_tok, flat_valid = token.flatten(), valid.flatten()
-    idx = flat_tok[flat_valid]  # one entry per (token, image) pair
+    n_blk, size = token.shape
+    # index_select rather than advanced indexing: its backward is an index_add, not a slower
+    # accumulating index_put
+    q_blk = q.reshape(bsz * seq, heads * dh).index_select(0, token.flatten())
+    q_blk = q_blk.view(n_blk, size, heads, dh).transpose(1, 2)  # (NB, H, S, d)
+    k_blk = k.flatten(0, 1).index_select(0, image).transpose(1, 2)  # (NB, H, L, d)
+    v_blk = v.flatten(0, 1).index_select(0, image).transpose(1, 2)
+    keep = valid.flatten().nonzero().squeeze(1)  # (P,) block slots holding a real pair
+    idx = token.flatten().index_select(0, keep)  # (P,) token of each (token, image) pair
     if int(count_per_token.max()) <= 1:
         # every token sees at most one image: plain attention per block, no merging needed
         o = F.scaled_dot_product_attention(q_blk, k_blk, v_blk)  # (NB, H, S, d)
-        o = rearrange(o, "nb h s d -> (nb s) h d")[flat_valid]
+        o = o.transpose(1, 2).reshape(n_blk * size, heads, dh).index_select(0, keep)
         return out.index_add(0, idx, o).view(bsz, seq, heads, dh)
     # some token sees several images: merge per-image results by their log-sum-exps, in ≥ fp32
     acc = torch.promote_types(q.dtype, torch.float32)
     scores = (q_blk @ k_blk.transpose(-1, -2)).to(acc) / math.sqrt(dh)  # (NB, H, S, L)
     lse = scores.logsumexp(-1)  # (NB, H, S)
     o = (scores - lse[..., None]).exp().to(v_blk.dtype) @ v_blk  # (NB, H, S, d)
-    o = rearrange(o, "nb h s d -> (nb s) h d")[flat_valid]
-    lse = rearrange(lse, "nb h s -> (nb s) h")[flat_valid]  # (P, H)
+    o = o.transpose(1, 2).reshape(n_blk * size, heads, dh).index_select(0, keep)
+    lse = lse.transpose(1, 2).reshape(n_blk * size, heads).index_select(0, keep)  # (P, H)
     # the max is only a stabiliser: the merged result does not depend on it, so no gradient
     top = lse.new_full((bsz * seq, heads), torch.finfo(lse.dtype).min)
     top = top.scatter_reduce(0, idx[:, None].expand_as(lse), lse.detach(), "amax")
