@@ -41,7 +41,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from m3w_builder.config import FetchConfig
+from m3w_builder.dedup import url_key
 from m3w_builder.reasons import Counts, Skip
+from m3w_builder.sources import ArchiveRecord, iter_records, read_record_at
 
 log = logging.getLogger(__name__)
 
@@ -377,20 +379,28 @@ def run_async(coro: Any) -> Any:
 # HTML pages are read by the page reader in file order; indexing them would only grow the index.
 _NOT_INDEXED_TYPES = ("text/html", "application/xhtml")
 _MAX_ARCHIVE_REDIRECTS = 5
+# Bytes of each record's block the indexing pass keeps: enough for any HTTP header block, so
+# status, Content-Type and Location are known without holding image or page bodies in memory.
+_HEADER_BYTES = 16 * 1024
+_INDEXED_RECORDS = frozenset({"response", "resource"})  # a revisit has no payload of its own
 
 
 @dataclass(slots=True)
 class ArchiveIndex:
-    """URL → (file id, record offset) for the non-HTML responses of a set of WARC files.
+    """URL → (file id, record offset) for the non-HTML responses of a set of WARC/ARC files.
 
     An image captured next to its page (a crawler that fetched page requisites, as Heritrix and
     Archive-It do) is read back from the archive instead of from the web: no network, no SSRF
     exposure, and the bytes the page had on the day it was crawled. Keys are `dedup.url_key` (no
     fragment, default port, percent-encoding, http/https and trailing-slash variants folded), so
     `<img src>` spellings find their capture. Archived redirects (3xx with Location) are followed
-    within the archive, and revisit records (WARC/1.1 §6.7, "identical payload digest") point to the
-    capture that holds their payload. The index is plain dicts of str/int tuples: picklable, ~100
-    bytes per entry, so a Ray driver can build it and ship it to workers."""
+    within the archive. A revisit record (WARC/1.1 §6.7) is skipped: it has no payload, and the
+    capture it refers to is indexed under the same URL. The index is plain dicts of str/int tuples:
+    picklable, ~100 bytes per entry, so a Ray driver can build it and ship it to workers.
+
+    Records are read with `sources.iter_records` (WARC and ARC, gzipped or not; corrupt records are
+    counted there as `warc.corrupt_record` and skipped). A build that already reads every record
+    for its pages can call `add(record)` in that same pass instead of `build`."""
 
     files: list[str] = field(default_factory=list)
     entries: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -399,61 +409,51 @@ class ArchiveIndex:
     @classmethod
     def build(cls, paths: list[str] | list[Any], counts: Counts | None = None) -> ArchiveIndex:
         index = cls()
+        counts = counts if counts is not None else Counts()
         for path in paths:
-            index._add_file(str(path), counts if counts is not None else Counts())
+            for record in iter_records(
+                str(path), counts, types=_INDEXED_RECORDS, max_body_bytes=_HEADER_BYTES
+            ):
+                index.add(record, counts)
         return index
 
-    def _add_file(self, path: str, counts: Counts) -> None:
-        from fastwarc.warc import ArchiveIterator, WarcRecordType
+    def add(self, record: ArchiveRecord, counts: Counts | None = None) -> bool:
+        """Index one archive record if it can hold an image; True if it was indexed."""
+        url = record.url
+        if record.record_type not in _INDEXED_RECORDS or not url.startswith(
+            ("http://", "https://")
+        ):
+            return False
+        key = url_key(url)
+        status = 200 if record.status is None else record.status  # resource records: no HTTP
+        if 300 <= status < 400:
+            location = next((v for k, v in record.headers.items() if k.lower() == "location"), "")
+            if location:
+                self.redirects.setdefault(key, urljoin(url, location.strip()))
+            return False
+        if not 200 <= status < 300 or record.content_type.startswith(_NOT_INDEXED_TYPES):
+            return False
+        if key in self.entries:
+            return False  # the first capture wins
+        self.entries[key] = (self._file_id(record.source_file), record.offset)
+        if counts is not None:
+            counts["archive.indexed"] += 1
+        return True
 
-        from m3w_builder.dedup import url_key
-
-        file_id = len(self.files)
+    def _file_id(self, path: str) -> int:
+        # Files are few (one per input archive): a linear search keeps the record a plain list.
+        if self.files and self.files[-1] == path:
+            return len(self.files) - 1
+        if path in self.files:
+            return self.files.index(path)
         self.files.append(path)
-        wanted = WarcRecordType.response | WarcRecordType.resource | WarcRecordType.revisit
-        by_digest: dict[str, tuple[int, int]] = {}
-        revisits: list[tuple[str, str]] = []
-        try:
-            for record in ArchiveIterator(
-                path, record_types=wanted, parse_http=True, fsspec_args=False
-            ):
-                url = record.headers.get("WARC-Target-URI") or ""
-                if not url.startswith(("http://", "https://")):
-                    continue
-                key = url_key(url)
-                digest = record.headers.get("WARC-Payload-Digest") or ""
-                if record.record_type == WarcRecordType.revisit:
-                    if digest:
-                        revisits.append((key, digest))
-                    continue
-                http = record.http_headers
-                status = http.status_code if http is not None else 200
-                ctype = (record.http_content_type or "").lower()
-                if 300 <= status < 400 and http is not None and http.get("Location"):
-                    self.redirects.setdefault(key, urljoin(url, http.get("Location").strip()))
-                    continue
-                if not 200 <= status < 300 or ctype.startswith(_NOT_INDEXED_TYPES):
-                    continue
-                location = (file_id, record.stream_pos)
-                self.entries.setdefault(key, location)  # the first capture wins
-                if digest:
-                    by_digest.setdefault(digest, location)
-                counts["archive.indexed"] += 1
-        except (OSError, ValueError) as e:
-            # A corrupt tail costs the records after it, not the records already indexed.
-            counts["archive.index_error"] += 1
-            log.warning("archive index: %s: %s", path, e)
-        for key, digest in revisits:
-            if key not in self.entries and digest in by_digest:
-                self.entries[key] = by_digest[digest]
-                counts["archive.indexed_revisit"] += 1
+        return len(self.files) - 1
 
     def merge(self, other: ArchiveIndex) -> ArchiveIndex:
         """Union of two indexes (built by different workers); entries of `self` win on conflict."""
-        shift = len(self.files)
-        self.files.extend(other.files)
         for key, (file_id, offset) in other.entries.items():
-            self.entries.setdefault(key, (file_id + shift, offset))
+            if key not in self.entries:
+                self.entries[key] = (self._file_id(other.files[file_id]), offset)
         for key, target in other.redirects.items():
             self.redirects.setdefault(key, target)
         return self
@@ -462,9 +462,7 @@ class ArchiveIndex:
         return len(self.entries)
 
     def lookup(self, url: str) -> tuple[str, int] | None:
-        """(WARC path, record offset) of the capture of `url`, following archived redirects."""
-        from m3w_builder.dedup import url_key
-
+        """(archive path, record offset) of the capture of `url`, following archived redirects."""
         key = url_key(url)
         for _ in range(_MAX_ARCHIVE_REDIRECTS + 1):
             if key in self.entries:
@@ -483,24 +481,12 @@ class ArchiveIndex:
         if where is None:
             return None
         path, offset = where
-        return read_payload_at(path, offset, max_bytes)
-
-
-def read_payload_at(path: str, offset: int, max_bytes: int | None = None) -> bytes:
-    """The HTTP payload of the WARC record at `offset` (a gzip member start in a .warc.gz)."""
-    from fastwarc.warc import ArchiveIterator
-
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            records = ArchiveIterator(f, parse_http=True, auto_decode="all", fsspec_args=False)
-            record = next(iter(records), None)
-            if record is None:
-                raise Skip("image.archive_error", f"no record at {path}:{offset}")
-            cap = -1 if max_bytes is None else max_bytes + 1
-            body = record.reader.read(cap)
-    except (OSError, ValueError) as e:
-        raise Skip("image.archive_error", f"{path}:{offset}: {e}") from None
-    if max_bytes is not None and len(body) > max_bytes:
-        raise Skip("image.too_large_bytes", f"archived record {path}:{offset} > {max_bytes}")
-    return body
+        try:
+            body = read_record_at(path, offset).body
+        except Skip as e:
+            raise Skip("image.archive_error", e.detail or e.code) from None
+        except OSError as e:
+            raise Skip("image.archive_error", f"{path}@{offset}: {e}") from None
+        if max_bytes is not None and len(body) > max_bytes:
+            raise Skip("image.too_large_bytes", f"archived {path}@{offset}: {len(body)} bytes")
+        return body

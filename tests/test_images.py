@@ -37,6 +37,7 @@ from m3w_builder.images import (
     strip_jpeg_metadata,
 )
 from m3w_builder.reasons import Counts, Skip
+from m3w_builder.sources import iter_records
 
 # What process_image does with every file of corpus images/pillow under the m3w profile. The
 # index's `pillow_load` column says what plain Pillow does; here every failure is a reason code.
@@ -314,12 +315,17 @@ def test_archive_revisits_and_merge(corpus: Path) -> None:
     folder = corpus / "warc" / "aut"
     counts = Counts()
     small = ArchiveIndex.build([folder / "issue-493.warc"], counts)
-    # w1.gif's revisit record comes before its response; both URLs spellings resolve.
+    # w1.gif's revisit record comes before its response; both URL spellings resolve.
     for name in ("w1.gif", "w2.gif", "w3.gif", "note.gif", "notekl.gif"):
         for scheme in ("http", "https"):
             data = small.read(f"{scheme}://auer.netzliteratur.net/wendelin/{name}")
             assert data is not None and data.startswith(b"GIF8"), name
     big = ArchiveIndex.build([folder / "example.warc.gz"], Counts())
+    # One pass with the page reader gives the same index as build().
+    one_pass = ArchiveIndex()
+    for record in iter_records(str(folder / "example.warc.gz"), Counts(), max_body_bytes=None):
+        one_pass.add(record)
+    assert one_pass.entries == big.entries and one_pass.redirects == big.redirects
     merged = pickle.loads(pickle.dumps(big)).merge(small)
     assert len(merged) == len(big) + len(small) and len(merged.files) == 2
     assert merged.lookup("https://auer.netzliteratur.net/wendelin/w1.gif")[0].endswith("493.warc")
