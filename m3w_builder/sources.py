@@ -1157,14 +1157,17 @@ def _expand_one(item: str) -> list[str]:
     return [local] if os.path.exists(local) else []
 
 
-URL_LIST_SUFFIXES = (".txt", ".urls")
+URL_LIST_SUFFIXES = (".txt", ".urls", ".txt.gz", ".urls.gz")
 
 
 def iter_url_list(path: str) -> Iterator[str]:
-    """URLs from a list file: one per line; blank lines and `#` comments are ignored, as are
-    trailing comments after whitespace (`http://a.com/  # seen twice`)."""
+    """URLs from a list file (gzipped or not): one per line; blank lines and `#` comments are
+    ignored, as are trailing comments after whitespace (`http://a.com/  # seen twice`)."""
     with open_input(path) as raw:
-        for raw_line in raw:
+        head = raw.read(len(GZIP_MAGIC))
+        raw.seek(0)
+        lines: Any = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
+        for raw_line in lines:
             line = raw_line.decode("utf-8", errors="replace").strip()
             if not line or line.startswith("#"):
                 continue

@@ -626,3 +626,6 @@ def test_iter_url_list(tmp_path: Path) -> None:
         "https://b.test/x?y=1",
         "http://c.test/#frag",
     ]
+    zipped = tmp_path / "seed.txt.gz"
+    zipped.write_bytes(gzip.compress(urls.read_bytes()))
+    assert list(iter_url_list(str(zipped))) == list(iter_url_list(str(urls)))
