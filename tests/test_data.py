@@ -291,3 +291,31 @@ def test_m3w_record_roundtrip_through_loader(tmp_path, tokenizer, processor):
     assert batch["preceding"][0, 0]
     record = json.loads(json.dumps(doc.to_json()))
     assert record["images"][1]["attach"] == "preceding"
+
+
+# ---------------------------------------------------------------- shards built from the dev corpus
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_loader_over_corpus_built_shards(corpus, tmp_path, tokenizer, processor):
+    """Real archived pages → `m3w build` (in-process stages, images from the WARC) → the loader."""
+    from m3w_builder.config import BuildConfig
+    from pipelines.build import JobOptions, run_build
+
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.offline = True  # images only from the archive: no network in tests
+    warcs = sorted(str(p) for p in (corpus / "warc" / "aut").glob("*.warc*"))
+    report = run_build(warcs, config, JobOptions(out=str(tmp_path), progress=False), use_ray=False)
+    if report["documents"] == 0:
+        pytest.skip("the corpus build kept no document with an image")
+    stream = _stream(tmp_path / "shards", tokenizer, processor, num_workers=1, batch_size=1)
+    stream.cfg.seq_len = 256
+    batches = list(stream)
+    assert len(batches) == report["documents"]
+    tok = _tok(tokenizer)
+    for b in batches:
+        ids = b["input_ids"][0]
+        n_img = int((ids == tok.image).sum())
+        assert int(b["image_valid"][0].sum()) == min(n_img, 5)  # every image in the window decodes
+        assert ids[0] == tok.bos or b["attention_mask"][0].sum() == 256
+        if b["media_mask"] is not None:  # a token attends only to valid slots
+            assert not b["media_mask"][0][:, ~b["image_valid"][0]].any()
