@@ -32,8 +32,11 @@ import io
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
@@ -42,7 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from m3w_builder.config import BuildConfig, ImageConfig
 from m3w_builder.dedup import ImageDedup, url_key
 from m3w_builder.document import Document, ImageNode
-from m3w_builder.fetch import ArchiveIndex, Fetcher, run_async, sniff_image_format
+from m3w_builder.fetch import ArchiveIndex, Fetcher, sniff_image_format
 from m3w_builder.reasons import Counts, Skip
 
 log = logging.getLogger(__name__)
@@ -362,8 +365,166 @@ def resolve_images(
     (dedup.ImageDedup), the `max_images_per_doc` cap (`image.over_doc_limit`), and documents left
     with fewer than `min_images_per_doc` images are dropped as `doc.no_images` (Flamingo keeps only
     pages with an image). Kept documents are returned in input order and are modified in place.
-    Synchronous: the asyncio fetcher runs in its own event loop inside.
+    Synchronous: the asyncio fetcher runs in its own event loop inside. For many batches,
+    `iter_resolved` (or one `ImageResolver`) keeps the connections and DNS cache between them.
     """
+    with ImageResolver(config, archive) as resolver:
+        return resolver.resolve(docs, counts)
+
+
+def iter_resolved(
+    docs: Iterable[Document],
+    config: BuildConfig,
+    counts: Counts,
+    archive: ArchiveIndex | None = None,
+    *,
+    batch_docs: int = 32,
+    window: int = 4,
+) -> Iterator[Document]:
+    """`resolve_images` over a stream: batches of `batch_docs` documents with up to `window`
+    batches in flight, kept documents yielded in input order. Overlapping batches hides the tail
+    of each one (a single image stuck until its timeout no longer idles the whole fetcher); memory
+    stays bounded by window × batch_docs documents."""
+    pending: deque[_Pending] = deque()
+    with ImageResolver(config, archive) as resolver:
+        batch: list[Document] = []
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) >= batch_docs:
+                pending.append(resolver.submit(batch, counts))
+                batch = []
+                while len(pending) >= window:
+                    yield from pending.popleft().result()
+        if batch:
+            pending.append(resolver.submit(batch, counts))
+        while pending:
+            yield from pending.popleft().result()
+
+
+class ImageResolver:
+    """A persistent asyncio loop (in a helper thread) with one Fetcher, shared by many batches:
+    keep-alive connections, the DNS cache and the global concurrency limit span batches.
+
+        with ImageResolver(config, archive) as resolver:
+            kept = resolver.resolve(docs, counts)          # or .submit(docs, counts).result()
+
+    `counts` and the documents are touched only in the calling thread (in `submit` and in
+    `result()`); the loop thread only produces per-URL outcomes. Because the loop has a thread of
+    its own, this also works when the caller already runs an event loop (an async Ray actor)."""
+
+    def __init__(self, config: BuildConfig, archive: ArchiveIndex | None = None) -> None:
+        self.config = config
+        self.archive = archive
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._fetcher: Fetcher | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def __enter__(self) -> ImageResolver:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="m3w-image-loop", daemon=True
+        )
+        self._thread.start()
+        self._call(self._open())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._call(self._close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join()
+            self._loop.close()
+            self._loop = None
+
+    def _call(self, coro: Any) -> Any:
+        assert self._loop is not None, "use `with ImageResolver(...)`"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _open(self) -> None:
+        self._slots = asyncio.Semaphore(max(1, self.config.fetch.concurrency))
+        if not self.config.fetch.offline:
+            self._fetcher = await Fetcher(self.config.fetch).__aenter__()
+
+    async def _close(self) -> None:
+        if self._fetcher is not None:
+            await self._fetcher.__aexit__(None, None, None)
+            self._fetcher = None
+
+    def resolve(self, docs: list[Document], counts: Counts) -> list[Document]:
+        return self.submit(docs, counts).result()
+
+    def submit(self, docs: list[Document], counts: Counts) -> _Pending:
+        """Start resolving a batch; `.result()` on the returned handle finishes it."""
+        urls = _distinct_urls(docs, counts)
+        assert self._loop is not None, "use `with ImageResolver(...)`"
+        future = asyncio.run_coroutine_threadsafe(self._resolve_all(urls), self._loop)
+        return _Pending(docs, future, self.config, counts)
+
+    async def _resolve_all(self, urls: list[str]) -> dict[str, _Outcome]:
+        """Every URL → its outcome. At most `fetch.concurrency` URLs are in flight at once (across
+        batches), which bounds memory to about concurrency × max_bytes of raw bodies (decoded
+        pixels live only inside one decode call per worker thread)."""
+        results = await asyncio.gather(*(self._one(u) for u in urls))
+        return dict(zip(urls, results, strict=True))
+
+    async def _one(self, url: str) -> _Outcome:
+        config, loop = self.config, asyncio.get_running_loop()
+        pool = decoder_pool(config.images.decode_workers)
+        assert self._slots is not None
+        async with self._slots:
+            source = ""
+            try:
+                if url.startswith("data:"):
+                    source = "data_uri"
+                    data = decode_data_uri(url)
+                    return _Outcome(
+                        await loop.run_in_executor(pool, _process, data, config), None, source
+                    )
+                if self.archive is not None:
+                    stored = await loop.run_in_executor(
+                        pool, _from_archive, self.archive, url, config
+                    )
+                    if stored is not None:
+                        return _Outcome(stored, None, "archive")
+                if self._fetcher is None:
+                    return _Outcome(None, "image.not_archived")
+                source = "web"
+                cap = min(config.images.max_bytes, config.fetch.max_response_bytes)
+                result = await self._fetcher.fetch(url, sniff=True, max_bytes=cap)
+                stored = await loop.run_in_executor(pool, _process, result.body, config)
+                return _Outcome(stored, None, source)
+            except Skip as e:
+                log.debug("image skipped: %s (%s)", e, url[:200])
+                return _Outcome(None, e.code, source)
+            except Exception:  # a bug or an unforeseen decoder error: one image, not the job
+                log.exception("image failed unexpectedly: %s", url[:200])
+                return _Outcome(None, "image.internal_error", source)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A submitted batch; `result()` waits for its outcomes and applies them to the documents."""
+
+    docs: list[Document]
+    future: Future[dict[str, _Outcome]]
+    config: BuildConfig
+    counts: Counts
+
+    def result(self) -> list[Document]:
+        outcomes = self.future.result()
+        for outcome in outcomes.values():  # progress: where each distinct URL's bytes came from
+            if outcome.stored is not None:
+                self.counts[f"image.from_{outcome.source}"] += 1
+        return [doc for doc in self.docs if _finish(doc, outcomes, self.config, self.counts)]
+
+
+def _distinct_urls(docs: list[Document], counts: Counts) -> list[str]:
+    """Drop a URL repeated inside one page (fetched and kept once), and list the batch's URLs."""
     wanted: dict[str, None] = {}
     for doc in docs:
         seen: set[str] = set()
@@ -371,20 +532,14 @@ def resolve_images(
         for node in doc.nodes:
             if isinstance(node, ImageNode):
                 key = node.src if node.src.startswith("data:") else url_key(node.src)
-                if key in seen:  # the same URL twice in one page: fetch and keep it once
+                if key in seen:
                     _drop(doc, "image.duplicate", counts)
                     continue
                 seen.add(key)
                 wanted[node.src] = None
             kept_nodes.append(node)
         doc.nodes = kept_nodes
-    outcomes = run_async(_resolve_all(list(wanted), config, archive)) if wanted else {}
-    for (
-        outcome
-    ) in outcomes.values():  # progress counters: where each distinct URL's bytes came from
-        if outcome.stored is not None:
-            counts[f"image.from_{outcome.source}"] += 1
-    return [doc for doc in docs if _finish(doc, outcomes, config, counts)]
+    return list(wanted)
 
 
 def _drop(doc: Document, code: str, counts: Counts) -> None:
@@ -427,54 +582,6 @@ def _finish(
         counts["doc.no_images"] += 1
         return False
     return True
-
-
-async def _resolve_all(
-    urls: list[str], config: BuildConfig, archive: ArchiveIndex | None
-) -> dict[str, _Outcome]:
-    """Every URL → its outcome. At most `fetch.concurrency` URLs are in flight at once, which bounds
-    memory to about concurrency × max_bytes of raw bodies (decoded pixels live only inside one
-    decode call per worker thread)."""
-    loop = asyncio.get_running_loop()
-    pool = decoder_pool(config.images.decode_workers)
-    slots = asyncio.Semaphore(max(1, config.fetch.concurrency))
-    need_web = not config.fetch.offline
-    cap = min(config.images.max_bytes, config.fetch.max_response_bytes)
-    fetcher = Fetcher(config.fetch)
-
-    async def one(url: str) -> _Outcome:
-        async with slots:
-            source = ""
-            try:
-                if url.startswith("data:"):
-                    source = "data_uri"
-                    data = decode_data_uri(url)
-                    return _Outcome(
-                        await loop.run_in_executor(pool, _process, data, config), None, source
-                    )
-                if archive is not None:
-                    stored = await loop.run_in_executor(pool, _from_archive, archive, url, config)
-                    if stored is not None:
-                        return _Outcome(stored, None, "archive")
-                if not need_web:
-                    return _Outcome(None, "image.not_archived")
-                source = "web"
-                result = await fetcher.fetch(url, sniff=True, max_bytes=cap)
-                stored = await loop.run_in_executor(pool, _process, result.body, config)
-                return _Outcome(stored, None, source)
-            except Skip as e:
-                log.debug("image skipped: %s (%s)", e, url[:200])
-                return _Outcome(None, e.code, source)
-            except Exception:  # a bug or an unforeseen decoder error: one image, not the job
-                log.exception("image failed unexpectedly: %s", url[:200])
-                return _Outcome(None, "image.internal_error", source)
-
-    if need_web:
-        async with fetcher:
-            results = await asyncio.gather(*(one(u) for u in urls))
-    else:
-        results = await asyncio.gather(*(one(u) for u in urls))
-    return dict(zip(urls, results, strict=True))
 
 
 def _process(data: bytes, config: BuildConfig) -> StoredImage:

@@ -30,6 +30,7 @@ from m3w_builder.dedup import hamming
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.fetch import ArchiveIndex
 from m3w_builder.images import (
+    iter_resolved,
     phash,
     process_image,
     resolve_images,
@@ -568,3 +569,27 @@ def test_resolve_images_inside_a_running_event_loop() -> None:
 
     [kept] = asyncio.run(caller())
     assert kept.image_nodes[0].width == 90
+
+
+def test_iter_resolved_streams_in_order(server: LocalServer) -> None:
+    urls = [
+        server.add(f"/stream/{i}.png", drawn_image(100, 90, "PNG", seed=40 + i)) for i in range(7)
+    ]
+
+    def docs() -> list[Document]:
+        out = []
+        for i in range(10):
+            nodes: list[Any] = [TextNode(f"doc {i}"), ImageNode(urls[i % 7])]
+            if i % 3 == 0:  # every third page has only a broken image: dropped as doc.no_images
+                nodes = [TextNode(f"doc {i}"), ImageNode(server.url("/status/404"))]
+            out.append(Document(f"http://site/{i}", nodes))
+        return out
+
+    batch_counts, stream_counts = Counts(), Counts()
+    whole = resolve_images(docs(), web_config(), batch_counts)
+    streamed = list(iter_resolved(docs(), web_config(), stream_counts, batch_docs=3, window=2))
+    assert [d.url for d in streamed] == [d.url for d in whole]
+    assert [d.url for d in streamed] == [f"http://site/{i}" for i in range(10) if i % 3]
+    assert [d.image_nodes[0].sha256 for d in streamed] == [d.image_nodes[0].sha256 for d in whole]
+    assert stream_counts["doc.no_images"] == batch_counts["doc.no_images"] == 4
+    assert stream_counts["image.kept"] == batch_counts["image.kept"] == 6
