@@ -77,9 +77,10 @@ def layout(record: dict[str, Any]) -> tuple[list[Row], dict[int, tuple[int, int]
             rows.append(Row(pos=pos, text=text, chunk=number))
     spans: dict[int, tuple[int, int]] = {}
     for i, row in enumerate(rows):
-        if row.image is None:
-            continue
-        seen_chunk = row.number if row.image.get("attach") == "following" else row.number - 1
+        attach = row.image.get("attach") if row.image is not None else None
+        if attach not in ("following", "preceding"):
+            continue  # text rows, and images with no valid attachment (verify: schema.attach)
+        seen_chunk = row.number if attach == "following" else row.number - 1
         text_rows = [j for j, r in enumerate(rows) if r.text is not None and r.chunk == seen_chunk]
         spans[row.number] = (min([i, *text_rows]), max([i, *text_rows]))
     return rows, spans
@@ -249,7 +250,8 @@ def document_card(sample: Sample, index: int) -> str:
                     style = f' class="br {ends}{mark}" style="--c:{colour[number]}"'
             gutter.append(f"<div{style}></div>")
         cells.append("".join(gutter))
-        cells.append(_content(row, colour, seen_by.get(r, []), sample))
+        lonely = row.number in spans and spans[row.number] == (r, r)
+        cells.append(_content(row, colour, seen_by.get(r, []), sample, lonely))
     cells.append('<div class="tok" style="grid-column: 1 / -1">&lt;EOC&gt; &lt;EOS&gt;</div>')
     grid = (
         f'<div class="doc-grid" style="grid-template-columns: repeat({n_cols}, 14px) 1fr">'
@@ -281,12 +283,19 @@ def _short(v: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def _content(row: Row, colour: dict[int, str], seen: list[int], sample: Sample) -> str:
+def _content(
+    row: Row, colour: dict[int, str], seen: list[int], sample: Sample, lonely: bool = False
+) -> str:
+    """One row's HTML; `lonely`: the image's chunk holds no text, so no text token attends to it."""
     if row.image is not None:
         im = row.image
         n = row.number
-        following = im.get("attach") == "following"
-        arrow = "attached → following text ↓" if following else "attached ← preceding text ↑"
+        arrow = {
+            "following": "attached → following text ↓",
+            "preceding": "attached ← preceding text ↑",
+        }.get(im.get("attach"), f"attach={im.get('attach')!r}: seen by no text")
+        if lonely:
+            arrow += " · no text there: seen by no text token"
         uri, fmt = data_uri(sample.members.get(str(im.get("member"))))
         size = f"{im.get('width')}×{im.get('height')}" if im.get("width") else "?×?"
         if uri:
@@ -294,7 +303,8 @@ def _content(row: Row, colour: dict[int, str], seen: list[int], sample: Sample) 
         else:
             pic = f'<div class="noimg">image {esc(fmt)}</div>'
         caption = (
-            f'<div class="cap"><span class="badge" style="background:{colour[n]}">image {n} · {arrow}</span> '
+            f'<div class="cap"><span class="badge" style="background:{colour.get(n, "#777")}">'
+            f"image {n} · {arrow}</span> "
             f"{size} · {esc(fmt)} · <code>{esc(im.get('member'))}</code>"
             + (f' · alt="{esc(im["alt"])}"' if im.get("alt") else "")
             + "</div>"
@@ -302,7 +312,7 @@ def _content(row: Row, colour: dict[int, str], seen: list[int], sample: Sample) 
         return (
             f'<div class="row img-row" data-image="{n}" data-attach="{esc(im.get("attach"))}">'
             f'<div class="tok">&lt;EOC&gt; &lt;image&gt;</div>'
-            f'<figure style="--c:{colour[n]}">{pic}{caption}</figure></div>'
+            f'<figure style="--c:{colour.get(n, "#777")}">{pic}{caption}</figure></div>'
         )
     text = row.text or ""
     hidden = ""

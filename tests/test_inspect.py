@@ -636,3 +636,49 @@ def _end_marker_end(path: Path) -> int:
     with tarfile.open(path) as tar:
         last = tar.getmembers()[-1]
     return last.offset_data + last.size + (-last.size % 512) + 1024
+
+
+# ------------------------------------------------------------------------------------ html layout
+
+
+def _record(*nodes: str) -> dict:
+    """'t' a text, 'f'/'p' an image attached following/preceding."""
+    texts = [f"text {i}" if n == "t" else None for i, n in enumerate(nodes)]
+    images = [
+        None
+        if n == "t"
+        else {"member": f"{i}.jpg", "attach": {"f": "following", "p": "preceding"}[n]}
+        for i, n in enumerate(nodes)
+    ]
+    return {"texts": texts, "images": images}
+
+
+def test_layout_joins_each_image_to_the_chunk_that_sees_it():
+    from pipelines.inspect_html import assign_columns, layout
+
+    # per-document draw, following: image k with the text after it; one gutter column suffices
+    rows, spans = layout(_record("t", "f", "t", "t", "f", "t"))
+    assert spans == {1: (1, 3), 2: (4, 5)} and set(assign_columns(spans).values()) == {0}
+    # preceding: image k with the text before it (chunk k-1)
+    rows, spans = layout(_record("t", "t", "p", "t", "p"))
+    assert spans == {1: (0, 2), 2: (3, 4)}
+    # per-image draw (DESIGN §4): the chunk between a following and a preceding image sees both,
+    # so the two brackets overlap on it and need two columns
+    rows, spans = layout(_record("t", "f", "t", "p", "t"))
+    assert spans == {1: (1, 2), 2: (2, 3)}
+    assert sorted(assign_columns(spans).values()) == [0, 1]
+    # an image whose chunk has no text: its bracket is the image row alone
+    rows, spans = layout(_record("p", "t", "f", "f", "t"))
+    assert spans == {1: (0, 0), 2: (2, 2), 3: (3, 4)}
+
+
+def test_gallery_card_says_when_no_text_sees_an_image():
+    from pipelines.inspect_html import document_card
+    from pipelines.inspect_read import Sample
+
+    record = {"url": "https://x/", **_record("p", "t", "f")}
+    html = document_card(Sample(shard="s.tar", key="k" * 32, offset=0, record=record), 0)
+    # image 1 is preceding with nothing before it; image 2 following with nothing after it; the
+    # text between them belongs to neither's chunk (DESIGN §4), so it sees no image
+    assert html.count("seen by no text token") == 2
+    assert html.count('data-sees="2"') == 0 and html.count("sees no image") == 1
