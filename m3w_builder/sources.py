@@ -271,6 +271,9 @@ _PADDING = b"\r\n\x00 \t"
 # `(?m)^` makes a search try line starts only; each line is bounded so a search stays linear.
 # WARC/0.17 and 0.18 (pre-ISO drafts) are still common in 2008-era Archive-It crawls.
 _WARC_START = re.compile(rb"(?m)^WARC/[01]\.\d{1,2}\r?\n")
+# Resync after damage also accepts a version line that is not at a line start (a record cut in
+# half is followed directly by the next header) when a WARC header field follows it.
+_WARC_RESYNC = re.compile(rb"WARC/[01]\.\d{1,2}\r?\n(?:WARC-|Content-)")
 _ARC_START = re.compile(
     rb"(?m)^[A-Za-z][A-Za-z0-9+.\-]{0,30}:[^\r\n]{0,8192}? \d{14,18} [^ \r\n]{1,200}"
     rb"(?: [^ \r\n]{1,2000}){0,5} -?\w{1,20}\r?\n"
@@ -427,6 +430,24 @@ class _Stream:
             if len(self.buf) > limit or not self._fill():
                 return self.read(min(len(self.buf), limit))
 
+    def read_header_block(self, limit: int = _MAX_HEADER_BYTES) -> bytes:
+        """Bytes up to and including the blank line that ends a header block."""
+        searched = 0
+        while True:
+            ends = [
+                i
+                for i in (self.buf.find(b"\n\r\n", searched), self.buf.find(b"\n\n", searched))
+                if i >= 0
+            ]
+            if ends:
+                end = min(ends)
+                return self.read(end + (3 if self.buf[end + 1] == 0x0D else 2))
+            if len(self.buf) > limit:
+                raise _Corrupt(f"header block over {limit} bytes")
+            searched = max(0, len(self.buf) - 2)
+            if not self._fill():
+                raise _Corrupt("header block ends before its blank line")
+
     def read(self, n: int) -> bytes:
         while len(self.buf) < n and self._fill():
             pass
@@ -485,7 +506,12 @@ class _Stream:
         was a newline or it begins a gzip member / follows a break (a fresh start)."""
         for match in pattern.finditer(self.buf):
             at = match.start()
-            if at > 0 or self.last in (None, 0x0A) or self._fresh_start():
+            if (
+                at > 0
+                or pattern is _WARC_RESYNC
+                or self.last in (None, 0x0A)
+                or self._fresh_start()
+            ):
                 return at
         return None
 
@@ -496,7 +522,7 @@ class _Stream:
 
     def _forget(self) -> None:
         """Keep the member and break lists short: only what may still matter."""
-        if len(self.members) > 32:
+        if len(self.members) > 64:
             older = [m for m in self.members if m[0] <= self.pos]
             self.members = older[-1:] + [m for m in self.members if m[0] > self.pos]
         if len(self.breaks) > 32:
@@ -519,13 +545,13 @@ class _RawRecord:
     truncated: bool = False
 
 
-def _parse_header_lines(lines: list[bytes]) -> dict[str, str]:
+def _parse_header_block(block: bytes) -> dict[str, str]:
     """`Name: value` lines (RFC 9112 §5; WARC §4) into a dict; continuation lines are folded.
     Bytes are read as UTF-8 where valid, else Latin-1 (RFC 9110 §5.5: header octets are opaque)."""
     headers: dict[str, str] = {}
     last = None
-    for raw in lines:
-        line = _header_text(raw).rstrip("\r\n")
+    for line in _header_text(block).split("\n"):
+        line = line.rstrip("\r")
         if not line:
             continue
         if line[0] in " \t" and last is not None:
@@ -561,20 +587,22 @@ class _Reader:
         self.stream = stream
         self.max_block = max_block
         self.arc_version = 1
-        self.patterns: tuple[re.Pattern[bytes], ...] = (_WARC_START, _ARC_START)
+        self.patterns: tuple[re.Pattern[bytes], ...] = (_WARC_RESYNC, _ARC_START)
         self.gaps: list[str] = []  # skipped non-record bytes, reported by the caller
+        self.start = 0  # stream position of the record being read
 
     def next_record(self) -> _RawRecord | None:
         """The next record; None at the end; raises _Corrupt (stream left at the bad record)."""
         stream = self.stream
+        self.start = stream.pos
         stream.skip_padding()
         head = stream.peek(16)
         if not head:
             return None
-        start = stream.pos
+        start = self.start = stream.pos
         if _WARC_START.match(stream.peek(16)):
             record = self._warc(start)
-            self.patterns = (_WARC_START,)  # resync looks for what this file is made of
+            self.patterns = (_WARC_RESYNC,)  # resync looks for what this file is made of
         else:
             record = self._arc(start)
             self.patterns = (_ARC_START,)
@@ -615,29 +643,17 @@ class _Reader:
         return data[:length], False
 
     def _warc(self, start: int) -> _RawRecord:
-        stream = self.stream
-        stream.read_line()  # WARC/1.x
-        lines: list[bytes] = []
-        size = 0
-        while True:
-            line = stream.read_line()
-            if not line:
-                raise _Corrupt("WARC header block ends before its blank line")
-            if line in (b"\r\n", b"\n"):
-                break
-            size += len(line)
-            if size > _MAX_HEADER_BYTES:
-                raise _Corrupt("WARC header block over 64 KB")
-            lines.append(line)
-        headers = _parse_header_lines(lines)
+        head = self.stream.read_header_block()
+        headers = _parse_header_block(head[head.find(b"\n") + 1 :])  # after the version line
+        lower = {k.lower(): v for k, v in headers.items()}
         try:
-            length = int(_get(headers, "Content-Length"))
+            length = int(lower.get("content-length", ""))
         except ValueError as exc:
-            raise _Corrupt(f"bad Content-Length {_get(headers, 'Content-Length')!r}") from exc
+            raise _Corrupt(f"bad Content-Length {lower.get('content-length')!r}") from exc
         if length < 0:
             raise _Corrupt(f"negative Content-Length {length}")
         block, truncated = self._block(length, _warc_tail_ok)
-        record_type = _get(headers, "WARC-Type", "unknown").lower()
+        record_type = lower.get("warc-type", "unknown").lower()
         return _RawRecord(start, record_type, headers, block, truncated)
 
     def _arc(self, start: int) -> _RawRecord:
@@ -774,7 +790,7 @@ def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
         status: int | None = int(parts[1])
     except (IndexError, ValueError) as exc:
         raise _Corrupt(f"bad HTTP status line {status_line[:60]!r}") from exc
-    headers = _parse_header_lines(lines[1:])
+    headers = _parse_header_block(b"\n".join(lines[1:]))
     if raw.truncated or raw.record_type == "revisit":
         return status, headers, body  # a revisit has no payload to decode (WARC §6.7)
     if "chunked" in _get(headers, "Transfer-Encoding").lower():
@@ -888,18 +904,20 @@ def _read_all(
 ) -> Iterator[ArchiveRecord]:
     stream = reader.stream
     while True:
-        start = stream.pos
         try:
             record = reader.next_record()
         except _Corrupt as exc:
+            start = reader.start
             counts["warc.corrupt_record"] += 1
             logger.warning("warc.corrupt_record %s@%d: %s", path, stream.raw_offset(start), exc)
-            if not reader.resync(start):
+            found = reader.resync(start)
+            stream.take_breaks(stream.pos)  # damage inside the skipped span is this one count
+            if not found:
                 return
             continue
         except OSError as exc:  # the file went away or an fsspec read failed mid-way
             counts["warc.unreadable"] += 1
-            logger.warning("warc.unreadable %s@%d: %s", path, stream.raw_offset(start), exc)
+            logger.warning("warc.unreadable %s@%d: %s", path, stream.raw_offset(reader.start), exc)
             return
         _count_gaps(reader, path, counts)
         if record is None:
