@@ -55,9 +55,10 @@ _CJK_RE = re.compile(rf"[{_CJK}]")
 # Everything that is not a letter: whitespace, digits, punctuation, symbols, emoji (OBELICS's
 # SPECIAL_CHARACTERS are string.punctuation + digits + whitespace + symbols + emoji).
 _NON_LETTERS_RE = re.compile(r"[\W\d_]+")
-# Gopher's "words with an alphabetic character": one match per whitespace token holding a letter
-# (the leading \S* spans the whole token, so a token never matches twice).
-_ALPHA_TOKEN_RE = re.compile(r"\S*[^\W\d_]\S*")
+# Gopher's "words with an alphabetic character": one match per whitespace token holding a letter.
+# The look-behind starts a match only at a token's first character, so a letterless token costs one
+# linear scan (an unanchored `\S*[^\W\d_]` retries at every offset: quadratic on a long token).
+_ALPHA_TOKEN_RE = re.compile(r"(?<!\S)\S*?[^\W\d_]")
 _PUNCT = ".,!?;:…。、，！？；："
 # OBELICS compute_punctuation_ratio: words `[\w']+` and punctuation marks, each counted once.
 _PUNCT_SPLIT_RE = re.compile(rf"[\w']+|[{re.escape(_PUNCT)}]")

@@ -567,3 +567,19 @@ def test_any_text_gives_a_code_or_none_never_an_error(texts: list[str], profile:
     kept = [t for t in doc.texts if t is not None]
     assert len(kept) + len(doc.drops) == len(texts)
     assert 0.0 <= doc.lang_score <= 1.0
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["1" * 100_000, "a" + "!" * 100_000, "a!" * 50_000, "x" + "-" * 100_000 + "y"],
+    ids=["digits", "letter-then-marks", "alternating", "long-inner"],
+)
+def test_long_tokens_are_linear_not_quadratic(token: str) -> None:
+    """Regex guard: a 100,000-character token must not trigger backtracking at every offset (an
+    unanchored `\\S*[^\\W\\d_]` took 2 s on 8,000 digits and grows quadratically). No time assert;
+    a regression shows up as a hung test."""
+    for profile in ("m3w", "obelics"):
+        doc = doc_of(GOOD, token)
+        code = apply_text_filters(doc, BuildConfig.for_profile(profile).text)
+        assert code is None or code.startswith("text.")
+    assert words_of(token) in ([], ["a"], [token], ["a!" * 49_999 + "a"])
