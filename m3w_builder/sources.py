@@ -892,11 +892,21 @@ def iter_records(
         logger.warning("warc.unreadable %s: %s", path, exc)
         return
     with raw:
-        head = raw.read(len(GZIP_MAGIC))
+        head = raw.read(_READ_SIZE)
         raw.seek(0)
-        stream = _Stream(raw, gzipped=head.startswith(GZIP_MAGIC))
+        stream = _Stream(raw, gzipped=_is_gzipped(head))
         reader = _Reader(stream, max_block=max_body_bytes)
         yield from _read_all(reader, path, counts, types)
+
+
+def _is_gzipped(head: bytes) -> bool:
+    """Gzip magic first; or, when the file starts with damage, a gzip magic in the first 64 KB
+    and no plain WARC/ARC header there."""
+    if head.startswith(GZIP_MAGIC):
+        return True
+    if _WARC_RESYNC.search(head) or _ARC_START.search(head):
+        return False
+    return GZIP_MAGIC in head
 
 
 def _read_all(
@@ -975,6 +985,7 @@ def read_record_at(path: str, offset: int) -> ArchiveRecord:
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Servers label HTML with these when they don't know better; the body decides (WHATWG sniffing).
 _UNLABELLED = frozenset({"", "unk", "unknown", "no-type", "application/octet-stream"})
+ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz", ".xhtml.gz")
 _PAGE_TYPES = frozenset({"response", "resource", "revisit"})
 
@@ -995,7 +1006,8 @@ def iter_pages(path: str, counts: Counts, config: SourceConfig | None = None) ->
             yield from iter_pages(child, counts, config)
         return
     kind = sniff_format(path)
-    if kind in ("warc", "arc"):
+    if kind in ("warc", "arc") or (kind == "unknown" and path.lower().endswith(ARCHIVE_SUFFIXES)):
+        # An archive whose first record is damaged still goes to the reader, which resyncs.
         yield from _archive_pages(path, counts, config)
     elif kind == "html" or path.lower().endswith(HTML_SUFFIXES):
         page = _file_page(path, counts, config)

@@ -515,6 +515,12 @@ def test_unreadable_and_junk_files_never_raise(tmp_path: Path) -> None:
     counts = Counts()
     assert list(iter_records(str(junk), counts)) == []
     assert counts["warc.corrupt_record"] >= 1
+    damaged_start = tmp_path / "damaged.warc.gz"
+    write_warc(damaged_start, gz=True, n=2)
+    damaged_start.write_bytes(b"junk" * 10 + damaged_start.read_bytes())
+    counts = Counts()
+    assert _urls(damaged_start, counts) == ["0", "1"]
+    assert _codes(counts) == {"warc.corrupt_record": 1}
     noise = tmp_path / "noise.bin"
     noise.write_bytes(bytes(range(256)) * 40)
     counts = Counts()
