@@ -87,6 +87,7 @@ def run_build(
     ):  # a watchdog _exit() would take the whole driver down: no retry to skip the page
         extract_options.page_kill_timeout_s = 0.0
     progress = _Progress(len(units), enabled=options.progress)
+    limit = _PrefixLimit(options.max_docs, len(units)) if options.max_docs else None
     with _RayExecutor(options) if use_ray else _LocalExecutor() as executor:
         # stage 1: extract (and index archives)
         extract_stats = executor.map(
@@ -95,8 +96,14 @@ def run_build(
             (config, job, extract_options),
             marker=lambda u: job.extract_stats(u.index),
             on_done=progress.extracted,
+            stop=limit.reached if limit else None,
         )
         executor.raise_failures("extract")
+        if limit is not None:  # --max-docs: only the shortest prefix of units that holds N docs
+            limit.reached({st["unit"]: st for st in extract_stats})  # tasks that finished late
+            units = units[: limit.prefix]
+            extract_stats = [st for st in extract_stats if st["unit"] < limit.prefix]
+            progress.bar.total = progress.bar.n + len(units)  # the write tasks left
         # stage 2: decide (page/content dedup in the driver, then counts of the survivors)
         decisions = _decide(executor, job, units, extract_stats, config, options)
         archive = stages.load_archive_index(job, extract_stats)
@@ -121,6 +128,34 @@ def run_build(
     )
     stages.atomic_write_json(job.report, report)
     return report
+
+
+class _PrefixLimit:
+    """`--max-docs N` without reading every input: the shortest prefix of units (in input order)
+    whose documents, after page-URL and content dedup, number at least N. It depends only on the
+    inputs, not on which tasks happened to finish first, so a resumed or re-run job picks the
+    same prefix; units past it are cancelled or ignored."""
+
+    def __init__(self, max_docs: int, n_units: int) -> None:
+        self.max_docs = max_docs
+        self.prefix = n_units
+        self.found = False
+        self._checked = 0  # prefixes up to this length are known to hold fewer than N documents
+
+    def reached(self, results: dict[int, dict[str, Any]]) -> bool:
+        if self.found:
+            return True
+        while self._checked in results:
+            self._checked += 1
+            stats = [results[i] for i in range(self._checked)]
+            if sum(s["docs"] for s in stats) < self.max_docs:
+                continue  # cheap bound: dedup only removes documents
+            drops = stages.decide_duplicates(stats)
+            kept = sum(s["docs"] - len(drops.get(s["unit"], {})) for s in stats)
+            if kept >= self.max_docs:
+                self.prefix, self.found = self._checked, True
+                return True
+        return False
 
 
 def _decide(
@@ -170,19 +205,23 @@ class _LocalExecutor:
         *,
         marker: Callable[[stages.WorkUnit], Path] | None = None,
         on_done: Callable[[dict[str, Any], bool], None] | None = None,
+        stop: Callable[[dict[int, Any]], bool] | None = None,
     ) -> list[Any]:
-        """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back."""
-        results = []
+        """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back.
+        `stop(results by unit index)`, asked after each unit, ends the stage early when True."""
+        results: dict[int, Any] = {}
         for unit in units:
             if marker is not None and marker(unit).exists():
-                results.append(stages.read_json(marker(unit)))
+                results[unit.index] = stages.read_json(marker(unit))
                 resumed = True
             else:
-                results.append(fn(unit, *shared))
+                results[unit.index] = fn(unit, *shared)
                 resumed = False
             if on_done is not None:
-                on_done(results[-1], resumed)
-        return results
+                on_done(results[unit.index], resumed)
+            if stop is not None and stop(results):
+                break
+        return [results[u.index] for u in units if u.index in results]
 
     def raise_failures(self, stage: str) -> None:
         if self.failures:
@@ -217,7 +256,7 @@ class _RayExecutor(_LocalExecutor):
         if self.owns_ray:
             self.ray.shutdown()
 
-    def map(self, fn, units, shared, *, marker=None, on_done=None):  # noqa: D102 - see base
+    def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None):  # noqa: D102
         ray = self.ray
         remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(fn)
         shared_refs = [ray.put(arg) for arg in shared]
@@ -238,7 +277,11 @@ class _RayExecutor(_LocalExecutor):
                 if on_done is not None:
                     on_done(results[unit.index], False)
 
+        stopped = False
         for unit in units:
+            if stop is not None and stop(results):
+                stopped = True
+                break
             if marker is not None and marker(unit).exists():
                 results[unit.index] = stages.read_json(marker(unit))
                 if on_done is not None:
@@ -248,8 +291,15 @@ class _RayExecutor(_LocalExecutor):
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 collect(ready)
             pending[remote.remote(unit, *shared_refs)] = unit
+        if stopped:
+            for ref in pending:  # their outputs are temporary files until complete: harmless
+                ray.cancel(ref)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
+            if stopped:
+                for ref in ready:  # cancelled or finished: either way no longer needed
+                    pending.pop(ref)
+                continue
             collect(ready)
         return [results[u.index] for u in units if u.index in results]
 

@@ -517,3 +517,24 @@ def test_generated_crawl_builds_offline_from_the_archives_with_a_corrupt_file_am
     ]
     share = attach.count("following") / len(attach)
     assert abs(share - 0.5) < 4 * (0.25 / len(attach)) ** 0.5
+
+
+@pytest.mark.slow
+def test_max_docs_reads_only_the_shortest_prefix_of_units_that_holds_n_documents(
+    ray_cluster, site, site_build, tmp_path
+):
+    from pipelines.build import run_build
+
+    reference, _ = site_build
+    report = run_build([site["urls"]], _site_config(), _site_options(tmp_path / "cap", max_docs=6))
+    keys = _keys(tmp_path / "cap")
+    # units of 4 pages; dedup leaves 3 of the first 4 (page 3 copies page 2) and 4 of the next, so
+    # 2 units hold ≥ 6 documents; the first 6 are kept, then page 5 has no good image: 5 are written
+    assert report["pages"] == 8 and report["counts"]["job.max_docs"] == 1
+    assert len(keys) == report["documents"] == 5
+    assert keys == _keys(reference)[:5]  # the first documents in input order
+    again = run_build(
+        [site["urls"]], _site_config(), _site_options(tmp_path / "cap_local", max_docs=6),
+        use_ray=False,
+    )  # fmt: skip
+    assert again["pages"] == 8 and _keys(tmp_path / "cap_local") == keys
