@@ -733,7 +733,12 @@ class LanguageRule:
     name = "text.lang"
 
     def __init__(self, languages: Iterable[str] | None, min_score: float) -> None:
-        self.languages = frozenset(languages) if languages is not None else None
+        # "en-US", "EN" and "en" name the same language: the detector answers with ISO 639-1 codes
+        self.languages = (
+            frozenset(lang.lower().replace("_", "-").split("-")[0] for lang in languages)
+            if languages is not None
+            else None
+        )
         self.min_score = min_score
 
     def __call__(self, view: TextView) -> str | None:

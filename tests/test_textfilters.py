@@ -320,6 +320,8 @@ def test_doc_lang() -> None:
     assert doc_code(c, GOOD_FR) == "text.lang"
     assert doc_code(c, GOOD, GOOD2) is None
     assert doc_code(only(languages=["fr", "de"]), GOOD_FR) is None
+    assert doc_code(only(languages=["EN-us"]), GOOD) is None  # region and case are ignored
+    assert doc_code(only(min_lang_score=0.999999), "Tak.") == "text.lang"  # unsure: dropped
 
 
 # --- measures against hand-computed values ------------------------------------------------------------
