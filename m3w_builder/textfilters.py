@@ -640,6 +640,31 @@ class DupNgramChars:
         return None
 
 
+# --- rules: language ---------------------------------------------------------------------------
+
+
+class LanguageRule:
+    """Keep only `languages` (ISO 639-1) detected with at least `min_score` probability. OBELICS
+    keeps English documents whose fastText score is at least 0.8."""
+
+    name = "text.lang"
+
+    def __init__(self, languages: Iterable[str] | None, min_score: float) -> None:
+        # "en-US", "EN" and "en" name the same language: the detector answers with ISO 639-1 codes
+        self.languages = (
+            frozenset(lang.lower().replace("_", "-").split("-")[0] for lang in languages)
+            if languages is not None
+            else None
+        )
+        self.min_score = min_score
+
+    def __call__(self, view: TextView) -> str | None:
+        lang, score = view.lang, view.lang_score
+        if (self.languages is not None and lang not in self.languages) or score < self.min_score:
+            return self.name
+        return None
+
+
 # --- the whole filter ----------------------------------------------------------------------------
 
 
@@ -724,28 +749,6 @@ def document_rules(c: TextFilterConfig) -> list[Rule]:
     if c.doc_max_char_rep_ratio < 1:
         rules.append(CharRepetition("text.char_rep", c.doc_char_rep_n, c.doc_max_char_rep_ratio))
     return rules
-
-
-class LanguageRule:
-    """Keep only `languages` (ISO 639-1) detected with at least `min_score` probability. OBELICS
-    keeps English documents whose fastText score is at least 0.8."""
-
-    name = "text.lang"
-
-    def __init__(self, languages: Iterable[str] | None, min_score: float) -> None:
-        # "en-US", "EN" and "en" name the same language: the detector answers with ISO 639-1 codes
-        self.languages = (
-            frozenset(lang.lower().replace("_", "-").split("-")[0] for lang in languages)
-            if languages is not None
-            else None
-        )
-        self.min_score = min_score
-
-    def __call__(self, view: TextView) -> str | None:
-        lang, score = view.lang, view.lang_score
-        if (self.languages is not None and lang not in self.languages) or score < self.min_score:
-            return self.name
-        return None
 
 
 class TextFilters:
