@@ -27,10 +27,12 @@ from URL lists, "page": `image.fetch_timeout`, `image.http_404`, `image.ssrf_blo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -197,6 +199,33 @@ def robots_noai(values: list[str]) -> bool:
     return False
 
 
+class _Slots:
+    """Global and per-host request slots, taken before a request starts (so its timeouts measure
+    the server, not our own queue). A host's semaphore lives only while requests for it exist,
+    so a crawl over millions of hosts does not keep millions of semaphores."""
+
+    def __init__(self, total: int, per_host: int) -> None:
+        self._total = asyncio.Semaphore(max(1, total))
+        self._per_host = max(1, per_host)
+        self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, host: str) -> AsyncIterator[None]:
+        sem, users = self._hosts.get(host, (None, 0))
+        if sem is None:
+            sem = asyncio.Semaphore(self._per_host)
+        self._hosts[host] = (sem, users + 1)
+        try:
+            async with sem, self._total:  # host first: a queued host never holds a global slot
+                yield
+        finally:
+            sem, users = self._hosts[host]
+            if users == 1:
+                del self._hosts[host]
+            else:
+                self._hosts[host] = (sem, users - 1)
+
+
 class Fetcher:
     """Async HTTP fetcher; `async with Fetcher(config) as f: result = await f.fetch(url)`."""
 
@@ -205,6 +234,7 @@ class Fetcher:
         self.policy = AddressPolicy.from_config(config)
         self.stats = Counts()  # requests, retries, redirects, bytes: progress, not drops
         self._session: aiohttp.ClientSession | None = None
+        self._slots: _Slots | None = None
 
     async def __aenter__(self) -> Fetcher:
         c = self.config
@@ -216,8 +246,13 @@ class Fetcher:
             ttl_dns_cache=c.dns_cache_ttl_s,
         )
         timeout = aiohttp.ClientTimeout(
-            total=c.total_timeout_s, connect=c.connect_timeout_s, sock_read=c.read_timeout_s
+            # sock_connect, not connect: aiohttp's `connect` also counts the wait for a pool slot,
+            # so a request queued behind a busy host would time out without ever being sent.
+            total=c.total_timeout_s,
+            sock_connect=c.connect_timeout_s,
+            sock_read=c.read_timeout_s,
         )
+        self._slots = _Slots(c.concurrency, c.per_host_concurrency)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -260,7 +295,12 @@ class Fetcher:
     ) -> FetchResult:
         for _hop in range(self.config.max_redirects + 1):
             self._check_url(url, stage)
-            status, headers, location, body, sniffed = await self._get(url, sniff, stage, max_bytes)
+            host = urlsplit(url).netloc.lower()
+            assert self._slots is not None, "use `async with Fetcher(...)`"
+            async with self._slots.hold(host):  # the timeouts start once a slot is ours
+                status, headers, location, body, sniffed = await self._get(
+                    url, sniff, stage, max_bytes
+                )
             if status in _REDIRECTS and location:
                 self.stats["fetch.redirects"] += 1
                 url = urljoin(url, location)

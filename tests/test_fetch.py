@@ -282,3 +282,19 @@ def test_guarded_resolver_checks_every_answer() -> None:
             await resolver.resolve("rebind.example", 80)
 
     asyncio.run(go())
+
+
+def test_queued_requests_do_not_time_out_waiting_for_a_slot() -> None:
+    """12 requests of 100 ms through 2 per-host slots take ~0.6 s; each request's own timeouts
+    (0.2 s connect, 0.5 s total) start only when it gets a slot, so none of them fails."""
+    with LocalServer(latency_s=0.1) as slow:
+        cfg = config(per_host_concurrency=2, connect_timeout_s=0.2, total_timeout_s=0.5, retries=0)
+
+        async def go() -> list[FetchResult]:
+            async with Fetcher(cfg) as f:
+                return await asyncio.gather(*(f.fetch(slow.url("/image.jpg")) for _ in range(12)))
+
+        start = time.perf_counter()
+        results = asyncio.run(go())
+        assert all(r.status == 200 for r in results)
+        assert time.perf_counter() - start >= 0.5 and slow.max_inflight <= 2
