@@ -2,9 +2,10 @@
 
 `Fetcher` is an async context manager around one aiohttp session:
 
-- **Bounded**: a global and a per-host connection limit (aiohttp's connector queues the rest),
-  connect/read/total timeouts, a redirect limit, and a streaming byte cut-off (`Content-Length` is a
-  hint, the counted bytes decide), so a slow or endless server costs one slot for at most the timeout.
+- **Bounded**: a global and a per-host request limit (requests beyond them wait for a slot, and
+  their timeouts start only once they have one), connect/read/total timeouts, a redirect limit,
+  and a streaming byte cut-off (`Content-Length` is a hint, the counted bytes decide), so a slow or
+  endless server costs one slot for at most the timeout.
 - **Retried only where it can help**: timeouts and 5xx, with exponential backoff and jitter; a 404
   or a refused address will not change on retry.
 - **Redirects followed by hand**, one hop at a time, so every hop is checked by the guard (aiohttp's
