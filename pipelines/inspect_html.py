@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target
+from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target, shard_size
 from pipelines.inspect_stats import (
     HEAD_BYTES,
     HIST_PANELS,
@@ -410,7 +410,7 @@ def write_gallery(
     """Stream the target once (stats + the first n or a reservoir sample of n), write one HTML file."""
     stats = Stats()
     stats.shards = len(target.shards)
-    stats.shard_bytes = sum(p.stat().st_size for p in target.shards)
+    stats.shard_bytes = sum(shard_size(p) for p in target.shards)
     stats.reasons = reason_counts(target.report)
     stats.errors.extend(target.problems)
     rng = random.Random(seed)

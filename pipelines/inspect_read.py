@@ -14,6 +14,7 @@ therefore streams in constant memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -68,57 +69,130 @@ def expand_braces(pattern: str) -> list[str]:
     return ["".join(p) for p in itertools.product(*parts)]
 
 
+# A shard is a local path, or an fsspec URL (s3://, gs://, https://, memory://...) for remote shard sets.
+Shard = Path | str
+
+
+def is_url(spec: object) -> bool:
+    return isinstance(spec, str) and "://" in spec and not spec.startswith("file://")
+
+
+def _url_fs(url: str) -> tuple[Any, str]:
+    import fsspec  # lazy: local targets never need it
+
+    return fsspec.core.url_to_fs(url)
+
+
+def shard_name(shard: Shard) -> str:
+    """The shard's file name, as the manifest and every message name it."""
+    return str(shard).rstrip("/").rsplit("/", 1)[-1]
+
+
+def shard_size(shard: Shard) -> int:
+    if is_url(shard):
+        fs, path = _url_fs(str(shard))
+        return int(fs.size(path))
+    return Path(shard).stat().st_size
+
+
+@contextlib.contextmanager
+def open_shard(shard: Shard) -> Iterator[IO[bytes]]:
+    """A buffered binary stream: 1 MiB buffer locally, 4 MiB blocks (fewer requests) remotely."""
+    if is_url(shard):
+        import fsspec
+
+        with fsspec.open(str(shard), "rb", block_size=4 << 20) as f:
+            yield f
+    else:
+        with open(shard, "rb", buffering=1 << 20) as f:
+            yield f
+
+
 @dataclass(slots=True)
 class Target:
     """What the user pointed at: a list of shard files, plus the job directory's metadata if any."""
 
     spec: str
-    shards: list[Path]
-    job_dir: Path | None = None
+    shards: list[Shard]
+    job_dir: Shard | None = None
     manifest: list[dict[str, Any]] | None = None
     report: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)  # e.g. unreadable manifest lines
 
 
-def _read_manifest(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+def _load_job_files(target: Target, read: Callable[[str], str | None]) -> None:
+    """manifest.jsonl and report.json of a job dir; `read(name)` gives a file's text or None."""
+    text = read("manifest.jsonl")
+    if text is not None:
+        target.manifest = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                target.manifest.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                target.problems.append(f"manifest.jsonl:{lineno}: bad JSON line ({e.msg})")
+    text = read("report.json")
+    if text is not None:
         try:
-            rows.append(json.loads(line))
+            target.report = json.loads(text)
         except json.JSONDecodeError as e:
-            problems.append(f"{path}:{lineno}: bad JSON line ({e.msg})")
-    return rows
+            target.problems.append(f"report.json: bad JSON ({e.msg})")
 
 
 def resolve_target(spec: str | Path) -> Target:
-    """A shard file, a brace pattern, or a job directory (DESIGN §3: `shards/`, manifest, report).
+    """A shard file, a brace pattern, or a job directory (DESIGN §3: `shards/`, manifest, report),
+    local or behind an fsspec URL.
 
     A job directory lists shards in name order (the build numbers them); `*.tmp` files are unfinished
     shards (written then renamed, DESIGN §3) and are never read.
     """
     spec = str(spec)
+    if is_url(spec):
+        return _resolve_url(spec)
     path = Path(spec)
     if path.is_dir():
         shard_dir = path / "shards" if (path / "shards").is_dir() else path
         shards = sorted(p for p in shard_dir.iterdir() if p.name.endswith(".tar") and p.is_file())
-        target = Target(spec=spec, shards=shards, job_dir=path if shard_dir != path else None)
-        if target.job_dir is not None:
-            if (path / "manifest.jsonl").is_file():
-                target.manifest = _read_manifest(path / "manifest.jsonl", target.problems)
-            if (path / "report.json").is_file():
-                try:
-                    target.report = json.loads((path / "report.json").read_text())
-                except json.JSONDecodeError as e:
-                    target.problems.append(f"{path / 'report.json'}: bad JSON ({e.msg})")
+        target = Target(spec=spec, shards=list(shards))
+        if shard_dir != path:
+            target.job_dir = path
+            _load_job_files(
+                target, lambda n: (path / n).read_text() if (path / n).is_file() else None
+            )
         return target
     names = expand_braces(spec)
-    missing = [n for n in names if not Path(n).is_file()]
+    _check_exist(names, lambda n: Path(n).is_file())
+    return Target(spec=spec, shards=[Path(n) for n in names])
+
+
+def _resolve_url(spec: str) -> Target:
+    fs, root = _url_fs(spec)
+    if "{" not in spec and fs.isdir(root):
+        root = root.rstrip("/")
+        is_job = fs.isdir(f"{root}/shards")
+        listing = fs.ls(f"{root}/shards" if is_job else root, detail=False)
+        shards = sorted(fs.unstrip_protocol(p) for p in listing if str(p).endswith(".tar"))
+        target = Target(spec=spec, shards=list(shards))
+        if is_job:
+            target.job_dir = spec
+
+            def read(name: str) -> str | None:
+                path = f"{root}/{name}"
+                return fs.cat_file(path).decode() if fs.exists(path) else None
+
+            _load_job_files(target, read)
+        return target
+    names = expand_braces(spec)
+    _check_exist(names, lambda n: fs.exists(_url_fs(n)[1]))
+    return Target(spec=spec, shards=list(names))
+
+
+def _check_exist(names: list[str], exists: Callable[[str], bool]) -> None:
+    missing = [n for n in names if not exists(n)]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise FileNotFoundError(f"no such shard: {missing[0]}{more}")
-    return Target(spec=spec, shards=[Path(n) for n in names])
 
 
 # ---------------------------------------------------------------------------------------- tar reader
@@ -179,11 +253,15 @@ class TarReader:
         self.f = fileobj
         self.name = name
         self.pos = 0
+        self.size: int | None = None  # None: a pipe or hashing stream, read everything
         try:
-            self.size: int | None = os.fstat(fileobj.fileno()).st_size
-            fileobj.seek(0, os.SEEK_CUR)
+            size = os.fstat(fileobj.fileno()).st_size
+            fileobj.seek(0, os.SEEK_CUR)  # raises on a pipe, whose fstat size means nothing
+            self.size = size
         except (OSError, AttributeError, ValueError):
-            self.size = None  # a pipe or in-memory stream: read everything, check lengths
+            remote_size = getattr(fileobj, "size", None)  # fsspec files know it and seek
+            if isinstance(remote_size, int) and fileobj.seekable():
+                self.size = remote_size
 
     def _read(self, n: int, what: str) -> bytes:
         data = self.f.read(n)
@@ -308,7 +386,7 @@ class Sample:
 
 
 def iter_samples(
-    path: str | Path, images: ImageMode = True, fileobj: IO[bytes] | None = None
+    path: Shard, images: ImageMode = True, fileobj: IO[bytes] | None = None
 ) -> Iterator[Sample]:
     """Group consecutive members by key (the name up to the first dot, as webdataset does).
 
@@ -317,7 +395,7 @@ def iter_samples(
     after the sample's `.json` (written first) has been read and the previous sample handed out, so a
     caller can decide from the record or its own state which images to read and which to seek past.
     """
-    name = Path(path).name
+    name = shard_name(path)
 
     def want(member: str) -> bool | int:
         if member.endswith(".json"):
@@ -362,7 +440,7 @@ def iter_samples(
     if fileobj is not None:
         yield from run(fileobj)
         return
-    with open(path, "rb", buffering=1 << 20) as f:
+    with open_shard(path) as f:
         yield from run(f)
 
 
@@ -374,25 +452,28 @@ def iter_target(
 ) -> Iterator[Sample]:
     """All samples of all shards in order; `progress` shows a byte-based tqdm bar on stderr.
 
-    A broken shard raises TarFormatError, unless `on_error` is given: then it is called and the next
-    shard is read (the samples before the break have been yielded already).
+    A broken or unreadable shard raises TarFormatError, unless `on_error` is given: then it is called
+    and the next shard is read (the samples before the break have been yielded already).
     """
     bar = None
     if progress:
         from tqdm import tqdm
 
-        total = sum(p.stat().st_size for p in target.shards)
+        total = sum(shard_size(p) for p in target.shards)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="inspect", leave=False)
     try:
         for shard in target.shards:
             try:
-                yield from iter_samples(shard, images=images)
+                try:
+                    yield from iter_samples(shard, images=images)
+                except OSError as e:  # vanished, unreadable, or a remote read that failed
+                    raise TarFormatError(shard_name(shard), 0, f"cannot read: {e}") from e
             except TarFormatError as e:
                 if on_error is None:
                     raise
                 on_error(e)
             if bar is not None:
-                bar.update(shard.stat().st_size)
+                bar.update(shard_size(shard))
     finally:
         if bar is not None:
             bar.close()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target
+from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target, shard_size
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def compute_stats(target: Target, tokenizer: str | None = None, progress: bool =
     count = hf_token_counter(tokenizer) if tokenizer else whitespace_tokens
     stats = Stats(tokenizer=tokenizer or "whitespace")
     stats.shards = len(target.shards)
-    stats.shard_bytes = sum(p.stat().st_size for p in target.shards)
+    stats.shard_bytes = sum(shard_size(p) for p in target.shards)
     stats.reasons = reason_counts(target.report)
     stats.errors.extend(target.problems)
 

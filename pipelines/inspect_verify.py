@@ -29,7 +29,15 @@ from typing import IO, Any
 from PIL import Image
 
 from m3w_builder.document import SCHEMA
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_samples
+from pipelines.inspect_read import (
+    Sample,
+    Shard,
+    TarFormatError,
+    Target,
+    iter_samples,
+    open_shard,
+    shard_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,40 +187,47 @@ def check_sample(sample: Sample, decode: bool = True) -> Iterator[tuple[str, str
         yield "member.stray", f"member {sample.key}.{suffix} is not referenced by the record"
 
 
-def verify_shard(path: str | Path, decode: bool = True) -> ShardCheck:
+def verify_shard(path: Shard, decode: bool = True) -> ShardCheck:
     """Verify one shard file; never raises for a broken shard (the problems say what is wrong)."""
-    path = Path(path)
-    check = ShardCheck(shard=path.name)
+    check = ShardCheck(shard=shard_name(path))
+    try:
+        with open_shard(path) as raw:
+            _verify_stream(path, raw, check, decode)
+    except OSError as e:  # vanished, unreadable, or a remote read that failed
+        check.problems.append(Problem("tar.unreadable", check.shard, f"cannot read: {e}", 0))
+    return check
+
+
+def _verify_stream(path: Shard, raw: IO[bytes], check: ShardCheck, decode: bool) -> None:
+    """Read the shard once through a hashing wrapper: samples, then the trailer, then the sha256."""
     seen: set[str] = set()
-    with open(path, "rb", buffering=1 << 20) as raw:
-        f = _HashingReader(raw)
-        try:
-            for sample in iter_samples(path, images=True, fileobj=f):
-                if sample.key in seen:
-                    check.problems.append(
-                        Problem(
-                            "key.duplicate",
-                            check.shard,
-                            "key appears again after other samples (webdataset splits it)",
-                            sample.offset,
-                            sample.key,
-                        )
+    f = _HashingReader(raw)
+    try:
+        for sample in iter_samples(path, images=True, fileobj=f):
+            if sample.key in seen:
+                check.problems.append(
+                    Problem(
+                        "key.duplicate",
+                        check.shard,
+                        "key appears again after other samples (webdataset splits it)",
+                        sample.offset,
+                        sample.key,
                     )
-                seen.add(sample.key)
-                check.keys.append(sample.key)
-                check.docs += sample.record is not None
-                check.images += sum(1 for s in sample.sizes if s != "json")
-                for code, message in check_sample(sample, decode):
-                    check.problems.append(
-                        Problem(code, check.shard, message, sample.offset, sample.key)
-                    )
-            _check_trailer(f, check)
-        except TarFormatError as e:
-            code = "tar.truncated" if "truncated" in e.message else "tar.corrupt"
-            check.problems.append(Problem(code, check.shard, e.message, e.offset))
+                )
+            seen.add(sample.key)
+            check.keys.append(sample.key)
+            check.docs += sample.record is not None
+            check.images += sum(1 for s in sample.sizes if s != "json")
+            for code, message in check_sample(sample, decode):
+                check.problems.append(
+                    Problem(code, check.shard, message, sample.offset, sample.key)
+                )
+        _check_trailer(f, check)
+    except TarFormatError as e:
+        code = "tar.truncated" if "truncated" in e.message else "tar.corrupt"
+        check.problems.append(Problem(code, check.shard, e.message, e.offset))
     check.bytes = f.count
     check.sha256 = f.hash.hexdigest()
-    return check
 
 
 def _check_trailer(f: _HashingReader, check: ShardCheck) -> None:
@@ -313,7 +328,7 @@ def verify(
     """
     report = VerifyReport(shards=len(target.shards))
     report.problems += [Problem("job.unreadable", target.spec, p) for p in target.problems]
-    paths = [str(p) for p in target.shards]
+    paths = list(target.shards)
     one = functools.partial(verify_shard, decode=decode)
     if jobs > 1 and len(paths) > 1:
         import multiprocessing

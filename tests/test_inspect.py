@@ -682,3 +682,33 @@ def test_gallery_card_says_when_no_text_sees_an_image():
     # text between them belongs to neither's chunk (DESIGN §4), so it sees no image
     assert html.count("seen by no text token") == 2
     assert html.count('data-sees="2"') == 0 and html.count("sees no image") == 1
+
+
+# ------------------------------------------------------------------------------ remote (fsspec)
+
+
+def test_remote_job_over_fsspec_reads_like_the_local_one(job, capsys):
+    """A job dir behind an fsspec URL (memory:// here; s3://, gs://, https:// alike)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    base = f"/inspect-{job.root.name}"
+    for path in [*job.shards, job.root / "manifest.jsonl", job.root / "report.json"]:
+        fs.pipe(f"{base}/{path.relative_to(job.root).as_posix()}", path.read_bytes())
+    remote = resolve_target(f"memory://{base}")
+    assert [Path(str(s)).name for s in remote.shards] == [p.name for p in job.shards]
+    assert remote.manifest and remote.report
+    local_stats = compute_stats(resolve_target(job.root)).to_json()
+    assert compute_stats(remote).to_json() == local_stats
+    assert verify(remote).ok
+    pattern = resolve_target(f"memory://{base}/shards/{{000001..000002}}.tar")
+    assert compute_stats(pattern).docs == 8
+    # a damaged remote shard is found and named like a local one
+    fs.pipe(f"{base}/shards/000001.tar", job.shards[1].read_bytes()[:4000])
+    problems = verify(resolve_target(f"memory://{base}")).problems
+    assert ("tar.truncated", "000001.tar") in {(p.code, p.shard) for p in problems}
+    assert main(["inspect", "show", f"memory://{base}", job.docs[-1].key]) == 0
+    assert job.docs[-1].url in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match=r"000003\.tar$"):
+        resolve_target(f"memory://{base}/shards/{{000002..000003}}.tar")
+    fs.rm(base, recursive=True)
