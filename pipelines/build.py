@@ -103,14 +103,15 @@ def run_build(
             limit.reached({st["unit"]: st for st in extract_stats})  # tasks that finished late
             units = units[: limit.prefix]
             extract_stats = [st for st in extract_stats if st["unit"] < limit.prefix]
-            progress.bar.total = progress.bar.n + len(units)  # the write tasks left
         # stage 2: decide (page/content dedup in the driver, then counts of the survivors)
         decisions = _decide(executor, job, units, extract_stats, config, options)
         archive = stages.load_archive_index(job, extract_stats)
-        # stage 3: write part shards
+        # stage 3: write part shards, one task per shard's worth of documents
+        groups = stages.plan_write_groups(extract_stats, decisions, config.shards.docs_per_shard)
+        progress.bar.total = progress.bar.n + len(groups)
         write_stats = executor.map(
             stages.write_unit,
-            units,
+            groups,
             (config, job, decisions, archive),
             marker=lambda u: job.write_stats(u.index),
             on_done=progress.written,
@@ -124,7 +125,12 @@ def run_build(
         write_stats,
         infos,
         seconds=time.perf_counter() - started,
-        extra={"units": len(units), "seed": config.seed, "profile": config.profile},
+        extra={
+            "units": len(units),
+            "write_groups": len(groups),
+            "seed": config.seed,
+            "profile": config.profile,
+        },
     )
     stages.atomic_write_json(job.report, report)
     return report

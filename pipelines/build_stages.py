@@ -123,15 +123,21 @@ def read_json(path: Path) -> Any:
 
 @dataclass(slots=True)
 class WorkUnit:
-    """One task's slice of the inputs: a few page files, or a line range of one URL list."""
+    """One task's slice of the work: a few page files, a line range of one URL list, or (write stage)
+    a run of consecutive extract units."""
 
     index: int
-    kind: str  # "pages" (WARC/ARC/HTML files) | "urls" (lines [start, stop) of a URL list)
+    kind: (
+        str  # "pages" (WARC/ARC/HTML files) | "urls" (lines [start, stop) of a URL list) | "write"
+    )
     paths: list[str]
     start: int = 0
     stop: int = 0
+    members: list[int] = field(default_factory=list)  # "write": the extract units, in order
 
     def describe(self) -> str:
+        if self.kind == "write":
+            return f"extract units {self.members[0]}-{self.members[-1]}"
         if self.kind == "urls":
             return f"{self.paths[0]} lines {self.start}-{self.stop}"
         return (
@@ -545,6 +551,41 @@ def frequent_keys(
 # stage 3: write
 
 
+def plan_write_groups(
+    extract_stats: list[dict[str, Any]], decisions: Decisions, target_docs: int
+) -> list[WorkUnit]:
+    """Consecutive extract units grouped until they hold `target_docs` surviving documents.
+
+    Why regroup: an extract unit is sized for reading (one WARC, 64 files, 256 URLs), which for small
+    files leaves far fewer documents than a shard holds; writing per extract unit would end every
+    unit with a short shard. Grouping to one shard's worth keeps shards near their target (each group
+    still ends with one part shard, short by the documents the images stage drops) and still gives
+    one write task per shard for parallelism. A pure function of the stored stats and decisions, so a
+    resumed job regroups identically."""
+    groups: list[WorkUnit] = []
+    members: list[int] = []
+    docs = 0
+    for stats in sorted(extract_stats, key=lambda s: s["unit"]):
+        members.append(stats["unit"])
+        docs += stats["docs"] - len(decisions.drops.get(stats["unit"], {}))
+        if docs >= target_docs:
+            groups.append(WorkUnit(len(groups), "write", [], members=members))
+            members, docs = [], 0
+    if members:
+        groups.append(WorkUnit(len(groups), "write", [], members=members))
+    return groups
+
+
+def _group_records(
+    job: JobDir, group: WorkUnit, decisions: Decisions
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """The group's extracted records in input order, each with its dedup drop code (or None)."""
+    for unit in group.members:
+        drops = decisions.drops.get(unit, {})
+        for record in iter_extracted(job, unit):
+            yield record, drops.get(record["ord"])
+
+
 def write_unit(
     unit: WorkUnit,
     config: BuildConfig,
@@ -552,8 +593,8 @@ def write_unit(
     decisions: Decisions,
     archive: Any = None,
 ) -> dict[str, Any]:
-    """Apply the job-wide decisions, resolve images, draw attachments and write this unit's part
-    shards. Idempotent; a failed attempt leaves only a `.tmp` folder, which the next attempt clears."""
+    """Apply the job-wide decisions, resolve images, draw attachments and write this write group's
+    part shards. Idempotent; a failed attempt leaves only a `.tmp` folder, which the next clears."""
     stats_path = job.write_stats(unit.index)
     if stats_path.exists():
         return read_json(stats_path)
@@ -565,14 +606,13 @@ def write_unit(
     counts = Counts()
     langs: Counter[str] = Counter()
     images = 0
-    drops = decisions.drops.get(unit.index, {})
     with RollingShardWriter(
         tmp_dir,
         docs_per_shard=config.shards.docs_per_shard,
         max_shard_bytes=config.shards.max_shard_bytes,
     ) as writer:
         for doc in iter_written_docs(
-            iter_extracted(job, unit.index), drops, decisions, config, counts, archive
+            _group_records(job, unit, decisions), decisions, config, counts, archive
         ):
             writer.write(doc)
             images += len(doc.image_nodes)
@@ -596,8 +636,7 @@ def write_unit(
 
 
 def iter_written_docs(
-    records: Iterable[dict[str, Any]],
-    drops: dict[int, str],
+    records: Iterable[tuple[dict[str, Any], str | None]],
     decisions: Decisions,
     config: BuildConfig,
     counts: Counts,
@@ -616,8 +655,7 @@ def iter_written_docs(
             )
         batch.clear()
 
-    for record in records:
-        code = drops.get(record["ord"])
+    for record, code in records:
         if code is not None:
             counts[code] += 1
             continue

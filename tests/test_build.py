@@ -120,6 +120,16 @@ def test_frequent_keys_uses_more_than_10_images_and_at_least_3_paragraphs():
     assert images == {1} and paras == {8}
 
 
+def test_write_groups_gather_consecutive_units_up_to_a_shard_of_surviving_documents():
+    stats = [{"unit": u, "docs": d} for u, d in enumerate([3, 3, 10, 0, 1, 4])]
+    decisions = stages.Decisions(drops={1: {0: "dedup.page_url"}}, frequent_images=set(),
+                                 repeated_paragraphs=set())  # fmt: skip
+    groups = stages.plan_write_groups(stats, decisions, target_docs=5)
+    # 3 + (3 - 1 dropped) = 5 → group; 10 → group; 0 + 1 + 4 = 5 → group
+    assert [g.members for g in groups] == [[0, 1], [2], [3, 4, 5]]
+    assert [g.index for g in groups] == [0, 1, 2] and groups[0].describe() == "extract units 0-1"
+
+
 # --------------------------------------------------------------------------------------------------
 # finalize: contiguous names, idempotent renames
 
