@@ -389,10 +389,18 @@ def layout(nodes: list[str | ImageRef], tokenizer: Any, tok: TokenIds) -> Layout
     image gets no empty chunk 0 (`<BOS> <image> caption <EOC> <EOS>`, the pair case). Consecutive text
     nodes are joined with a newline, as they were separate blocks on the page.
     """
+    texts: list[str] = []
+    seen_image = prev_text = False
+    for node in nodes:  # the text of each node as it reads in the flow, tokenised in one call
+        if isinstance(node, ImageRef):
+            seen_image, prev_text = True, False
+            continue
+        texts.append(("\n" + node) if prev_text else (" " + node if seen_image else node))
+        prev_text = True
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     ids = [tok.bos]
     image_pos: list[int] = []
     images: list[ImageRef] = []
-    prev_text = False
     for node in nodes:
         if isinstance(node, ImageRef):
             if len(ids) > 1:
@@ -400,11 +408,8 @@ def layout(nodes: list[str | ImageRef], tokenizer: Any, tok: TokenIds) -> Layout
             image_pos.append(len(ids))
             images.append(node)
             ids.append(tok.image)
-            prev_text = False
         else:
-            text = ("\n" + node) if prev_text else (" " + node if images else node)
-            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-            prev_text = True
+            ids.extend(next(encoded))
     ids.extend([tok.eoc, tok.eos])
     return Layout(ids, image_pos, images)
 
@@ -441,11 +446,16 @@ def make_image_transform(image_processor: Any) -> ImageTransform:
     return transform
 
 
-def _decode_image(data: bytes | None) -> Image.Image | None:
+def _decode_image(data: bytes | None, size: tuple[int, int] | None = None) -> Image.Image | None:
+    """Bytes → RGB, or None when they do not decode. A JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) that still covers `size` on both sides (Pillow's `draft`): the processor then
+    resizes from fewer pixels, which is most of the cost for web photos larger than 224 px."""
     if data is None:
         return None
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if size is not None and im.format == "JPEG":
+                im.draft("RGB", size)
             return im.convert("RGB")
     except Exception:  # noqa: BLE001 - Pillow raises many types on corrupt data
         return None
@@ -470,38 +480,41 @@ def window_to_tensors(
     image_shape: tuple[int, int, int],
     counts: Counts,
 ) -> dict[str, torch.Tensor]:
-    """One window → fixed-shape tensors: ids/attention [L], pixel_values [N, C, H, W] (zeros where
-    invalid), image_valid [N], preceding [N]. Images that fail to decode become invalid slots."""
+    """One window → tensors: ids/attention/labels [L]; image_valid, preceding [N]; and `images`, the
+    k valid images decoded (PIL, slot order). Images that fail to decode become invalid slots."""
     L, N = cfg.seq_len, cfg.max_images
     n_tok = len(win.ids)
     input_ids = torch.full((L,), tok.pad, dtype=torch.long)
     input_ids[:n_tok] = torch.tensor(win.ids, dtype=torch.long)
     attention_mask = torch.zeros(L, dtype=torch.long)
     attention_mask[:n_tok] = 1
-    pixel_values = torch.zeros((N, *image_shape), dtype=torch.float32)
     image_valid = torch.zeros(N, dtype=torch.bool)
     preceding = torch.zeros(N, dtype=torch.bool)
     decoded: list[Image.Image] = []
-    slots: list[int] = []
     for k, ref in enumerate(win.images):
         preceding[k] = ref.preceding
-        im = _decode_image(ref.data)
+        im = _decode_image(ref.data, (image_shape[2], image_shape[1]))
         if im is None:
             counts["data.image_decode"] += 1
             continue
         decoded.append(im)
-        slots.append(k)
-    if decoded:
-        pixel_values[slots] = transform(decoded).to(torch.float32)
-        image_valid[slots] = True
+        image_valid[k] = True
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": build_labels(input_ids, tok, attention_mask),
-        "pixel_values": pixel_values,
+        "images": decoded,  # PIL images; collate runs the processor once per batch
         "image_valid": image_valid,
         "preceding": preceding,
     }
+
+
+def pad_images(images: torch.Tensor, image_valid: torch.Tensor) -> torch.Tensor:
+    """Packed images [M, C, H, W] → the model's pixel_values [B, N, C, H, W], zeros where invalid.
+    Done by the trainer on the device, so the zeros never cross a process or PCIe."""
+    out = images.new_zeros((*image_valid.shape, *images.shape[1:]))
+    out[image_valid] = images
+    return out
 
 
 def resolve_attachment(doc: DocSample, cfg: DataConfig, epoch: int) -> None:
@@ -603,7 +616,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _finish(
         self, batch: list[dict[str, torch.Tensor]], worker: int, pos: WorkerPosition, counts: Counts
     ) -> dict[str, Any]:
-        out = collate(batch, self.tok)
+        out = collate(batch, self.tok, self.transform, self.image_shape)
         out["_position"] = {"worker": worker, **pos.to_json()}
         out["_counts"] = counts.as_dict()
         out["_dataset"] = self.cfg.name
@@ -661,10 +674,25 @@ class ShardStream(torch.utils.data.IterableDataset):
 # --------------------------------------------------------------------------------------------
 # Collate
 # --------------------------------------------------------------------------------------------
-def collate(samples: list[dict[str, torch.Tensor]], tok: TokenIds) -> dict[str, Any]:
-    """Stack per-sample tensors and build the [B, T, N] attachment mask with model.masks (the one
-    place the DESIGN §4 rule lives). Without the model package the mask is left to the model."""
-    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+def collate(
+    samples: list[dict[str, Any]],
+    tok: TokenIds,
+    transform: ImageTransform,
+    image_shape: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Stack per-sample tensors, preprocess every image of the batch in one processor call, and
+    build the [B, T, N] attachment mask with model.masks (the one place the DESIGN §4 rule lives;
+    without the model package the mask is left to the model).
+
+    `images` is packed, [M, C, H, W] in (sample, slot) order = the order of `image_valid.nonzero()`,
+    not a zero-padded [B, N, C, H, W]: a 256-token M3W window holds about one image, not five, so
+    padding would multiply the worker → trainer traffic; `pad_images` pads on the device.
+    """
+    batch: dict[str, Any] = {
+        k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "images"
+    }
+    pil = [im for s in samples for im in s["images"]]
+    batch["images"] = transform(pil).to(torch.float32) if pil else torch.zeros((0, *image_shape))
     batch["media_mask"] = compute_media_mask(batch, tok)
     return batch
 

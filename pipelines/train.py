@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines import checkpoint
-from pipelines.data import DataConfig, WorkerPosition, make_loader
+from pipelines.data import DataConfig, WorkerPosition, make_loader, pad_images
 from pipelines.trainconfig import TrainConfig, apply_override
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ BATCH_KEYS = (
     "input_ids",
     "attention_mask",
     "labels",
-    "pixel_values",
     "image_valid",
     "preceding",
     "media_mask",
@@ -272,9 +271,13 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
+    """Move a loader batch to the device and pad its packed images into pixel_values there."""
+    out = {
         k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if batch.get(k) is not None
     }
+    images = batch["images"].to(device, non_blocking=True)
+    out["pixel_values"] = pad_images(images, out["image_valid"])
+    return out
 
 
 def train_step(

@@ -116,10 +116,14 @@ def test_tensors_labels_and_mask_by_hand(tokenizer, processor):
     assert t["image_valid"].tolist() == [True, False, False]  # the second image did not decode
     assert t["preceding"].tolist() == [False, True, False]
     assert counts["data.image_decode"] == 1
-    assert t["pixel_values"][0].abs().sum() > 0 and t["pixel_values"][1:].abs().sum() == 0
+    assert len(t["images"]) == 1  # only the decodable image
+    batch = data.collate([t], tok, transform, (3, 32, 32))
+    assert batch["images"].shape == (1, 3, 32, 32) and batch["images"].abs().sum() > 0  # packed
+    padded = data.pad_images(batch["images"], batch["image_valid"])
+    assert padded.shape == (1, 3, 3, 32, 32)
+    assert torch.equal(padded[0, 0], batch["images"][0]) and padded[0, 1:].abs().sum() == 0
 
     pytest.importorskip("model.masks")
-    batch = data.collate([t], tok)
     mask = batch["media_mask"][0]  # [T, N]
     img0, img1 = lay.image_pos
     # chunk 0 = [0, img0) sees nothing; chunk 1 = [img0, img1) sees slot 0 (following);
@@ -129,7 +133,7 @@ def test_tensors_labels_and_mask_by_hand(tokenizer, processor):
     assert torch.equal(mask, expected)
     # with a valid second image: chunk 1 also sees slot 1 (preceding, per-image draws see both)
     t["image_valid"][1] = True
-    mask = data.collate([t], tok)["media_mask"][0]
+    mask = data.collate([t], tok, transform, (3, 32, 32))["media_mask"][0]
     expected[img0:img1, 1] = True
     assert torch.equal(mask, expected)
 
@@ -200,7 +204,7 @@ def test_dataloader_workers_give_every_doc_once(shard_dir, tokenizer, processor)
     assert sum(len(b["input_ids"]) for b in batches) == 30
     assert {b["_position"]["worker"] for b in batches} == {0, 1}
     for b in batches:
-        assert b["pixel_values"].shape[1:] == (5, 3, 32, 32)
+        assert b["images"].shape == (int(b["image_valid"].sum()), 3, 32, 32)
         assert b["media_mask"] is None or b["media_mask"].shape == (len(b["input_ids"]), 48, 5)
 
 
@@ -260,7 +264,7 @@ def test_resume_from_position_reproduces_the_stream(shard_dir, tokenizer, proces
     assert len(rest) == len(full) - cut
     for a, b in zip(full[cut:], rest):
         assert torch.equal(a["input_ids"], b["input_ids"])
-        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["images"], b["images"])
 
 
 def test_epochs_reshuffle_shards(shard_dir, tokenizer, processor):
