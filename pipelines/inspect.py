@@ -1,7 +1,7 @@
 """`m3w inspect stats|show|verify|grep|html TARGET`: look inside shards before spending GPU days on them.
 
 TARGET is a shard file, a brace pattern (`shards/{000000..000099}.tar`) or a job directory (DESIGN §3).
-Everything streams: one sample's bytes in memory at a time. Each handler below parses its arguments and
+Everything streams: about one sample's bytes in memory at a time. Each handler below parses its arguments and
 makes one library call (pipelines/inspect_*.py); exit status is non-zero when the command found a
 problem (a broken shard, a failed verification, no match, an unknown key).
 """
@@ -38,8 +38,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     try:
         stats = compute_stats(target, tokenizer=args.tokenizer, progress=_progress(args))
-    except OSError as e:  # transformers' error for a tokenizer it cannot find (offline, typo)
-        print(f"m3w inspect stats: cannot load tokenizer {args.tokenizer!r}: {e}", file=sys.stderr)
+    except ValueError as e:  # a tokenizer that cannot be loaded (offline, typo)
+        print(f"m3w inspect stats: {e}", file=sys.stderr)
         return 2
     print(json.dumps(stats.to_json(), indent=1) if args.json else format_table(stats))
     if args.plot:

@@ -147,7 +147,10 @@ def hf_token_counter(name: str) -> Callable[[list[str]], list[int]]:
     """Token counts from any transformers tokenizer (hub id when online, or a local directory)."""
     from transformers import AutoTokenizer  # lazy: stats without --tokenizer never imports torch
 
-    tok = AutoTokenizer.from_pretrained(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:  # not found locally, and no hub access (HF_HUB_OFFLINE)
+        raise ValueError(f"cannot load tokenizer {name!r}: {e}") from e
 
     def count(texts: list[str]) -> list[int]:
         if not texts:
