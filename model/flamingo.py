@@ -217,7 +217,10 @@ class FlamingoLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["decoder_layer"], name)
+            inner = self.__dict__.get("_modules", {}).get("decoder_layer")
+            if inner is None:  # half-built (unpickling): no fall-through, no recursion
+                raise
+            return getattr(inner, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Runs ``xattn(hidden_states)`` then the decoder layer with its own arguments unchanged."""

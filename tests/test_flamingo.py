@@ -330,6 +330,37 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_few_steps_open_the_gates_and_lower_the_loss():
+    model, tok = build("gpt2")
+    model.train()
+    ids = encode(tok, PROMPT)
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(ids, pixel_values=images(), labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+    assert all(abs(g) > 0 for g in model.gates().values())
+
+
+def test_deepcopy_and_pickle_keep_the_wrapped_layers_working():
+    import copy
+    import pickle
+
+    model, tok = build("gpt2")
+    set_gates(model)
+    ids = encode(tok, PROMPT)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with torch.no_grad():
+            assert torch.equal(clone(ids, pixel_values=images()).logits,
+                               model(ids, pixel_values=images()).logits)  # fmt: skip
+        # the clone's blocks read the clone's media state, not the original's
+        assert clone.flamingo_layers[0]._state is clone._state is not model._state
+
+
 # --- generation and persistence -----------------------------------------------------------------
 
 
