@@ -87,6 +87,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         images_dir=Path(args.images) if args.images else None,
         width=args.width,
         out=sys.stdout,
+        as_json=args.json,
     )
     if not found:
         what = f"key {args.key}" if args.key else f"index {args.index}"
@@ -157,6 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, help="the N-th document of the target (from 0)")
     p.add_argument("--images", metavar="DIR", help="also write the document's images to DIR")
     p.add_argument("--width", type=int, help="wrap width (default: the terminal's)")
+    p.add_argument("--json", action="store_true", help="print the shard record (schema m3w/1)")
 
     p = add("verify", cmd_verify, "schema, members, images, manifest and tar integrity")
     p.add_argument("--jobs", type=int, default=1, help="verify shards in N processes")

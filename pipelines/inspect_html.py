@@ -307,6 +307,11 @@ def _content(
             f"image {n} · {arrow}</span> "
             f"{size} · {esc(fmt)} · <code>{esc(im.get('member'))}</code>"
             + (f' · alt="{esc(im["alt"])}"' if im.get("alt") else "")
+            + (
+                f' · <a class="src" href="{esc(im["src"])}">{esc(_short(im["src"]))}</a>'
+                if str(im.get("src", "")).startswith(("http://", "https://"))
+                else ""
+            )
             + "</div>"
         )
         return (
@@ -370,6 +375,7 @@ figure img{display:block;max-width:min(100%,420px);max-height:360px}
        display:flex;align-items:center;justify-content:center;font-size:12px;color:#a00}
 .tok{font:11px ui-monospace,monospace;color:#999}
 .more{color:#999;font-style:italic}
+a.src{color:#557;font-size:11px;word-break:break-all}
 """
 
 LEGEND = (

@@ -8,6 +8,7 @@ the order the trainer sees. The arrow says which text the image conditions: → 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -103,15 +104,21 @@ def show(
     images_dir: Path | None = None,
     width: int | None = None,
     out: TextIO | None = None,
+    as_json: bool = False,
 ) -> bool:
-    """Print one document (by key, or the index-th of the target); False if there is no such one."""
+    """Print one document (by key, or the index-th of the target); False if there is no such one.
+
+    `as_json` prints the shard record itself (schema m3w/1) instead of the reading-order view."""
     if (key is None) == (index is None):
         raise ValueError("give exactly one of a key or an index")
     sample = _find(target, key, index, images=True if images_dir else False)
     if sample is None:
         return False
     width = width or max(40, shutil.get_terminal_size((100, 24)).columns)
-    text = render(sample, width)
+    if as_json:
+        text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+    else:
+        text = render(sample, width)
     if images_dir is not None:
         paths = write_images(sample, images_dir)
         text += f"\n{len(paths)} images written to {images_dir}\n"

@@ -418,6 +418,14 @@ def test_show_by_index_and_key_in_reading_order(job, tmp_path, capsys):
     assert (tmp_path / written[0]).read_bytes() in {im.data for im in doc.image_nodes}
 
 
+def test_show_json_prints_the_record(job, capsys):
+    doc = job.docs[1]
+    assert main(["inspect", "show", str(job.root), doc.key, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["url"] == doc.url and record["texts"] == doc.texts
+    assert [im["attach"] for im in record["images"] if im] == [n.attach for n in doc.image_nodes]
+
+
 def test_show_unknown_key_fails(job, capsys):
     assert main(["inspect", "show", str(job.root), "f" * 32]) == 1
     assert "no document" in capsys.readouterr().err
