@@ -417,9 +417,14 @@ class _Stream:
         self.breaks = [b for b in self.breaks if b[0] > upto]
         return taken
 
-    def peek(self, n: int) -> bytes:
+    def fill_to(self, n: int) -> int:
+        """Buffer at least n bytes (fewer at the end of the file); returns how many are buffered."""
         while len(self.buf) < n and self._fill():
             pass
+        return len(self.buf)
+
+    def peek(self, n: int) -> bytes:
+        self.fill_to(n)
         return bytes(self.buf[:n])
 
     def read_line(self, limit: int = _MAX_HEADER_BYTES) -> bytes:
@@ -434,14 +439,13 @@ class _Stream:
         """Bytes up to and including the blank line that ends a header block."""
         searched = 0
         while True:
-            ends = [
-                i
-                for i in (self.buf.find(b"\n\r\n", searched), self.buf.find(b"\n\n", searched))
-                if i >= 0
-            ]
-            if ends:
-                end = min(ends)
-                return self.read(end + (3 if self.buf[end + 1] == 0x0D else 2))
+            stop = min(len(self.buf), limit + 3)  # never scan a big buffer past a header's size
+            crlf = self.buf.find(b"\n\r\n", searched, stop)
+            lf = self.buf.find(b"\n\n", searched, crlf + 2 if crlf >= 0 else stop)
+            if lf >= 0:
+                return self.read(lf + 2)
+            if crlf >= 0:
+                return self.read(crlf + 3)
             if len(self.buf) > limit:
                 raise _Corrupt(f"header block over {limit} bytes")
             searched = max(0, len(self.buf) - 2)
@@ -451,7 +455,8 @@ class _Stream:
     def read(self, n: int) -> bytes:
         while len(self.buf) < n and self._fill():
             pass
-        out = bytes(self.buf[:n])
+        with memoryview(self.buf) as view:
+            out = bytes(view[:n])  # one copy (a bytearray slice would make two)
         del self.buf[:n]
         self.pos += len(out)
         if out:
@@ -545,12 +550,18 @@ class _RawRecord:
     truncated: bool = False
 
 
+_HEADER_LINE = re.compile(r"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.M)
+
+
 def _parse_header_block(block: bytes) -> dict[str, str]:
     """`Name: value` lines (RFC 9112 §5; WARC §4) into a dict; continuation lines are folded.
     Bytes are read as UTF-8 where valid, else Latin-1 (RFC 9110 §5.5: header octets are opaque)."""
+    text = _header_text(block)
+    if "\n " not in text and "\n\t" not in text:  # no obsolete line folding: one regex pass
+        return {name.strip(): value for name, value in _HEADER_LINE.findall(text)}
     headers: dict[str, str] = {}
     last = None
-    for line in _header_text(block).split("\n"):
+    for line in text.split("\n"):
         line = line.rstrip("\r")
         if not line:
             continue
@@ -634,13 +645,12 @@ class _Reader:
             if not tail_ok(stream.peek(16)):
                 raise _Corrupt(f"record not followed by a record end (length {length} wrong?)")
             return block, True
-        data = stream.peek(length + 16)
-        if len(data) < length:
-            raise _Corrupt(f"record block cut short ({len(data)} of {length} bytes)")
-        if not tail_ok(data[length:]):
+        have = stream.fill_to(length + 16)
+        if have < length:
+            raise _Corrupt(f"record block cut short ({have} of {length} bytes)")
+        if not tail_ok(bytes(stream.buf[length : length + 16])):
             raise _Corrupt(f"record not followed by a record end (length {length} wrong?)")
-        stream.skip(length)
-        return data[:length], False
+        return stream.read(length), False
 
     def _warc(self, start: int) -> _RawRecord:
         head = self.stream.read_header_block()
