@@ -323,3 +323,12 @@ def test_loader_over_corpus_built_shards(corpus, tmp_path, tokenizer, processor)
         assert ids[0] == tok.bos or b["attention_mask"][0].sum() == 256
         if b["media_mask"] is not None:  # a token attends only to valid slots
             assert not b["media_mask"][0][:, ~b["image_valid"][0]].any()
+
+
+def test_pipe_urls_stream_shards(shard_dir, tokenizer, processor):
+    """`pipe:` URLs (what object-storage CLIs give) stream through webdataset's gopen."""
+    pattern = f"pipe:cat {shard_dir}/{{000000..000005}}.tar"
+    urls = data.expand_shards(pattern)
+    assert len(urls) == 6 and urls[0] == f"pipe:cat {shard_dir}/000000.tar"
+    keys = _keys_of(_stream(pattern, tokenizer, processor, num_workers=1))
+    assert sorted(keys) == sorted(_keys_of(_stream(shard_dir, tokenizer, processor, num_workers=1)))

@@ -216,3 +216,9 @@ def test_ddp_two_cpu_processes_with_torchrun(tokenizer, shards, tmp_path):
         assert rank_state["m3w"]["batches"] == 6
     summary = json.loads((tmp_path / "ddp" / "summary-train.json").read_text())
     assert summary["steps"] == 3 and all(math.isfinite(x) for x in summary["losses"])
+
+
+def test_multinode_example_config_parses():
+    cfg = TrainConfig.from_yaml(REPO / "docker" / "torchrun-multinode.yaml")
+    assert [d.name for d in cfg.data] == ["m3w", "pairs"] and cfg.data[0].resampled
+    assert cfg.model.cross_attn_every_n_layers == 4 and cfg.run.strategy == "ddp"
