@@ -128,6 +128,7 @@ def run_build(
         extra={
             "units": len(units),
             "write_groups": len(groups),
+            "tasks_resumed": progress.resumed,  # >0: pages/s mixes this run with an earlier one
             "seed": config.seed,
             "profile": config.profile,
         },
@@ -369,15 +370,18 @@ class _Progress:
 
         self.bar = tqdm(total=2 * n_units, unit="task", desc="build", disable=not enabled)
         self.totals = {"pages": 0, "docs": 0, "images": 0, "shards": 0}
+        self.resumed = 0  # tasks read back from an earlier run's markers
 
     def extracted(self, stats: dict[str, Any], resumed: bool) -> None:
         self.totals["pages"] += stats["pages"]
+        self.resumed += resumed
         self._tick()
 
     def written(self, stats: dict[str, Any], resumed: bool) -> None:
         self.totals["docs"] += stats["docs"]
         self.totals["images"] += stats["images"]
         self.totals["shards"] += len(stats["shards"])
+        self.resumed += resumed
         self._tick()
 
     def _tick(self) -> None:

@@ -307,6 +307,7 @@ def extract_unit(
                         doc = page_to_document(page, config)
                     except Skip as skip:
                         counts[skip.code] += 1
+                        log.debug("%s: %s", skip.code, skip.detail)  # detail names file@offset
                     except Exception as exc:  # noqa: BLE001 - a parser bug drops one page, counted
                         _count_skip(counts, "html.parser_error", page, exc)
                 if doc is None:

@@ -387,6 +387,7 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_documents(
     assert keys == _keys(reference)
     assert [m["sha256"] for m in _manifest(out)] == [m["sha256"] for m in _manifest(reference)]
     assert not list(out.rglob("*.tmp"))
+    assert report["tasks_resumed"] >= 1  # the finished unit was read back, not redone
 
 
 @pytest.mark.slow
