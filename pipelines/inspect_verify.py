@@ -108,6 +108,16 @@ def check_record(sample: Sample) -> Iterator[tuple[str, str]]:
     if len(texts) != len(images):
         yield "schema.lists", f"texts ({len(texts)}) and images ({len(images)}) differ in length"
         return
+    if not any(isinstance(im, dict) for im in images):
+        # the build drops such documents (DESIGN §2, doc.no_images): one in a shard is a build bug
+        yield "schema.no_images", "document has no image"
+    p_next = rec.get("p_next")
+    if p_next is not None and (
+        isinstance(p_next, bool) or not isinstance(p_next, int | float) or not 0 <= p_next <= 1
+    ):
+        yield "schema.p_next", f"p_next {p_next!r} is not a probability"
+    if rec.get("lang") is not None and not isinstance(rec["lang"], str):
+        yield "schema.lang", f"lang {rec['lang']!r} is not a string"
     for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
         if (text is None) == (image is None):
             yield "schema.position", f"position {pos}: exactly one of texts/images must be non-null"

@@ -251,11 +251,29 @@ def test_verify_schema_violations(job, tmp_path):
         rec = json.loads(data)
         rec["texts"][0] = None  # position 0 now has neither text nor image
         rec["images"][1]["attach"] = "sideways"
+        rec["p_next"] = 1.5
         return [(name, json.dumps(rec).encode())]
 
+    def no_images(name, data):
+        if name.startswith(job.docs[1].key):  # doc 1 loses its images, member and record alike
+            if not name.endswith(".json"):
+                return []
+            rec = json.loads(data)
+            rec["images"] = [None] * len(rec["images"])
+            rec["texts"] = [t if t is not None else "x" for t in rec["texts"]]
+            return [(name, json.dumps(rec).encode())]
+        return [(name, data)]
+
     _rewrite(root / "shards" / "000000.tar", edit)
+    _rewrite(root / "shards" / "000000.tar", no_images)
     _fix_manifest(root)
-    assert _codes(root) == {"schema.position", "schema.attach"}
+    assert _codes(root) == {
+        "schema.position",
+        "schema.attach",
+        "schema.p_next",
+        "schema.no_images",
+        "manifest.images",
+    }
 
 
 def test_verify_dot_in_key(job, tmp_path):
