@@ -84,6 +84,11 @@ def sniff_image_format(data: bytes) -> str | None:
         return "webp"
     if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
         return "avif"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1"):
+        return "heic"  # an image, but no Pillow plugin decodes it: image.unsupported_format
+    head = data[:256].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "svg"  # vector: an image to a browser, not to a pixel model
     return None
 
 

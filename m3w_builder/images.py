@@ -84,7 +84,7 @@ def process_image(data: bytes, config: ImageConfig) -> StoredImage:
     fmt = sniff_image_format(data)
     if fmt is None:
         raise Skip("image.bad_content_type", f"not an image by its magic bytes: {data[:16]!r}")
-    if config.formats is not None and fmt not in config.formats:
+    if fmt not in _PLUGINS or (config.formats is not None and fmt not in config.formats):
         raise Skip("image.unsupported_format", fmt)
     im = _open(data, fmt, config)
     orientation = _orientation(im)

@@ -211,9 +211,12 @@ def test_byte_cap_and_magic_bytes() -> None:
     assert outcome(b"<!doctype html><html>not an image</html>", ImageConfig()) == (
         "image.bad_content_type"
     )
-    assert outcome(b"<svg xmlns='http://www.w3.org/2000/svg'/>", ImageConfig()) == (
-        "image.bad_content_type"
-    )
+    # Images that are not pixels Pillow decodes: named, but refused as unsupported formats.
+    svg = b"<?xml version='1.0'?>\n<svg xmlns='http://www.w3.org/2000/svg'/>"
+    assert sniff_image_format(svg) == "svg"
+    assert outcome(svg, ImageConfig()) == "image.unsupported_format"
+    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40
+    assert outcome(heic, ImageConfig()) == "image.unsupported_format"
     assert sniff_image_format(drawn(10, 10, "WEBP")) == "webp"
     assert sniff_image_format(drawn(10, 10, "GIF")) == "gif"
     assert sniff_image_format(drawn(10, 10, "JPEG")) == "jpeg"
