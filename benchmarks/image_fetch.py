@@ -96,12 +96,19 @@ def rss_mb() -> float:
 
 
 def run_m3w(
-    port: int, n: int, concurrency: int, per_host: int, workers: int, passthrough: bool
+    port: int,
+    n: int,
+    concurrency: int,
+    per_host: int,
+    workers: int,
+    passthrough: bool,
+    stream: bool = False,
 ) -> dict:
-    """resolve_images over n one-image documents (each image its own document, so no dedup)."""
+    """resolve_images over n one-image documents (each image its own document, so no dedup), or
+    with `stream` iter_resolved in batches of 32 documents, 8 batches in flight (the build's use)."""
     from m3w_builder.config import BuildConfig
     from m3w_builder.document import Document, ImageNode
-    from m3w_builder.images import resolve_images
+    from m3w_builder.images import iter_resolved, resolve_images
     from m3w_builder.reasons import Counts
 
     config = BuildConfig()
@@ -119,7 +126,10 @@ def run_m3w(
     counts = Counts()
     rss0, cpu0 = rss_mb(), cpu_s()
     start = time.perf_counter()
-    kept = resolve_images(docs, config, counts)
+    if stream:
+        kept = list(iter_resolved(docs, config, counts, batch_docs=32, window=8))
+    else:
+        kept = resolve_images(docs, config, counts)
     elapsed = time.perf_counter() - start
     return {
         "images": counts["image.kept"],
@@ -185,8 +195,9 @@ def run_cpu_only(n: int, workers: int, passthrough: bool) -> dict:
 def scenario_main(argv: list[str]) -> None:
     """Child process entry: run one scenario, print its JSON on the last line."""
     name, port, n, conc, per_host, workers, passthrough = argv[0], *map(int, argv[1:7])
-    if name == "m3w":
-        result = run_m3w(port, n, conc, per_host, workers, bool(passthrough))
+    if name in ("m3w", "m3w-stream"):
+        stream = name == "m3w-stream"
+        result = run_m3w(port, n, conc, per_host, workers, bool(passthrough), stream)
     elif name == "baseline":
         result = run_baseline(port, n)
     else:
@@ -263,6 +274,10 @@ def main() -> None:
             r["server_cpu_s"] = server_stats(port)["cpu_s"] - server_cpu0
             settings = f"concurrency {conc}, per host {per_host}, {cpu} decode threads"
             rows.append(("m3w resolve_images", r, settings + (", jpeg_passthrough" * passthrough)))
+        server_cpu0 = server_stats(port)["cpu_s"]
+        r = child("m3w-stream", port, args.images, 256, 64, 0)
+        r["server_cpu_s"] = server_stats(port)["cpu_s"] - server_cpu0
+        rows.append(("m3w iter_resolved", r, "batches of 32 docs, 8 in flight, per host 64"))
         mem = child("m3w", mem_port, args.inflight, args.inflight, args.inflight, 0)
         label = f"m3w resolve_images, {args.inflight} in flight (1 s latency)"
         server_max = server_stats(mem_port)["max_inflight"]
