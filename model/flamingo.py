@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -582,12 +583,19 @@ class Flamingo(nn.Module):
         ]
 
     def gates(self) -> dict[str, float]:
-        """tanh(gate) of every inserted block, keyed by decoder layer index, for logging."""
+        """tanh(gate) of every inserted block, keyed by decoder layer index, for logging.
+
+        A gate this rank does not hold (FSDP shards outside forward) reads NaN rather than failing.
+        """
+
+        def value(gate: Tensor) -> float:
+            return float(gate.detach().float().tanh().reshape(-1)[0]) if gate.numel() else math.nan
+
         out: dict[str, float] = {}
         for i, layer in enumerate(self.flamingo_layers):
             idx = (i + 1) * self.config.cross_attn_every_n_layers - 1
-            out[f"layer{idx}.attn"] = float(layer.xattn.attn_gate.detach().tanh())
-            out[f"layer{idx}.ff"] = float(layer.xattn.ff_gate.detach().tanh())
+            out[f"layer{idx}.attn"] = value(layer.xattn.attn_gate)
+            out[f"layer{idx}.ff"] = value(layer.xattn.ff_gate)
         return out
 
     def gradient_checkpointing_enable(self) -> None:
