@@ -7,6 +7,7 @@ each reader over all shards (best of --repeat):
   raw read         f.read(1 MiB) to EOF: the disk/page-cache ceiling
   tarfile stream   bare `tarfile` stream iteration reading every member: the baseline of the issue
   iter_shard       m3w_builder.shards.iter_shard (tarfile grouped into samples)
+  webdataset       webdataset.WebDataset(urls) samples, undecoded: what a training loader pays
   stats            pipelines.inspect_stats.compute_stats (reads 16-byte image heads, seeks the rest)
   stats (read all) the same aggregation with every image byte read (what a pipe would force)
   verify -j1/-jN   pipelines.inspect_verify.verify: reads, hashes and fully decodes every image
@@ -116,6 +117,13 @@ def m3w_iter_shard(shards: list[Path]) -> None:
             pass
 
 
+def webdataset_iter(shards: list[Path]) -> None:
+    import webdataset as wds
+
+    for _ in wds.WebDataset([str(p) for p in shards], shardshuffle=False):
+        pass
+
+
 def stats_read_all(target) -> None:
     stats = Stats()
     for s in iter_target(target, images=True):
@@ -153,6 +161,7 @@ def main() -> None:
         ("raw read (1 MiB chunks)", lambda: raw_read(shards), args.repeat),
         ("tarfile stream (baseline)", lambda: bare_tarfile(shards), args.repeat),
         ("m3w iter_shard", lambda: m3w_iter_shard(shards), args.repeat),
+        ("webdataset (no decode)", lambda: webdataset_iter(shards), args.repeat),
         ("inspect stats", lambda: compute_stats(target), args.repeat),
         ("inspect stats (read all)", lambda: stats_read_all(target), args.repeat),
         ("inspect verify -j1", lambda: verify(target, jobs=1), 1),

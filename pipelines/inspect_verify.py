@@ -149,10 +149,15 @@ def _decode(data: bytes, ext: str, full: bool = True) -> str | None:
     """None if Pillow decodes `data` as the format `ext` names, else why not.
 
     `full=False` parses only the header (format, size): ~100× faster, but a cut-off image body passes.
+    A JPEG is decoded at 1/8 scale (libjpeg's DCT scaling via `draft`): every entropy-coded scan is
+    still read, so truncation and corrupt data raise exactly as in a full decode, but the IDCT and
+    colour conversion run on 1/64 of the pixels (~1.5× faster on photo-like 1024×768 JPEGs).
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
             if full:
+                if img.format == "JPEG":
+                    img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
                 img.load()
             if img.format != PIL_FORMATS.get(ext):
                 return f"bytes are {img.format}, extension says {ext}"

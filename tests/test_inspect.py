@@ -738,3 +738,24 @@ def test_remote_job_over_fsspec_reads_like_the_local_one(job, capsys):
     with pytest.raises(FileNotFoundError, match=r"000003\.tar$"):
         resolve_target(f"memory://{base}/shards/{{000002..000003}}.tar")
     fs.rm(base, recursive=True)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_image_decode_check_catches_cut_and_corrupt_bytes(fmt):
+    """The verify decode (JPEG at 1/8 scale) still reads every byte of image data."""
+    import random
+
+    from PIL import Image
+
+    from pipelines.inspect_verify import _decode
+
+    rng = random.Random(0)
+    img = Image.frombytes("RGB", (40, 30), rng.randbytes(40 * 30 * 3)).resize((320, 240))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=90)
+    data = buf.getvalue()
+    ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    assert _decode(data, ext) is None
+    assert "not decodable" in _decode(data[: len(data) * 3 // 4], ext)
+    if fmt != "WEBP":  # Pillow's WebP plugin decodes on open, so even header-only catches that
+        assert _decode(data[: len(data) * 3 // 4], ext, full=False) is None  # header-only misses it
