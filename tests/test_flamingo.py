@@ -62,7 +62,8 @@ def tiny_lm(kind: str = "gpt2", vocab: int = V0) -> torch.nn.Module:
     common = dict(vocab_size=vocab, hidden_size=DIM, num_attention_heads=4, num_hidden_layers=2)
     if kind == "gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_embd=DIM, n_head=4, n_layer=2, n_positions=128,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         bos_token_id=1, eos_token_id=2)  # fmt: skip
         return GPT2LMHeadModel(cfg).eval()
     if kind == "opt":
         cfg = OPTConfig(ffn_dim=64, max_position_embeddings=128, word_embed_proj_dim=DIM,
@@ -386,26 +387,32 @@ def test_generate_with_cache_equals_no_cache_greedy(kind, attach):
     assert torch.equal(cached, seq)
 
 
-def test_generate_batch_and_sampled_sequences_follow_their_own_images():
+def test_generate_left_padded_batch_and_sampled_sequences_follow_their_own_images():
     model, tok = build("gpt2")
     set_gates(model, 2.0)
-    ids = encode(tok, "<s> a photo of <E> <I> a red car <E> <I> a").repeat(2, 1)
+    pad = tok.pad_token_id
+    rows = [
+        encode(tok, "<s> a photo of <E> <I> a red car <E> <I> a"),
+        encode(tok, "<s> <I> the dog <E> <I> a"),
+    ]
+    width = max(r.shape[1] for r in rows)
+    ids = torch.cat([torch.cat([torch.full((1, width - r.shape[1]), pad), r], 1) for r in rows])
+    attn = (ids != pad).long()
     px = torch.cat([images(seed=3), images(seed=4) * 3])
     pre = torch.tensor([[False, True], [True, False]])
-    kw = dict(max_new_tokens=6, pad_token_id=tok.pad_token_id,
-              suppress_tokens=[model.config.image_token_id])  # fmt: skip
-    both = model.generate(ids, px, preceding=pre, do_sample=False, **kw)
-    for row in range(2):  # each sample generates as it would alone
-        alone = model.generate(ids[row : row + 1], px[row : row + 1], preceding=pre[row : row + 1],
-                               do_sample=False, **kw)  # fmt: skip
-        assert torch.equal(both[row : row + 1], alone)
+    kw = dict(max_new_tokens=6, pad_token_id=pad,
+              suppress_tokens=[model.config.image_token_id, tok.eos_token_id])  # fmt: skip
+    both = model.generate(ids, px, preceding=pre, attention_mask=attn, do_sample=False, **kw)
+    for i, row in enumerate(rows):  # each sample generates as it would alone
+        alone = model.generate(row, px[i : i + 1], preceding=pre[i : i + 1], do_sample=False, **kw)
+        assert torch.equal(both[i, width:], alone[0, row.shape[1] :])
     # sampling with several sequences per prompt: the cache path equals the no-cache path
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(5)
-        outs.append(model.generate(ids, px, preceding=pre, do_sample=True, num_return_sequences=2,
-                                   use_cache=use_cache, **kw))  # fmt: skip
-    assert outs[0].shape == (4, ids.shape[1] + 6) and torch.equal(outs[0], outs[1])
+        outs.append(model.generate(ids, px, preceding=pre, attention_mask=attn, do_sample=True,
+                                   num_return_sequences=2, use_cache=use_cache, **kw))  # fmt: skip
+    assert outs[0].shape == (4, width + 6) and torch.equal(outs[0], outs[1])
     with pytest.raises(NotImplementedError):
         model.generate(ids, px, preceding=pre, num_beams=2, **kw)
 
