@@ -16,6 +16,7 @@ import codecs
 import fnmatch
 import glob
 import gzip
+import io
 import logging
 import os
 import re
@@ -750,30 +751,52 @@ def _dechunk(body: bytes) -> bytes | None:
             pos += 1
 
 
-def _decode_content(body: bytes, encoding: str) -> bytes:
-    """Undo Content-Encoding gzip / deflate (RFC 9110 §8.4.1). A body cut short still yields
-    what decompressed (crawlers truncate large pages); a body that is not what it claims raises."""
-    coding = encoding.strip().lower()
-    if coding in ("", "identity", "none"):
-        return body
-    if coding in ("gzip", "x-gzip", "deflate"):
-        for wbits in (47, -15) if coding == "deflate" else (31,):
-            z = zlib.decompressobj(wbits)
-            try:
-                out = z.decompress(body)
-            except zlib.error:
-                continue
-            if out or z.eof:
-                return out
-        raise _Corrupt(f"body does not decode as Content-Encoding {encoding}")
-    if coding == "br":
-        from fastwarc.stream_io import BrotliReader, BytesIOStream
+MAX_DECODED_BYTES = 64_000_000  # a content-encoded body is never inflated past this (bombs)
 
+
+def _decode_content(body: bytes, encoding: str) -> bytes:
+    """Undo Content-Encoding gzip / deflate / br (RFC 9110 §8.4.1), in reverse order of a list
+    (`gzip, br`). Output stops after MAX_DECODED_BYTES + 1 bytes. A body cut short still yields
+    what decompressed (crawlers truncate large pages); a body that is not what it claims raises."""
+    for coding in reversed([c.strip().lower() for c in encoding.split(",")]):
+        if coding in ("", "identity", "none"):
+            continue
+        if coding in ("gzip", "x-gzip", "deflate"):
+            body = _inflate(body, coding)
+        elif coding == "br":
+            body = _unbrotli(body)
+        else:
+            raise _Corrupt(f"unsupported Content-Encoding {encoding!r}")
+    return body
+
+
+def _inflate(body: bytes, coding: str) -> bytes:
+    # "deflate" is zlib-wrapped per RFC 9110 but raw deflate on many servers: try both.
+    for wbits in (47, -15) if coding == "deflate" else (31,):
+        z = zlib.decompressobj(wbits)
         try:
-            return BrotliReader(BytesIOStream(body)).read(1 << 40)
-        except Exception as exc:  # fastwarc raises its own errors for bad brotli
-            raise _Corrupt(f"body does not decode as brotli: {exc}") from exc
-    raise _Corrupt(f"unsupported Content-Encoding {encoding!r}")
+            out = z.decompress(body, MAX_DECODED_BYTES + 1)
+        except zlib.error:
+            continue
+        if out or z.eof:
+            return out
+    raise _Corrupt(f"body does not decode as Content-Encoding {coding}")
+
+
+def _unbrotli(body: bytes) -> bytes:
+    from fastwarc.stream_io import BrotliReader  # FastWARC bundles brotli; no extra dependency
+
+    out = bytearray()
+    try:
+        reader = BrotliReader(io.BytesIO(body))
+        while len(out) <= MAX_DECODED_BYTES:
+            chunk = reader.read(_READ_SIZE * 16)
+            if not chunk:
+                break
+            out += chunk
+    except OSError as exc:
+        raise _Corrupt(f"body does not decode as brotli: {exc}") from exc
+    return bytes(out)
 
 
 def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
@@ -809,6 +832,8 @@ def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
     content_encoding = _get(headers, "Content-Encoding")
     if content_encoding:
         body = _decode_content(body, content_encoding)
+        if len(body) > MAX_DECODED_BYTES:
+            body, raw.truncated = body[:MAX_DECODED_BYTES], True
     return status, headers, body
 
 

@@ -11,6 +11,7 @@ import gzip
 import html
 import io
 import json
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -494,6 +495,62 @@ def test_gzip_content_encoding_and_chunked_are_undone(tmp_path: Path) -> None:
         writer.write_record(record)
     (page,) = iter_pages(str(path), Counts())
     assert page.body == html_body
+
+
+def _http_warc(path: Path, blocks: list[tuple[str, bytes]]) -> None:
+    """Response records with hand-written HTTP blocks (headers and body bytes as given)."""
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, block in blocks:
+            record = writer.create_warc_record(
+                url,
+                "response",
+                payload=io.BytesIO(block),
+                warc_content_type="application/http; msgtype=response",
+                length=len(block),
+            )
+            writer.write_record(record)
+
+
+def test_content_encodings_brotli_deflate_and_bombs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastwarc.stream_io import BrotliWriter
+
+    from m3w_builder import sources
+
+    cap = 1_000_000  # the module's 64 MB cap, lowered to keep the test fast
+    monkeypatch.setattr(sources, "MAX_DECODED_BYTES", cap)
+
+    html_body = _page(2)
+    buf = io.BytesIO()
+    writer = BrotliWriter(buf)
+    writer.write(html_body)
+    writer.close()
+    deflate = zlib.compressobj(wbits=-15)
+    raw_deflate = deflate.compress(html_body) + deflate.flush()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: %s\r\n\r\n"
+    bomb = gzip.compress(b"<html>" + b" " * (cap * 3))
+    path = tmp_path / "enc.warc.gz"
+    _http_warc(
+        path,
+        [
+            ("http://ex.test/br", head % b"br" + buf.getvalue()),
+            ("http://ex.test/zlib", head % b"deflate" + zlib.compress(html_body)),
+            ("http://ex.test/raw", head % b"deflate" + raw_deflate),
+            ("http://ex.test/lie", head % b"gzip" + html_body),
+            ("http://ex.test/bomb", head % b"gzip" + bomb),
+        ],
+    )
+    counts = Counts()
+    pages = list(iter_pages(str(path), counts))
+    assert [p.url.rsplit("/", 1)[-1] for p in pages] == ["br", "zlib", "raw"]
+    assert all(p.body == html_body for p in pages)
+    assert _codes(counts) == {"warc.undecodable_body": 1, "html.too_large": 1}
+    (bomb_record,) = [r for r in iter_records(str(path), Counts()) if r.url.endswith("bomb")]
+    assert bomb_record.truncated and len(bomb_record.body) == cap
 
 
 def test_whole_file_gzip_member_and_detection_by_magic(tmp_path: Path) -> None:
