@@ -66,6 +66,7 @@ _WHATWG_ALIASES: dict[str, str] = {
     "windows-31j": "cp932",
     "ms932": "cp932",
     "euc-jp": "euc_jp",
+    "iso-2022-jp": "iso2022_jp_ext",  # WHATWG's decoder accepts the half-width katakana escape
     "x-euc-jp": "euc_jp",
     "gb2312": "gb18030",
     "gbk": "gb18030",
@@ -192,15 +193,22 @@ def _try_declared(body: bytes, label: str | None) -> tuple[str, str] | None:
     return None
 
 
+DETECT_BYTES = 65_536  # detection reads this much: enough evidence, and bounded time on 5 MB pages
+
+
 def _detect(body: bytes) -> tuple[str, str] | None:
-    """Statistical detection (bs4's UnicodeDammit, which uses charset_normalizer when installed)."""
+    """Statistical detection (bs4's UnicodeDammit, which uses charset_normalizer when installed)
+    on the first 64 KB; the whole body is then decoded with the codec found."""
     from bs4 import UnicodeDammit
 
-    dammit = UnicodeDammit(body, is_html=True)
-    if dammit.unicode_markup is None or dammit.original_encoding is None:
+    dammit = UnicodeDammit(body[:DETECT_BYTES], is_html=True)
+    if dammit.original_encoding is None:
         return None
     codec = normalize_charset(dammit.original_encoding) or dammit.original_encoding
-    return dammit.unicode_markup, codec
+    try:
+        return body.decode(codec, errors="replace"), codec
+    except LookupError:
+        return None
 
 
 def decode_html(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str]:
@@ -217,7 +225,7 @@ def decode_html(body: bytes, headers: dict[str, str] | None = None) -> tuple[str
         text = _strict(body[len(codecs.BOM_UTF8) if bom == "utf-8" else 2 :], bom)
         if text is not None:
             return text, bom
-    if body.isascii():
+    if body.isascii() and b"\x1b" not in body:  # ESC: ISO-2022-JP is 7-bit but not ASCII text
         return body.decode("ascii"), "ascii"  # every candidate agrees; skip the work
     for label in (charset_from_headers(headers), charset_from_meta(body)):
         decoded = _try_declared(body, label)

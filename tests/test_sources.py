@@ -174,6 +174,13 @@ def test_undeclared_legacy_bytes_are_detected() -> None:
     assert sentence in text
 
 
+def test_iso_2022_jp_is_not_taken_for_ascii() -> None:
+    body = '<meta charset="iso-2022-jp"><p>こんにちは、世界</p>'.encode("iso2022_jp")
+    assert body.isascii()
+    text, encoding = decode_html(body, {})
+    assert "こんにちは、世界" in text and encoding.startswith("iso2022_jp")
+
+
 def test_binary_junk_never_raises() -> None:
     junk = bytes(range(256)) * 64
     text, encoding = decode_html(junk, {"Content-Type": "text/html; charset=bogus"})
