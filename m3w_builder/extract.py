@@ -133,9 +133,8 @@ def _deadline(timeout_s: float, where: str) -> Callable[[], None]:
     return check
 
 
-def _parse_bounded(text: str, check: Callable[[], None]) -> etree._Element | None:
+def _parse_bounded(data: bytes, check: Callable[[], None]) -> etree._Element | None:
     """Feed UTF-8 bytes to libxml2 in chunks, checking the deadline between chunks."""
-    data = text.encode("utf-8", "surrogatepass")
     parser = dom.make_parser("utf-8")
     if len(data) <= _FEED_CHUNK:
         return dom.parse(data, parser)
@@ -176,14 +175,19 @@ def _page_to_document(
     text, charset = decode_html(body, page.headers)
     if len(_CONTROL.findall(text[:_SNIFF])) > 0.1 * max(len(text[:_SNIFF]), 1):
         raise Skip("html.not_html", f"{where}: mostly undecodable/control characters")
-    root = _parse_bounded(text, check)
+    # libxml2 gets UTF-8 bytes with the encoding fixed, never its own sniffing: the original bytes
+    # when they are valid UTF-8/ASCII (decode_html's last resort decodes UTF-8 with U+FFFD
+    # replacement, so a U+FFFD in the text means "maybe not valid": re-encode then), else the
+    # decoded text re-encoded. libxml2 stops at the first invalid UTF-8 byte.
+    passthrough = charset == "ascii" or (charset == "utf-8" and "\ufffd" not in text)
+    data = body if passthrough else text.encode("utf-8", "surrogatepass")
+    root = _parse_bounded(data, check)
     if root is None:
         raise Skip("html.no_content", f"{where}: nothing parsed")
     check()
+    if dom.too_deep(root, config.sources.max_depth):
+        raise Skip("html.too_deep", f"{where}: DOM deeper than {config.sources.max_depth}")
     doc = dom.extract_tree(root, page.url, config.dom, check=check)
-    depth = doc.stats.get("dom", {}).get("max_depth", 0)
-    if depth > config.sources.max_depth:
-        raise Skip("html.too_deep", f"{where}: DOM depth {depth} > {config.sources.max_depth}")
     doc.source_file = page.source_file
     doc.source_offset = page.source_offset
     doc.fetched = page.date
