@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.masks import attachment_mask
 from model.resampler import PerceiverResampler
-from model.xattn import GatedCrossAttentionBlock
+from model.xattn import GatedCrossAttentionBlock, PairPlan, plan_pairs
 
 __all__ = [
     "EOC_TOKEN",
@@ -191,11 +191,16 @@ class ExtendedHead(nn.Module):
 class _MediaState:
     """What the inserted blocks read during one forward: visual tokens and the [B, T, N] mask."""
 
-    __slots__ = ("media", "mask")
+    __slots__ = ("media", "mask", "plan")
 
     def __init__(self) -> None:
         self.media: Tensor | None = None
         self.mask: Tensor | None = None
+        self.plan: PairPlan | None = None  # the fast kernel's pair layout, built once per mask
+
+    def set(self, media: Tensor | None, mask: Tensor | None, fast: bool) -> None:
+        self.media, self.mask = media, mask
+        self.plan = plan_pairs(mask) if fast and media is not None and mask is not None else None
 
 
 class FlamingoLayer(nn.Module):
@@ -227,7 +232,7 @@ class FlamingoLayer(nn.Module):
         """Runs ``xattn(hidden_states)`` then the decoder layer with its own arguments unchanged."""
         in_kwargs = "hidden_states" in kwargs
         hidden = kwargs["hidden_states"] if in_kwargs else args[0]
-        media, mask = self._state.media, self._state.mask
+        media, mask, plan = self._state.media, self._state.mask, self._state.plan
         if media is not None:
             if mask is None or mask.shape[:2] != hidden.shape[:2]:
                 raise RuntimeError(
@@ -239,10 +244,10 @@ class FlamingoLayer(nn.Module):
                 # media and mask are passed as arguments so the recompute in backward does not
                 # depend on the (by then cleared) media state
                 out = checkpoint(
-                    self.xattn, hidden.to(dtype), media.to(dtype), mask, use_reentrant=False
+                    self.xattn, hidden.to(dtype), media.to(dtype), mask, plan, use_reentrant=False
                 )
             else:
-                out = self.xattn(hidden.to(dtype), media.to(dtype), mask)
+                out = self.xattn(hidden.to(dtype), media.to(dtype), mask, plan)
             hidden = out.to(hidden.dtype)
         if in_kwargs:
             kwargs["hidden_states"] = hidden
@@ -419,11 +424,11 @@ class Flamingo(nn.Module):
     @contextmanager
     def conditioned(self, media: Tensor | None, mask: Tensor | None) -> Iterator[None]:
         """Hand visual tokens [B, N, L, D] and mask [B, T, N] to every block; always cleared."""
-        self._state.media, self._state.mask = media, mask
+        self._state.set(media, mask, self.config.xattn_impl == "fast")
         try:
             yield
         finally:
-            self._state.media = self._state.mask = None
+            self._state.set(None, None, False)
 
     def encode_images(self, pixel_values: Tensor, image_valid: Tensor | None = None) -> Tensor:
         """pixel_values [B, N, C, H, W] → visual tokens [B, N, L, D]; invalid slots skip the tower."""
@@ -551,8 +556,8 @@ class Flamingo(nn.Module):
             full = torch.cat(history, dim=1)
             rep = full.shape[0] // media.shape[0]  # num_return_sequences repeats each sample
             pre, val = (t.repeat_interleave(rep, 0) for t in (preceding, image_valid))
-            self._state.media = media.repeat_interleave(rep, 0)
-            self._state.mask = self.media_mask(full, pre, val)[:, -ids.shape[1] :]
+            mask = self.media_mask(full, pre, val)[:, -ids.shape[1] :]
+            self._state.set(media.repeat_interleave(rep, 0), mask, self.config.xattn_impl == "fast")
 
         handle = self.lm.register_forward_pre_hook(update_mask, with_kwargs=True)
         try:

@@ -25,6 +25,7 @@ Two kernels compute the same function:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -36,8 +37,10 @@ __all__ = [
     "FeedForward",
     "GatedCrossAttentionBlock",
     "MaskedCrossAttention",
+    "PairPlan",
     "dense_masked_attention",
     "fast_masked_attention",
+    "plan_pairs",
 ]
 
 XattnImpl = Literal["fast", "dense"]
@@ -56,15 +59,34 @@ def dense_masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Ten
     return rearrange(attn @ v, "b h t d -> b t h d")
 
 
-def _pair_blocks(mask: Tensor, block: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Group the (token, image) pairs of ``mask`` [B, T, N] by image into blocks of queries.
+@dataclass(slots=True)
+class PairPlan:
+    """Where the (token, image) pairs of a [B, T, N] mask sit in blocks of queries.
 
-    Returns ``token`` [NB, S] (flat index b·T + t), ``valid`` [NB, S], ``image`` [NB] (flat index
-    b·N + n) and ``count_per_token`` [B·T]. S is the block size: by default the mean number of tokens
-    per seen image rounded up to a power of two in [16, 128], so that padding stays small.
+    It depends on the mask only, so Flamingo builds it once per batch and every layer reuses it (on a
+    GPU that saves each layer the host syncs of ``nonzero`` and friends).
+    """
+
+    shape: tuple[int, int, int]  # (B, T, N) of the mask
+    token: Tensor  # (NB, S) flat token index b·T + t of each block slot (padding: any token)
+    image: Tensor  # (NB,) flat image index b·N + n of each block
+    keep: Tensor  # (P,) flat block slots that hold a real pair
+    idx: Tensor  # (P,) flat token index of each pair
+    multi: bool  # some token sees several images: merge by log-sum-exp
+    empty: bool  # no token sees any image
+
+
+def plan_pairs(mask: Tensor, block: int | None = None) -> PairPlan:
+    """Group the (token, image) pairs of ``mask`` [B, T, N] by image into blocks of ``block`` queries.
+
+    By default the block size is the mean number of tokens per seen image rounded up to a power of
+    two in [16, 128], so that padding stays small.
     """
     bsz, seq, n_img = mask.shape
     pairs = mask.transpose(1, 2).nonzero()  # (P, 3): (b, n, t), sorted by b, then n, then t
+    if pairs.shape[0] == 0:
+        none = mask.new_zeros(0, dtype=torch.long)
+        return PairPlan((bsz, seq, n_img), none[:, None], none, none, none, False, True)
     group = pairs[:, 0] * n_img + pairs[:, 1]  # (P,) flat image index
     counts = torch.bincount(group, minlength=bsz * n_img)  # (B·N,) tokens per image
     if block is None:
@@ -77,35 +99,44 @@ def _pair_blocks(mask: Tensor, block: int | None) -> tuple[Tensor, Tensor, Tenso
     j = torch.arange(image.shape[0], device=mask.device) - first_block[image]  # block within image
     local = j[:, None] * block + torch.arange(block, device=mask.device)  # (NB, S)
     valid = local < counts[image][:, None]
-    pair = (offsets[image][:, None] + local).clamp(max=max(pairs.shape[0] - 1, 0))
+    pair = (offsets[image][:, None] + local).clamp(max=pairs.shape[0] - 1)
     token = pairs[pair, 0] * seq + pairs[pair, 2]  # (NB, S)
-    count_per_token = mask.sum(-1).flatten()  # (B·T,)
-    return token, valid, image, count_per_token
+    keep = valid.flatten().nonzero().squeeze(1)
+    multi = int(mask.sum(-1).max()) > 1
+    return PairPlan((bsz, seq, n_img), token, image, keep, token.flatten()[keep], multi, False)
 
 
 def fast_masked_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, block: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    *,
+    block: int | None = None,
+    plan: PairPlan | None = None,
 ) -> Tensor:
     """Same function as :func:`dense_masked_attention`, computed per image over blocks of tokens.
 
-    q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d].
+    q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d]. ``plan`` is
+    ``plan_pairs(mask)``, built here when not given.
     """
     bsz, seq, heads, dh = q.shape
-    if not bool(mask.any()):
+    plan = plan if plan is not None else plan_pairs(mask, block)
+    if plan.shape != tuple(mask.shape):
+        raise ValueError(f"plan for a {plan.shape} mask used with a {tuple(mask.shape)} mask")
+    if plan.empty:
         # zeros that keep q, k, v in the graph: DDP expects a gradient for every parameter
         return q * 0 + (k.sum() + v.sum()) * 0
     out = q.new_zeros(bsz * seq, heads, dh)
-    token, valid, image, count_per_token = _pair_blocks(mask, block)
-    n_blk, size = token.shape
+    n_blk, size = plan.token.shape
+    keep, idx = plan.keep, plan.idx
     # index_select rather than advanced indexing: its backward is an index_add, not a slower
     # accumulating index_put
-    q_blk = q.reshape(bsz * seq, heads * dh).index_select(0, token.flatten())
+    q_blk = q.reshape(bsz * seq, heads * dh).index_select(0, plan.token.flatten())
     q_blk = q_blk.view(n_blk, size, heads, dh).transpose(1, 2)  # (NB, H, S, d)
-    k_blk = k.flatten(0, 1).index_select(0, image).transpose(1, 2)  # (NB, H, L, d)
-    v_blk = v.flatten(0, 1).index_select(0, image).transpose(1, 2)
-    keep = valid.flatten().nonzero().squeeze(1)  # (P,) block slots holding a real pair
-    idx = token.flatten().index_select(0, keep)  # (P,) token of each (token, image) pair
-    if int(count_per_token.max()) <= 1:
+    k_blk = k.flatten(0, 1).index_select(0, plan.image).transpose(1, 2)  # (NB, H, L, d)
+    v_blk = v.flatten(0, 1).index_select(0, plan.image).transpose(1, 2)
+    if not plan.multi:
         # every token sees at most one image: plain attention per block, no merging needed
         o = F.scaled_dot_product_attention(q_blk, k_blk, v_blk)  # (NB, H, S, d)
         o = o.transpose(1, 2).reshape(n_blk * size, heads, dh).index_select(0, keep)
@@ -146,12 +177,20 @@ class MaskedCrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim_visual, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: Tensor, media: Tensor, mask: Tensor) -> Tensor:
-        """x [B, T, D], media [B, N, L, Dv], mask [B, T, N] bool → [B, T, D]; rows with no image 0."""
+    def forward(
+        self, x: Tensor, media: Tensor, mask: Tensor, plan: PairPlan | None = None
+    ) -> Tensor:
+        """x [B, T, D], media [B, N, L, Dv], mask [B, T, N] bool → [B, T, D]; rows with no image 0.
+
+        ``plan`` (``plan_pairs(mask)``) lets the fast kernel skip rebuilding it in every layer.
+        """
         q = rearrange(self.to_q(self.norm(x)), "b t (h d) -> b t h d", h=self.heads)
         k, v = rearrange(self.to_kv(media), "b n l (kv h d) -> kv b n l h d", kv=2, h=self.heads)
-        kernel = fast_masked_attention if self.impl == "fast" else dense_masked_attention
-        out = self.to_out(kernel(q, k, v, mask).flatten(-2))  # (B, T, D)
+        if self.impl == "fast":
+            attn = fast_masked_attention(q, k, v, mask, plan=plan)
+        else:
+            attn = dense_masked_attention(q, k, v, mask)
+        out = self.to_out(attn.flatten(-2))  # (B, T, D)
         return out * mask.any(-1, keepdim=True).to(out.dtype)  # explicit: no image → exactly 0
 
 
@@ -191,8 +230,10 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim=dim, mult=ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: Tensor, media: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, media: Tensor, mask: Tensor, plan: PairPlan | None = None
+    ) -> Tensor:
         """x [B, T, D], media [B, N, L, Dv], mask [B, T, N] bool → [B, T, D]."""
         # cast the gates so a bf16 LM's residual stream stays bf16
-        x = x + self.attn(x, media, mask) * self.attn_gate.tanh().to(x.dtype)
+        x = x + self.attn(x, media, mask, plan) * self.attn_gate.tanh().to(x.dtype)
         return x + self.ff(x) * self.ff_gate.tanh().to(x.dtype)
