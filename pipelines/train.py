@@ -166,27 +166,28 @@ def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Mo
 
 
 def _fsdp(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
-    """FSDP with one unit per decoder layer (the LM's `_no_split_modules`), frozen and trainable
-    parameters mixed in a unit (use_orig_params=True), bf16 compute with fp32 gradient reduction."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    """FSDP2 (`fully_shard`): one unit per decoder layer (each with its xattn block), then the rest
+    (embeddings, head, vision tower, resampler) in the root unit. Per-parameter sharding lets frozen
+    and trainable weights share a unit; bf16 compute with fp32 gradient reduction on GPU. FSDP2 also
+    runs on CPU with gloo, which is how the tests exercise it (FSDP1 refuses a CPU-only host)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    names: set[str] = set()
-    for m in model.modules():
-        names.update(getattr(m, "_no_split_modules", None) or [])
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
-    mp = None
+    mp = MixedPrecisionPolicy()
     if d.device.type == "cuda" and cfg.run.precision != "fp32":
-        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    return FSDP(
-        model,
-        auto_wrap_policy=ModuleWrapPolicy(classes) if classes else None,
-        mixed_precision=mp,
-        use_orig_params=True,
-        device_id=d.device if d.device.type == "cuda" else None,
-        sync_module_states=False,
-    )
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in _decoder_layers(_unwrap(model)):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def _decoder_layers(flamingo: Any) -> torch.nn.ModuleList:
+    """The LM's decoder layer list: the ModuleList that holds the model's xattn-wrapped layers."""
+    wrapped = {id(m) for m in flamingo.flamingo_layers}
+    for module in flamingo.lm.modules():
+        if isinstance(module, torch.nn.ModuleList) and any(id(m) in wrapped for m in module):
+            return module
+    raise ValueError("cannot find the decoder layers that hold the xattn blocks")
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,8 +319,8 @@ def train_step(
     # clip once per optimiser step, then step and advance the schedule
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-    if hasattr(model, "clip_grad_norm_") and d.world > 1 and cfg.run.strategy == "fsdp":
-        grad_norm = model.clip_grad_norm_(cfg.optim.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm of sharded (DTensor) gradients
+        grad_norm = grad_norm.full_tensor()
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -339,9 +340,23 @@ def train_step(
 
 
 def _no_sync(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    if sync or not hasattr(model, "no_sync"):
+    """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last micro-batch."""
+    if sync:
         return contextlib.nullcontext()
-    return model.no_sync()
+    if hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: Any) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,8 +542,8 @@ def train(
     summary = _summary(cfg, logger.history, streams, step, stopped, time.perf_counter() - t_start)
     summary["first_loss_this_run"] = first_loss
     summary["checkpoint_step"] = last_saved
+    export_trainable(model, Path(cfg.run.out) / "final", d)
     if d.main:
-        _unwrap(model).save_trainable(Path(cfg.run.out) / "final")
         Path(cfg.run.out, "summary-train.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -544,6 +559,32 @@ def _save(root, step, model, optimizer, scheduler, streams, cfg) -> None:
         config=cfg.to_dict(),
         keep=cfg.run.keep_checkpoints,
     )
+
+
+def export_trainable(model: torch.nn.Module, directory: Path, d: Dist) -> None:
+    """Collective: the final weights in `Flamingo.save_trainable`'s format (loadable with
+    `Flamingo.load`). Under FSDP the sharded parameters are gathered to full tensors first."""
+    inner = _unwrap(model)
+    if not any(hasattr(p, "full_tensor") for p in inner.parameters()):
+        if d.main:
+            inner.save_trainable(directory)
+        return
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from model.flamingo import CONFIG_NAME, WEIGHTS_NAME
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    full = get_model_state_dict(model, options=opts)
+    if not d.main:
+        return
+    names = [n for n, p in inner.named_parameters() if p.requires_grad]  # tied rows once
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {n: full[n].contiguous() for n in names}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(asdict(inner.config), indent=2) + "\n")
 
 
 def _gates(model: torch.nn.Module) -> dict[str, float]:
