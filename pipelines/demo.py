@@ -206,6 +206,7 @@ def generate_example(
     from PIL import Image
 
     from m3w_builder.shards import iter_shard
+    from model.flamingo import EOC_TOKEN
     from pipelines.data import IMAGE_TOKEN
 
     model, tokenizer = parts.model, parts.tokenizer
@@ -231,6 +232,15 @@ def generate_example(
                     max_new_tokens=new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
+                    # a chunk ends at <|endofchunk|>: stop there, as few-shot Flamingo prompting does
+                    eos_token_id=[
+                        t
+                        for t in (
+                            tokenizer.convert_tokens_to_ids(EOC_TOKEN),
+                            tokenizer.eos_token_id,
+                        )
+                        if t is not None
+                    ],
                 )
                 text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
                 print(f"[5/5] generate: {prompt!r} → {text!r}")

@@ -31,6 +31,8 @@ def test_demo_end_to_end(tmp_path):
     assert summary["steps"] == 12
     assert math.isfinite(summary["first_loss"]) and summary["last_loss"] < summary["first_loss"]
     assert summary["prompt"].startswith("<image>") and summary["generated"]
+    # greedy decoding stops at the first end of chunk (regression: it used to run on, repeating it)
+    assert summary["generated"].count("<|endofchunk|>") <= 1
     # everything it made is kept: shards, inspect-able job, checkpoint, TensorBoard, models
     assert list((out / "build" / "shards").glob("*.tar"))
     assert (out / "run" / "checkpoints" / "latest").is_file()
