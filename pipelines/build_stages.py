@@ -43,6 +43,7 @@ import pickle
 import re
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,10 +99,21 @@ class JobDir:
         return self.work / "write" / f"{unit:05d}.json"
 
 
+def attempt_tmp(path: Path) -> Path:
+    """A temporary name next to `path` that belongs to this attempt alone.
+
+    Two attempts of one unit can run at once: a driver killed with SIGKILL leaves its local Ray's
+    workers running the tasks it had submitted, and the rerun submits them again. With one shared
+    `NAME.tmp` the first attempt to finish renamed the other's file away under it (a
+    FileNotFoundError in `os.replace`, seen in CI). Outputs are deterministic, so whichever attempt
+    renames last leaves the same bytes."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write-then-rename: readers see the old file or the whole new one, never a torn write."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = attempt_tmp(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -293,7 +305,7 @@ def extract_unit(
     langs: Counter[str] = Counter()
     pages = 0
     docs_path = job.extract_docs(unit.index)
-    tmp = docs_path.with_name(docs_path.name + ".tmp")
+    tmp = attempt_tmp(docs_path)
     try:
         with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             for seq, page in enumerate(iter_unit_pages(unit, config, counts)):
@@ -328,6 +340,9 @@ def extract_unit(
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, docs_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # this attempt's partial file; a retry writes its own
+        raise
     finally:
         journal.close()
     archives = [p for p in unit.paths if unit.kind == "pages" and ARCHIVE_RE.search(p)]
@@ -595,15 +610,14 @@ def write_unit(
     archive: Any = None,
 ) -> dict[str, Any]:
     """Apply the job-wide decisions, resolve images, draw attachments and write this write group's
-    part shards. Idempotent; a failed attempt leaves only a `.tmp` folder, which the next clears."""
+    part shards. Idempotent; a failed attempt leaves only its own `.tmp` folder, never a part
+    folder, and the stats file (the completion marker) is written after the rename."""
     stats_path = job.write_stats(unit.index)
     if stats_path.exists():
         return read_json(stats_path)
     started = time.perf_counter()
     final_dir = job.write_dir(unit.index)
-    tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    shutil.rmtree(final_dir, ignore_errors=True)  # a rename that lost its marker: redo the unit
+    tmp_dir = attempt_tmp(final_dir)
     counts = Counts()
     langs: Counter[str] = Counter()
     images = 0
@@ -621,6 +635,9 @@ def write_unit(
     infos = writer.infos
     if not infos:
         tmp_dir.mkdir(parents=True, exist_ok=True)
+    # A part folder already there is an earlier or concurrent attempt's identical output, or one
+    # whose marker was lost: replace it (a directory cannot be renamed onto a non-empty one).
+    shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp_dir, final_dir)
     stats = {
         "unit": unit.index,

@@ -168,6 +168,43 @@ def test_finalize_renames_parts_in_unit_order_and_survives_a_second_run(tmp_path
     assert stages.finalize(job, write_stats) == infos  # a rerun after a kill mid-rename
 
 
+def test_concurrent_attempts_of_one_unit_do_not_clobber_each_other(tmp_path):
+    """Regression (CI, driver-kill test): the killed driver's Ray workers still ran a unit while the
+    rerun ran it again; both wrote `NAME.tmp`, and one attempt's rename took the other's file away
+    (FileNotFoundError), or truncated it mid-write. Each attempt now has its own temporary name."""
+    import threading
+
+    from m3w_builder.config import BuildConfig
+    from pipelines.sample_site import write_warcs
+
+    site = make_site(tmp_path / "site", pages=16)
+    (warc,) = write_warcs(tmp_path / "site", tmp_path / "warc", files=1)
+    assert site.pages
+    config = BuildConfig.for_profile("m3w")
+    unit = stages.WorkUnit(index=0, kind="pages", paths=[str(warc)])
+    job = stages.JobDir(tmp_path / "job")
+    errors: list[BaseException] = []
+
+    def attempt(run_id: str) -> None:
+        try:
+            # one run id per attempt: the stale attempt belongs to the killed driver's run
+            stages.extract_unit(unit, config, job, stages.ExtractOptions(run_id=run_id))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(f"run{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    alone = stages.JobDir(tmp_path / "alone")
+    stages.extract_unit(unit, config, alone, stages.ExtractOptions(run_id="r"))
+    read = lambda j: [r["url"] for r in stages.iter_extracted(j, 0)]  # noqa: E731
+    assert read(job) == read(alone) and read(job)
+    assert not list((tmp_path / "job").rglob("*.tmp"))  # no attempt left a partial file behind
+
+
 # --------------------------------------------------------------------------------------------------
 # the generated site
 
