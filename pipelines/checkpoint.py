@@ -102,7 +102,7 @@ def save(
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _write_atomic(root / "latest", final.name + "\n")
-        _prune(root, keep)
+        _prune(root, keep, final)
         log.info("saved checkpoint %s", final)
     if _dist():
         dist.barrier()
@@ -115,9 +115,21 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Keep `current` (the one `latest` names) and the `keep - 1` checkpoints just before it.
+
+    Only lower steps are pruned: a run started without `--resume` in an old `--out` writes steps
+    below that run's checkpoints, and pruning by step alone deleted the new checkpoint at once,
+    leaving `latest` pointing at nothing (a later `--resume` then silently started from step 0).
+    Higher steps belong to that earlier run and are left alone."""
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in done[: max(0, len(done) - keep)]:
+    older = [p for p in done if p.name < current.name]
+    later = [p for p in done if p.name > current.name]
+    if later:
+        log.warning(
+            "%s holds checkpoints of a later step from another run: %s", root, later[-1].name
+        )
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 

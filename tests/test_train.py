@@ -237,3 +237,39 @@ def test_multinode_example_config_parses():
     cfg = TrainConfig.from_yaml(REPO / "docker" / "torchrun-multinode.yaml")
     assert [d.name for d in cfg.data] == ["m3w", "pairs"] and cfg.data[0].resampled
     assert cfg.model.cross_attn_every_n_layers == 4 and cfg.run.strategy == "ddp"
+
+
+def test_checkpoint_pruning_never_deletes_the_one_just_saved(tmp_path):
+    """Regression: pruning kept the highest step names, so a fresh run writing into an old `--out`
+    had its new (lower-step) checkpoint deleted at once and `latest` pointed at nothing."""
+    from pipelines import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def save(step: int) -> None:
+        checkpoint.save(
+            tmp_path,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            data_state={},
+            config={},
+            keep=2,
+        )
+
+    def names() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("step-*"))
+
+    for step in (10, 20, 30):
+        save(step)
+    assert names() == ["step-00000020", "step-00000030"]
+    save(5)  # a new run in the same folder, started without --resume
+    assert checkpoint.latest(tmp_path) == tmp_path / "step-00000005"
+    assert names() == ["step-00000005", "step-00000020", "step-00000030"]
+    save(6)
+    save(7)
+    assert checkpoint.latest(tmp_path) == tmp_path / "step-00000007"
+    assert names() == ["step-00000006", "step-00000007", "step-00000020", "step-00000030"]
