@@ -21,9 +21,10 @@ COPY docker/torchrun-multinode.yaml ./docker/torchrun-multinode.yaml
 
 # torchvision ships in the base image; m3w never uses it, and with it transformers would switch the
 # image processors to their torchvision backend, so a GPU run would preprocess differently from the
-# CPU runs and tests. s3fs/gcsfs: fsspec URLs (s3://, gs://) for --shards.
+# CPU runs and tests. s3fs/gcsfs: fsspec URLs (s3://, gs://) for --shards; awscli: the example
+# config's `pipe:aws s3 cp ... -` streaming.
 RUN pip uninstall -y torchvision || true \
- && pip install --no-cache-dir ".[train]" "s3fs>=2023.1" "gcsfs>=2023.1" \
+ && pip install --no-cache-dir ".[train]" "s3fs>=2023.1" "gcsfs>=2023.1" awscli \
  && python -c "import torch, pipelines.train, model.flamingo; print('m3w trainer ok, torch', torch.__version__)"
 
 ENV PYTHONUNBUFFERED=1 \

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -172,7 +173,10 @@ def open_url(url: str) -> Any:
 
     gopen_mod = sys.modules["webdataset.gopen"]
     scheme = url.split(":", 1)[0]
-    if scheme in gopen_mod.gopen_schemes and scheme != "__default__":
+    # webdataset pipes gs:// through the `gsutil` CLI; gcsfs (in our images) reads it in-process
+    # like the builder does, so prefer it whenever it is installed.
+    fsspec_first = scheme == "gs" and importlib.util.find_spec("gcsfs") is not None
+    if scheme in gopen_mod.gopen_schemes and scheme != "__default__" and not fsspec_first:
         return gopen_mod.gopen(url, "rb")
     import fsspec
 

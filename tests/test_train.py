@@ -236,6 +236,8 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
 def test_multinode_example_config_parses():
     cfg = TrainConfig.from_yaml(REPO / "docker" / "torchrun-multinode.yaml")
     assert [d.name for d in cfg.data] == ["m3w", "pairs"] and cfg.data[0].resampled
+    # resampled epochs must end, or a resume replays the whole run so far
+    assert all(d.epoch_length for d in cfg.data if d.resampled)
     assert cfg.model.cross_attn_every_n_layers == 4 and cfg.run.strategy == "ddp"
 
 
