@@ -497,6 +497,8 @@ def window_to_tensors(
     decoded: list[Image.Image] = []
     for k, ref in enumerate(win.images):
         preceding[k] = ref.preceding
+        if ref.data is None:  # member absent: already counted once, as data.missing_image
+            continue
         im = _decode_image(ref.data, (image_shape[2], image_shape[1]))
         if im is None:
             counts["data.image_decode"] += 1

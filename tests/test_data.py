@@ -233,6 +233,27 @@ def test_corrupt_and_truncated_shards_are_counted_and_skipped(tmp_path, tokenize
     assert counts["data.bad_json"] == 1
 
 
+def test_missing_image_member_is_counted_once(tmp_path, tokenizer, processor):
+    """Regression: an absent member was counted as data.missing_image and again as image_decode."""
+    record = {
+        "schema": "m3w/1",
+        "url": "http://e/1",
+        "texts": ["alpha beta gamma delta", None, "epsilon zeta"],
+        "images": [None, {"member": "1.jpg", "attach": "following"}, None],
+    }
+    with tarfile.open(tmp_path / "000000.tar", "w") as tar:
+        payload = json.dumps(record).encode()
+        info = tarfile.TarInfo(f"{1:032x}.json")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    stream = _stream(tmp_path, tokenizer, processor, num_workers=1, batch_size=1)
+    (batch,) = list(stream)
+    counts = data.Counts()
+    counts.update(batch["_counts"])
+    assert counts["data.missing_image"] == 1 and counts["data.image_decode"] == 0
+    assert not batch["image_valid"].any()
+
+
 def test_pairs_dataset(tmp_path, tokenizer, processor):
     with tarfile.open(tmp_path / "pairs.tar", "w") as tar:
         for i in range(3):
