@@ -621,17 +621,21 @@ def write_unit(
     counts = Counts()
     langs: Counter[str] = Counter()
     images = 0
-    with RollingShardWriter(
-        tmp_dir,
-        docs_per_shard=config.shards.docs_per_shard,
-        max_shard_bytes=config.shards.max_shard_bytes,
-    ) as writer:
-        for doc in iter_written_docs(
-            _group_records(job, unit, decisions), decisions, config, counts, archive
-        ):
-            writer.write(doc)
-            images += len(doc.image_nodes)
-            langs[doc.lang or "unknown"] += 1
+    try:
+        with RollingShardWriter(
+            tmp_dir,
+            docs_per_shard=config.shards.docs_per_shard,
+            max_shard_bytes=config.shards.max_shard_bytes,
+        ) as writer:
+            for doc in iter_written_docs(
+                _group_records(job, unit, decisions), decisions, config, counts, archive
+            ):
+                writer.write(doc)
+                images += len(doc.image_nodes)
+                langs[doc.lang or "unknown"] += 1
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # this attempt's parts; a retry writes its own
+        raise
     infos = writer.infos
     if not infos:
         tmp_dir.mkdir(parents=True, exist_ok=True)
