@@ -619,13 +619,18 @@ class Flamingo(nn.Module):
         """Trainable parameters by name; a tied row matrix appears once (named_parameters dedups)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def save_trainable(self, directory: str | Path) -> None:
-        """Write the trainable weights (safetensors) and ``flamingo_config.json`` naming the bases."""
+    def save_trainable(self, directory: str | Path, state: dict[str, Tensor] | None = None) -> None:
+        """Write the trainable weights (safetensors) and ``flamingo_config.json`` naming the bases.
+
+        ``state`` replaces this module's own trainable tensors, under the same names: a sharded
+        (FSDP) model passes the full tensors it gathered."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in self.trainable_state_dict().items()}
+        own = self.trainable_state_dict()
+        source = own if state is None else {n: state[n] for n in own}
+        tensors = {n: t.detach().cpu().contiguous() for n, t in source.items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 

@@ -569,22 +569,12 @@ def export_trainable(model: torch.nn.Module, directory: Path, d: Dist) -> None:
         if d.main:
             inner.save_trainable(directory)
         return
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from model.flamingo import CONFIG_NAME, WEIGHTS_NAME
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     full = get_model_state_dict(model, options=opts)
-    if not d.main:
-        return
-    names = [n for n, p in inner.named_parameters() if p.requires_grad]  # tied rows once
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {n: full[n].contiguous() for n in names}
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(asdict(inner.config), indent=2) + "\n")
+    if d.main:
+        inner.save_trainable(directory, full)
 
 
 def _gates(model: torch.nn.Module) -> dict[str, float]:
