@@ -119,9 +119,11 @@ def main() -> None:
 
         import ray
 
+        from pipelines.ray_local import init_ray
+
         for n in [int(x) for x in args.cpus.split(",")]:
             start = time.perf_counter()
-            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
+            init_ray(num_cpus=n, log_to_driver=False)
             startup = time.perf_counter() - start
             try:
                 best = min(timed_job(warcs, work / f"ray{n}-{i}", use_ray=True) for i in rep)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -54,6 +53,7 @@ class JobOptions:
     files_per_unit: int = 64
     urls_per_unit: int = 256
     progress: bool = True
+    loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -312,20 +312,11 @@ class _RayExecutor(_LocalExecutor):
 
 
 def _init_ray(options: JobOptions) -> bool:
-    """Connect to `--address` / RAY_ADDRESS, or start a local Ray; reuse one already initialised
-    (tests, notebooks). Returns whether we started it (and so must shut it down)."""
-    import ray
+    """Connect to `--address` / RAY_ADDRESS, or start a local Ray on loopback (ray_local.py);
+    reuse one already initialised (tests, notebooks). Returns whether we must shut it down."""
+    from pipelines.ray_local import init_ray
 
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": True, "include_dashboard": False}
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        kwargs["address"] = address
-    elif options.num_cpus:
-        kwargs["num_cpus"] = options.num_cpus
-    ray.init(**kwargs)
-    return True
+    return init_ray(options.address, options.num_cpus, loopback_only=options.loopback_only)
 
 
 def _check_or_record_job(

@@ -103,7 +103,9 @@ def build_site_shards(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     with serve_site(site) as base_url:
         urls = write_url_list(site, base_url, site / "urls.txt")
         print(f"[2/5] m3w build {urls} (served at {base_url}) on a local Ray")
-        options = JobOptions(out=str(out / "build"), num_cpus=args.num_cpus, progress=False)
+        options = JobOptions(
+            out=str(out / "build"), num_cpus=args.num_cpus, progress=False, loopback_only=True
+        )
         report = run_build([str(urls)], config, options)
     print(summary_table(report))
     return report

@@ -1,5 +1,12 @@
 """Shared fixtures. Tests never reach a model hub (HF_HUB_OFFLINE=1) and read the dev corpus only from
-../shared next to the checkout, skipping with a reason where it is absent (a user's fresh clone)."""
+../shared next to the checkout, skipping with a reason where it is absent (a user's fresh clone).
+
+Nothing a test starts may talk to an address other than loopback. CI runs the suite in a network
+namespace with only `lo` up (.ci/run); on top of that, before any Ray starts, the proxy variables
+send every HTTP request of a library that honours them (requests, urllib: Ray's cloud-metadata probe
+among them) to a closed loopback port, where it fails at once. m3w's own fetcher ignores them
+(aiohttp with `trust_env=False`), so it still reaches the tests' 127.0.0.1 servers
+(tests/test_network_isolation.py checks both)."""
 
 from __future__ import annotations
 
@@ -8,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.ray_local import CLOSED_PORT_PROXY_ENV
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+# http(s)_proxy → the discard port on 127.0.0.1 (nothing listens there), loopback exempt
+os.environ.update(CLOSED_PORT_PROXY_ENV)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("M3W_DEV_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))

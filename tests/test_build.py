@@ -237,9 +237,9 @@ def test_sample_site_serves_pages_images_and_a_404(tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipelines.ray_local import init_ray
+
+    started = init_ray(num_cpus=2, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()

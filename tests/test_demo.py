@@ -15,17 +15,32 @@ import pytest
 pytest.importorskip("model.flamingo")
 pytest.importorskip("ray")
 
+from nettrace import outside_destinations, strace_problem  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+_PROXY_VARS = {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
 
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The demo must stay on loopback by itself, as a user runs it: none of conftest's proxy
+    # variables and no RAY_USAGE_STATS_ENABLED; traced with strace where it can trace.
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    env.pop("RAY_USAGE_STATS_ENABLED", None)
+    env.update({"HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""})
     cmd = [sys.executable, "-m", "pipelines.cli", "demo", "--out", str(out)]
     cmd += ["--pages", "12", "--steps", "12", "--batch-size", "4", "--seq-len", "64"]
+    trace = tmp_path / "strace.log"
+    traced = strace_problem() is None
+    if traced:
+        cmd = ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace), *cmd]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "external connectivity" not in proc.stderr  # Ray's public-resolver probe
+    if traced:
+        outside = outside_destinations(trace.read_text(errors="replace"))
+        assert not outside, "the demo sent to non-loopback addresses:\n" + "\n".join(outside[:20])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["build"]["documents"] >= 5 and summary["build"]["images"] >= 5
     assert summary["steps"] == 12
