@@ -100,7 +100,12 @@ class Score:
     seconds: float = 0.0
     errors: int = 0
 
-    def add(self, truth: Truth, text: str, images: list[str]) -> tuple[float, float, float]:
+    def add(
+        self, truth: Truth, text: str, images: list[str | list[str]]
+    ) -> tuple[float, float, float]:
+        """`images`: one entry per predicted image, a URL or the image's candidate URLs (the same
+        picture at other resolutions or from a lazy attribute): it matches a truth image when any
+        of its URLs does, as a truth image matches by its src or any srcset candidate."""
         got = tokens(text)
         overlap = sum((got & truth.text).values())
         p = overlap / sum(got.values()) if got else (1.0 if not truth.text else 0.0)
@@ -109,11 +114,18 @@ class Score:
         self.text_p.append(p)
         self.text_r.append(r)
         self.text_f.append(f)
-        pred = {u for u in (norm_url(i) for i in images) if u}
+        pred: set[frozenset[str]] = set()
+        for image in images:
+            urls = frozenset(
+                u for u in map(norm_url, [image] if isinstance(image, str) else image) if u
+            )
+            if urls:
+                pred.add(urls)
         self.img_pred += len(pred)
-        self.img_tp_pred += sum(1 for u in pred if any(u in t for t in truth.images))
+        self.img_tp_pred += sum(1 for urls in pred if any(urls & t for t in truth.images))
         self.img_truth += len(truth.images)
-        self.img_tp_truth += sum(1 for t in truth.images if t & pred)
+        found = frozenset().union(*pred) if pred else frozenset()
+        self.img_tp_truth += sum(1 for t in truth.images if t & found)
         return p, r, f
 
     def row(self) -> dict[str, float]:
@@ -132,9 +144,9 @@ class Score:
         }
 
 
-def run_m3w(html: bytes, config: DomConfig) -> tuple[str, list[str]]:
+def run_m3w(html: bytes, config: DomConfig) -> tuple[str, list[list[str]]]:
     doc = extract(html.decode("utf-8", "replace"), PAGE_URL, config)
-    return doc.text("\n"), [n.src for n in doc.image_nodes]
+    return doc.text("\n"), [n.candidates or [n.src] for n in doc.image_nodes]
 
 
 def run_trafilatura(html: bytes) -> tuple[str, list[str]]:

@@ -193,6 +193,9 @@ class FetchConfig:
     honour_robots_noai: bool = True
     dns_cache_ttl_s: int = 300  # aiohttp's resolved-address cache; one lookup per host per 5 min
     offline: bool = False  # never use the network: images not in the archive → image.not_archived
+    # Requests per image when none of its candidate URLs (srcset sizes, lazy attributes, src,
+    # noscript copy) is archived: the next is tried after a 404/410 or undecodable bytes.
+    max_candidate_fetches: int = 3
 
 
 @dataclass

@@ -50,8 +50,12 @@ class TextNode:
 class ImageNode:
     """An image reference, later resolved to bytes.
 
-    Before fetching, `width`/`height` are the HTML attributes (or None). After the images stage they are
-    the decoded original size, `data` holds the re-encoded bytes and `ext` their extension.
+    Before fetching, `src` is the page's preferred URL and `candidates` every URL that may hold the
+    same picture, best first (srcset entries by size, `<picture>` sources, lazy-load attributes,
+    `src`, the `<noscript>` copy; `candidates[0] == src`), and `width`/`height` are the HTML
+    attributes (or None). After the images stage `src` is the URL whose bytes were stored,
+    `src_page` the page's preferred URL when that differs, `candidates` is empty, `width`/`height`
+    are the decoded original size, `data` holds the re-encoded bytes and `ext` their extension.
     """
 
     src: str
@@ -63,6 +67,8 @@ class ImageNode:
     sha256: str | None = None
     phash: str | None = None
     attach: str | None = None  # "following" | "preceding", set by attach.sample
+    candidates: list[str] = field(default_factory=list)
+    src_page: str | None = None
 
     def to_json(self, pos: int) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +82,10 @@ class ImageNode:
         }
         if self.phash is not None:
             out["phash"] = self.phash
+        if self.src_page is not None:
+            out["src_page"] = self.src_page
+        if len(self.candidates) > 1:  # extract-stage records only: resolution empties the list
+            out["candidates"] = list(self.candidates)
         return out
 
 
@@ -171,6 +181,8 @@ class Document:
                     sha256=image.get("sha256"),
                     phash=image.get("phash"),
                     attach=image.get("attach"),
+                    candidates=list(image.get("candidates") or []),
+                    src_page=image.get("src_page"),
                 )
             )
         source = record.get("source") or {}

@@ -33,6 +33,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from lxml import etree
@@ -77,7 +78,7 @@ _UNLIKELY_WORDS = tuple(
     """-ad- ai2html banner breadcrumbs combx comment community cover-wrap disqus extra footer gdpr
     header legends menu related remark replies rss shoutbox sidebar skyscraper social sponsor
     supplemental ad-break agegate pagination pager popup yom-remote newsletter promo subscribe
-    cookie signup outbrain taboola""".split()
+    cookie signup outbrain taboola paywall""".split()
 )
 # Share widgets, but not "shared-history" or "sharing-with-a-developer" (mercurial's sections).
 _SHARE = re.compile(
@@ -194,9 +195,9 @@ def extract_tree(
     doc = Document(url=url)
     stats: dict[str, int] = {}
     base = _base_url(root, url)
-    _clean(root, config, doc.drops, stats)
+    held = _clean(root, config, doc.drops, stats)
     check()
-    blocks = _select_main(root, config, doc.drops, stats)
+    blocks = _select_main(root, config, doc.drops, stats, held)
     check()
     doc.nodes = _linearise(blocks, base, config, doc.drops, stats)
     doc.stats["dom"] = stats
@@ -243,18 +244,55 @@ def _unlikely_names(names: str) -> bool:
     return not any(word in names for word in _MAYBE_WORDS)
 
 
-def _noscript_keeps_image(el: etree._Element) -> bool:
-    """A `<noscript><img>` is the only real copy of a lazy image when the element before it is not
-    an `<img>` that already carries a usable URL (the lazy-image pattern of Medium, NYT, WordPress)."""
-    if next(el.iter("img"), None) is None:
-        return False
-    prev = el.getprevious()
+# Attributes m3w writes on a visible `<img>` to carry its `<noscript>` copy's URLs and alt text into
+# the candidate list (one per line); never in real markup.
+_NOSCRIPT_URLS = "data-m3w-noscript"
+_NOSCRIPT_ALT = "data-m3w-noscript-alt"
+
+
+def _merge_noscript_copies(root: etree._Element, stats: dict[str, int]) -> None:
+    """A `<noscript><img>` next to a visible `<img>` is the same picture for browsers without
+    JavaScript (the lazy-loading pattern: the visible one carries a placeholder `src`, the copy the
+    real URL). Its URLs become fallback candidates of the visible image (`_candidates`), so the
+    copy is never a duplicate and never the only survivor of a placeholder: resolution decides by
+    what each URL turns out to be. A copy with no visible partner is unwrapped: it is the image."""
+    for noscript in list(root.iter("noscript")):
+        copies = list(noscript.iter("img"))
+        if not copies:
+            continue  # text for browsers without JavaScript ("enable JavaScript"): dropped later
+        visible = _visible_partner(noscript, len(copies))
+        if visible is None:
+            _bump(stats, "unwrapped_noscript")
+            _drop_tag(noscript)
+            continue
+        for img, copy in zip(visible, copies, strict=True):
+            urls = [url for url, _ in _own_candidates(copy) if url]
+            if urls:
+                img.set(_NOSCRIPT_URLS, "\n".join(urls))
+            alt = (copy.get("alt") or "").strip()
+            if alt:
+                img.set(_NOSCRIPT_ALT, alt)
+        _bump(stats, "noscript_merged")
+        _drop_tree(noscript)
+
+
+def _visible_partner(noscript: etree._Element, n: int) -> list[etree._Element] | None:
+    """The `n` visible `<img>` a noscript copy stands for: the element just before it (an `<img>`,
+    or a wrapper such as `<picture>`/`<a>`/`<span>` holding exactly `n` images), else an `<img>`
+    just after it (some themes put the copy first)."""
+    prev = noscript.getprevious()
     while prev is not None and not isinstance(prev.tag, str):
         prev = prev.getprevious()
-    if prev is None:
-        return True
-    imgs = [prev] if prev.tag == "img" else list(prev.iter("img"))
-    return not any(_image_url(img)[0] for img in imgs)
+    if prev is not None and prev.tag != "noscript":
+        imgs = [prev] if prev.tag == "img" else list(prev.iter("img"))
+        if len(imgs) == n:
+            return imgs
+    nxt = noscript.getnext()
+    while nxt is not None and not isinstance(nxt.tag, str):
+        nxt = nxt.getnext()
+    if nxt is not None and nxt.tag == "img" and n == 1:
+        return [nxt]
+    return None
 
 
 def _text_len(el: etree._Element) -> int:
@@ -273,9 +311,6 @@ def _mark(root: etree._Element) -> list[tuple[etree._Element, str]]:
     marks: list[tuple[etree._Element, str]] = []
     for el in root.iter():
         tag = el.tag
-        if tag == "noscript":
-            marks.append((el, "noscript"))
-            continue
         if tag in _DROP_TAGS:
             marks.append((el, "tag"))
             continue
@@ -311,65 +346,118 @@ def _mark(root: etree._Element) -> list[tuple[etree._Element, str]]:
     return marks
 
 
+# Boilerplate-named containers holding at least this many characters are set aside, not deleted:
+# they might be the article itself under an unlucky class name (`_select_main` may put them back).
+_HOLD_MIN_CHARS = 500
+# Class/id words of comment sections: never put back, and their paragraphs barely score.
+_COMMENT_WORDS = ("comment", "disqus", "replies", "reply", "remark", "shoutbox", "discussion")
+
+
+@dataclass(slots=True)
+class _Held:
+    """A boilerplate-named subtree taken out of the tree but kept aside (a placeholder holds its
+    place and its tail text), with the removal marks found inside it."""
+
+    el: etree._Element
+    placeholder: etree._Element
+    chars: int
+    inner: list[tuple[etree._Element, str]]
+    restored: bool = False
+
+    def restore(self) -> None:
+        self.el.tail, self.placeholder.tail = self.placeholder.tail, None
+        self.placeholder.getparent().replace(self.placeholder, self.el)
+        self.restored = True
+
+    def set_aside(self) -> None:
+        self.placeholder.tail, self.el.tail = self.el.tail, None
+        self.el.getparent().replace(self.el, self.placeholder)
+        self.restored = False
+
+
 def _clean(
     root: etree._Element, config: DomConfig, drops: list[str], stats: dict[str, int]
-) -> None:
+) -> list[_Held]:
     """Remove `<head>`, code elements (`strip_elements`, one C pass), then chrome, hidden and
     boilerplate subtrees: `_mark` lists candidates in one flat pass, then each candidate not inside
-    an already removed one is checked and removed.
+    an already removed one is checked and removed. Returns the large boilerplate-named containers
+    it set aside instead (`_Held`), for `_select_main` to put back if the article was among them.
 
     Readability keeps boilerplate-looking containers inside tables and code; that needs the
     candidate's ancestors, read only for candidates (a few percent of elements), in the same
     ancestor walk that finds whether it is nested in a removed subtree. A candidate container
     holding at least `config.spare_text_fraction` of the page's text is spared: a sidebar cannot
     hold most of a page, but ASP.NET wraps whole pages in `<form>`, and Drupal/WordPress themes
-    name article wrappers "sidebar-right-mix" or "site_header". Readability reaches the same end by
-    re-running its whole extraction without the rule; checking sizes costs one text scan per
-    outermost candidate, up to `_SPARE_SCAN_FACTOR` times the page's text, so it stays linear.
+    name article wrappers "sidebar-right-mix" or "site_header". An article can still hold less
+    than that fraction (a long list of teasers beside it) under a name like `entry theme share`:
+    such containers are held, and Readability's answer — run the extraction again without the
+    rule when the first result is poor — is applied to them alone (`_select_main`). Checking sizes
+    costs one text scan per outermost candidate, up to `_SPARE_SCAN_FACTOR` times the page's text,
+    so it stays linear.
     """
     for head in root.findall("head"):
         _drop_tree(head)
     etree.strip_elements(root, *_CODE_TAGS, with_tail=False)
+    _merge_noscript_copies(root, stats)
     marks = _mark(root)
     if not marks:
-        return
+        return []
     body = next(root.iter("body"), root)
     total = _text_len(body)
     spare_at = max(config.spare_text_fraction * total, 200)
     scanned, scan_budget = 0, _SPARE_SCAN_FACTOR * total + 10_000
     doomed: dict[etree._Element, str] = {}
-    unwrap: list[etree._Element] = []
+    held: dict[etree._Element, _Held] = {}
     for el, reason in marks:
         nested = protected = False
         for ancestor in el.iterancestors():
             if ancestor in doomed:
                 nested = True
+                if ancestor in held:
+                    held[ancestor].inner.append((el, reason))
                 break
             if ancestor.tag in _PROTECTING:
                 protected = True
         if nested or (protected and reason == "boilerplate"):
             continue
-        if reason == "noscript":
-            if _noscript_keeps_image(el):
-                unwrap.append(el)
-                continue
-        elif el.tag not in _NEVER_SPARED and scanned < scan_budget:
+        size = -1
+        if el.tag not in _NEVER_SPARED and scanned < scan_budget:
             size = _text_len(el)
             scanned += size
             if size >= spare_at:
                 _bump(stats, f"spared_{reason}")
                 continue
         doomed[el] = reason
+        if reason == "boilerplate" and size >= _HOLD_MIN_CHARS and not _comment_named(el):
+            held[el] = _Held(el, etree.Element("m3w-held"), size, [])
     for el, reason in doomed.items():
+        if el in held:
+            continue  # its images are counted once it is known to stay out (_select_main)
         _bump(stats, f"removed_{reason}")
-        code = {"hidden": "image.hidden", "noscript": "image.noscript_duplicate"}.get(
-            reason, f"image.{reason}"
-        )
-        drops.extend(code for _ in el.iter("img"))
+        drops.extend(f"image.{reason}" for _ in el.iter("img"))
         _drop_tree(el)
-    for el in unwrap:
-        _bump(stats, "unwrapped_noscript")
-        _drop_tag(el)
+    for keep in held.values():
+        keep.set_aside()
+    return list(held.values())
+
+
+def _comment_named(el: etree._Element) -> bool:
+    names = f"{el.get('class') or ''} {el.get('id') or ''} {el.get('itemprop') or ''}".lower()
+    return any(word in names for word in _COMMENT_WORDS)
+
+
+def _remove_marks(
+    marks: list[tuple[etree._Element, str]], drops: list[str], stats: dict[str, int]
+) -> None:
+    """Remove the outermost of `marks` (the chrome inside a container that was put back)."""
+    gone: set[etree._Element] = set()
+    for el, reason in marks:
+        if any(a in gone for a in el.iterancestors()):
+            continue
+        gone.add(el)
+        _bump(stats, f"removed_{reason}")
+        drops.extend(f"image.{reason}" for _ in el.iter("img"))
+        _drop_tree(el)
 
 
 def too_deep(root: etree._Element, max_depth: int) -> bool:
@@ -516,7 +604,10 @@ class _Measure:
 
 
 def _score_paragraphs(
-    body: etree._Element, config: DomConfig, measure: _Measure
+    body: etree._Element,
+    config: DomConfig,
+    measure: _Measure,
+    comments: set[etree._Element] | None = None,
 ) -> dict[etree._Element, float]:
     """Readability's scoring: each paragraph-like element with ≥ 25 characters adds its score to
     its parent (×1), grandparent (×1/2) and ancestors up to 5 levels (×1/(3·level)); an ancestor
@@ -538,6 +629,9 @@ def _score_paragraphs(
         while ancestor is not None and ancestor not in has_block:
             has_block.add(ancestor)
             ancestor = ancestor.getparent()
+    in_comment: set[etree._Element] = set()
+    for root_ in comments or ():
+        in_comment.update(root_.iter())
     for el in scored:
         tag = el.tag
         # A div-like container counts as a paragraph only without block descendants (Readability
@@ -556,6 +650,8 @@ def _score_paragraphs(
             continue
         commas = len(_COMMAS.findall(text))
         score = (1 + min(commas, 20) + min(chars // 100, 3)) * (1 - density)
+        if el in in_comment:
+            score *= _COMMENT_SCORE_WEIGHT
         ancestor, level = el.getparent(), 0
         while ancestor is not None and ancestor is not stop and level < 5:
             if ancestor not in candidates:
@@ -589,23 +685,90 @@ class _Scores:
         return sorted(pool, key=self.get, reverse=True)[:k]
 
 
+@dataclass(slots=True)
+class _Main:
+    """One main-content choice: the blocks, their characters and the body's, images left out."""
+
+    blocks: list[etree._Element]
+    kept: int
+    total: int
+    outside: int = 0
+    fallback: bool = False  # no container won: the whole body
+    top: etree._Element | None = None  # the winning container, before its siblings joined
+
+
 def _select_main(
-    root: etree._Element, config: DomConfig, drops: list[str], stats: dict[str, int]
+    root: etree._Element,
+    config: DomConfig,
+    drops: list[str],
+    stats: dict[str, int],
+    held: list[_Held] | None = None,
 ) -> list[etree._Element]:
-    """The elements holding the main content, in document order (Readability.js `_grabArticle`,
-    single pass, no retries): returns `[body]` when main-content focus is off or nothing wins."""
+    """The elements holding the main content, in document order (Readability.js `_grabArticle`):
+    returns `[body]` when main-content focus is off or nothing wins.
+
+    `held` are the large boilerplate-named containers `_clean` set aside. When there are any, they
+    are put back and the choice is made again with them competing (Readability's retry without
+    its "unlikely candidates" rule, for these containers alone): the second choice stands if its
+    winner is a different container that is, lies in or mostly consists of a held one — the
+    scoring, class penalties included, preferred it to the first winner, which was still there —
+    else they go out again and the first choice stands.
+    """
+    held = held or []
     body = next(root.iter("body"), None)
     if body is None:
         body = root
+    comments = _comment_blocks(body)
+    first = _choose_main(body, config, comments)
+    chosen = first
+    suspects = held if config.main_content else []
+    if suspects:
+        for h in suspects:
+            h.restore()
+        second = _choose_main(body, config, _comment_blocks(body))
+        if _won_by(second, first, suspects):
+            chosen = second
+            _bump(stats, "boilerplate_put_back", len(suspects))
+            for h in suspects:
+                _remove_marks(h.inner, drops, stats)
+        else:
+            for h in suspects:
+                h.set_aside()
+    for h in held:
+        if not h.restored:
+            _bump(stats, "removed_boilerplate")
+            drops.extend("image.boilerplate" for _ in h.el.iter("img"))
+    if chosen.blocks != [body]:
+        stats["main_chars"] = chosen.kept
+        stats["body_chars"] = chosen.total
+        drops.extend("image.outside_main" for _ in range(max(chosen.outside, 0)))
+    return chosen.blocks
+
+
+def _won_by(second: _Main, first: _Main, held: list[_Held]) -> bool:
+    """The second choice is a different winner that is a held container, lies inside one, or
+    holds one that makes up most of its text: the article was among the held."""
+    top = second.top
+    if top is None or second.fallback or (top is first.top and not first.fallback):
+        return False
+    for h in held:
+        if h.el is top or any(a is h.el for a in top.iterancestors()):
+            return True
+        if any(a is top for a in h.el.iterancestors()) and 2 * h.chars >= second.kept:
+            return True
+    return False
+
+
+def _choose_main(body: etree._Element, config: DomConfig, comments: set[etree._Element]) -> _Main:
     if not config.main_content:
-        return [body]
+        return _Main([body], 0, 0)
     measure = _Measure()
     total = measure(body)[0]
     if total == 0:
-        return [body]
-    raw = _score_paragraphs(body, config, measure)
+        return _Main([body], 0, 0)
+    raw = _score_paragraphs(body, config, measure, comments)
     if not raw:
-        return [body]
+        return _Main([body], total, total, fallback=True)
     scores = _Scores(raw, measure)
     top = _promote(body, scores)
     top_score = scores.get(top) or 0.0
@@ -614,16 +777,55 @@ def _select_main(
     while parent is not None and parent is not body and len(parent) == 1:
         top, parent = parent, parent.getparent()
     if top is body or parent is None:
-        return [body]
-    blocks = _with_siblings(top, top_score, scores, measure)
+        return _Main([body], total, total, fallback=True)
+    blocks = _with_siblings(top, top_score, scores, measure, comments)
     kept = sum(measure(b)[0] for b in blocks)
-    stats["main_chars"] = kept
-    stats["body_chars"] = total
     if kept < config.main_min_fraction * total and kept < 500:
-        return [body]
+        return _Main([body], total, total, fallback=True)
     outside = int(_COUNT_IMG(body)) - sum(int(_COUNT_IMG(b)) for b in blocks)
-    drops.extend("image.outside_main" for _ in range(max(outside, 0)))
-    return blocks
+    return _Main(blocks, kept, total, outside, top=top)
+
+
+# Comment threads without comment class names: a container with at least this many children of
+# which most hold a date (`<time>`, `datetime=`) or an author marker — the shape of every
+# comment system (WordPress, Disqus, Discourse, phpBB) whatever it calls its classes.
+_THREAD_MIN_POSTS = 4
+_THREAD_POST_SHARE = 0.6
+_THREAD_MAX_UP = 6
+_POST_MARKERS = etree.XPath(
+    ".//time | .//*[@datetime] | .//*[@itemprop='author' or @rel='author']"
+    " | .//*[contains(concat(' ', translate(@class, 'AUTHOR', 'author'), ' '), 'author')]"
+)
+_COMMENT_SCORE_WEIGHT = 0.1  # a comment's paragraph scores a tenth of an article paragraph
+
+
+def _comment_blocks(body: etree._Element) -> set[etree._Element]:
+    """Roots of comment posts and threads: elements whose class/id/itemprop name comments, and
+    the posts of structural threads (`_THREAD_*`). Their paragraphs score little, and they are
+    never added to a chosen article as siblings, so a long discussion cannot outvote the story it
+    discusses; a page that is only a discussion still keeps it (every candidate is discounted
+    alike)."""
+    out: set[etree._Element] = set()
+    for el in body.iter():
+        if el.tag in ("html", "body") or not isinstance(el.tag, str):
+            continue
+        if (el.get("class") or el.get("id") or el.get("itemprop")) and _comment_named(el):
+            out.add(el)
+    hits: dict[etree._Element, set[etree._Element]] = {}
+    for marker in _POST_MARKERS(body):
+        child, ancestor = marker, marker.getparent()
+        for _ in range(_THREAD_MAX_UP):
+            if ancestor is None or ancestor is body:
+                break
+            hits.setdefault(ancestor, set()).add(child)
+            child, ancestor = ancestor, ancestor.getparent()
+    for container, posts in hits.items():
+        if len(posts) < _THREAD_MIN_POSTS:
+            continue
+        children = [c for c in container if isinstance(c.tag, str)]
+        if len(posts) >= _THREAD_POST_SHARE * len(children):
+            out.add(container)
+    return out
 
 
 def _promote(body: etree._Element, scores: _Scores) -> etree._Element:
@@ -662,7 +864,11 @@ def _promote(body: etree._Element, scores: _Scores) -> etree._Element:
 
 
 def _with_siblings(
-    top: etree._Element, top_score: float, scores: _Scores, measure: _Measure
+    top: etree._Element,
+    top_score: float,
+    scores: _Scores,
+    measure: _Measure,
+    comments: set[etree._Element] | None = None,
 ) -> list[etree._Element]:
     """The winner plus siblings that look like article too (Readability.js: score above
     max(10, 20% of the winner's), or a paragraph of ≥ 80 characters with link density < 0.25, or a
@@ -678,6 +884,8 @@ def _with_siblings(
             continue
         if sib is top:
             out.append(sib)
+            continue
+        if comments and _mostly_comments(sib, comments, measure):
             continue
         bonus = top_score * 0.2 if top_class and sib.get("class") == top_class else 0.0
         score = scores.get(sib)
@@ -695,6 +903,17 @@ def _with_siblings(
             if sib.tag == "img" or _COUNT_IMG(sib):
                 out.append(sib)
     return out
+
+
+def _mostly_comments(el: etree._Element, comments: set[etree._Element], measure: _Measure) -> bool:
+    """`el` is a comment block, or comment blocks inside it hold most of its text."""
+    if el in comments:
+        return True
+    chars = measure(el)[0]
+    if not chars:
+        return False
+    inside = sum(measure(c)[0] for c in el.iterdescendants() if c in comments)
+    return inside > chars / 2
 
 
 # ------------------------------------------------------------------------------------ 5. linearise
@@ -734,55 +953,47 @@ def _srcset_candidates(srcset: str) -> list[tuple[str, str]]:
     return out
 
 
+def _descriptor_size(descriptor: str) -> tuple[int, float]:
+    """Sort key of a srcset descriptor: any `w` beats any `x` (a width says more than a density);
+    a missing or unreadable descriptor means 1x (HTML §4.8.4.3.10)."""
+    desc = descriptor.split()[0].lower() if descriptor else ""
+    try:
+        if desc.endswith("w"):
+            return (1, float(desc[:-1]))
+        if desc.endswith("x"):
+            return (0, float(desc[:-1]))
+    except ValueError:
+        pass
+    return (0, 1.0)
+
+
+def _by_size(srcset: str) -> list[str]:
+    """A srcset's candidate URLs, largest first; equal sizes keep their order."""
+    pairs = _srcset_candidates(srcset)
+    order = sorted(range(len(pairs)), key=lambda i: _descriptor_size(pairs[i][1]), reverse=True)
+    return [pairs[i][0] for i in order]
+
+
 def _largest_candidate(srcset: str) -> str | None:
-    """The largest candidate of a srcset: by `w` descriptor, else by `x` (any `w` beats any `x`,
-    a missing descriptor means 1x), ties to the first."""
-    best, best_size = None, -1.0
-    for url, descriptor in _srcset_candidates(srcset):
-        size = 1e-3
-        desc = descriptor.split()[0].lower() if descriptor else ""
-        try:
-            if desc.endswith("w"):
-                size = float(desc[:-1])
-            elif desc.endswith("x"):
-                size = float(desc[:-1]) * 1e-3
-        except ValueError:
-            pass
-        if size > best_size:
-            best, best_size = url, size
-    return best
+    """The largest candidate of a srcset (ties to the first)."""
+    urls = _by_size(srcset)
+    return urls[0] if urls else None
 
 
-def _is_placeholder(src: str) -> bool:
-    low = src.lower()
-    return (
-        low.startswith("data:")
-        and len(src) < 200
-        or any(w in low for w in ("placeholder", "blank.", "lazy", "spacer", "grey.gif", "pixel."))
-    )
+def _usable(value: str | None) -> str:
+    """An attribute value that can be a URL: not empty, not a JSON blob some lazy loaders store."""
+    value = (value or "").strip()
+    return "" if value.startswith(("{", "[")) else value
 
 
-def _image_url(img: etree._Element) -> tuple[str | None, str]:
-    """(URL, which attribute) for an `<img>`: srcset-like attributes (largest candidate) first,
-    then lazy-load attributes, then `src` — unless `src` is a real URL and no srcset exists."""
-    src = (img.get("src") or "").strip()
+def _own_candidates(img: etree._Element) -> list[tuple[str, str]]:
+    """(raw URL, rule) for what one `<img>` itself names, in preference order: srcset-like
+    attributes (largest first), the `<picture>` sources around it, lazy-load attributes, `src`."""
+    out: list[tuple[str, str]] = []
     for name in ("srcset", *_LAZY_SRCSET_ATTRS):
         value = img.get(name)
         if value and value.strip():
-            cand = _largest_candidate(value)
-            if cand and not cand.startswith("data:"):
-                return cand, name
-    for name in _LAZY_SRC_ATTRS:
-        value = (img.get(name) or "").strip()
-        if value and not value.startswith(("{", "[")) and (not src or _is_placeholder(src)):
-            return value, name
-    if src:
-        return src, "src"
-    for name in _LAZY_SRC_ATTRS:
-        value = (img.get(name) or "").strip()
-        if value and not value.startswith(("{", "[")):
-            return value, name
-    # <picture><source srcset> when the <img> itself has nothing usable
+            out.extend((url, "srcset") for url in _by_size(value))
     # libxml2 does not know <source> is void and nests the <img> inside it: look two levels up.
     parent = img.getparent()
     if parent is not None and parent.tag == "source":
@@ -791,10 +1002,31 @@ def _image_url(img: etree._Element) -> tuple[str | None, str]:
         for source in parent.iter("source"):
             value = source.get("srcset") or source.get("data-srcset")
             if value:
-                cand = _largest_candidate(value)
-                if cand:
-                    return cand, "source"
-    return None, ""
+                out.extend((url, "picture") for url in _by_size(value))
+    for name in _LAZY_SRC_ATTRS:
+        value = _usable(img.get(name))
+        if value:
+            out.append((value, "lazy_attr"))
+    src = _usable(img.get("src"))
+    if src:
+        out.append((src, "src"))
+    return out
+
+
+def _candidates(img: etree._Element) -> list[tuple[str, str]]:
+    """Every URL that may hold this image's picture, best first (`_own_candidates`, then the
+    `<noscript>` copy's). Evidence, not names, demotes a placeholder `src`: when a lazy attribute
+    or the noscript copy names another URL, `src` goes last (the visible `src` of a lazy image is
+    what the page shows before its script runs)."""
+    own = _own_candidates(img)
+    copy = [(url, "noscript") for url in (img.get(_NOSCRIPT_URLS) or "").split("\n") if url]
+    if not copy:
+        return own
+    src = [c for c in own if c[1] == "src"]
+    rest = [c for c in own if c[1] != "src"]
+    if src and all(url != src[0][0] for url, _ in copy):
+        return rest + copy + src
+    return rest + src + copy
 
 
 def _data_uri_bytes(uri: str) -> int:
@@ -806,49 +1038,80 @@ def _data_uri_bytes(uri: str) -> int:
 
 
 def _image_node(
-    img: etree._Element, base: str, config: DomConfig, drops: list[str]
+    img: etree._Element, base: str, config: DomConfig, drops: list[str], stats: dict[str, int]
 ) -> ImageNode | None:
-    """The ImageNode for one `<img>`, or None with the reason code appended to `drops`."""
-    raw, _ = _image_url(img)
+    """The ImageNode for one `<img>` (its candidate URLs resolved against `base`, placeholders and
+    pixels removed), or None with the reason code appended to `drops`. Which rule named the
+    preferred URL is counted in `stats` (`image_from_<rule>`)."""
+    raw = _candidates(img)
     if not raw:
         drops.append("image.no_src")
         return None
     width, height = _dimension(img.get("width")), _dimension(img.get("height"))
-    if raw.startswith("data:"):
-        if _data_uri_bytes(raw) < config.min_data_uri_bytes:
-            drops.append("image.tiny_data_uri")
-            return None
-        src = raw
-    else:
-        try:
-            src = urljoin(base, raw)
-        except ValueError:
-            drops.append("image.bad_url")
-            return None
-        if urlsplit(src).scheme not in ("http", "https"):
-            drops.append("image.bad_url")
-            return None
-        low = src.lower()
-        if (width is not None and width <= 1) or (height is not None and height <= 1):
-            drops.append("image.tracking_pixel")
-            return None
-        if _PIXEL_URL.search(low):
-            drops.append("image.tracking_pixel")
-            return None
-        if any(rule in low for rule in config.url_block_rules):
-            drops.append("image.url_rule")
-            return None
-    if (width is not None and width <= 1) or (height is not None and height <= 1):
+    urls: list[str] = []
+    rules: list[str] = []
+    refused: list[str] = []  # why each refused candidate is not a picture, in order
+    for value, rule in raw:
+        url = _candidate_url(value, base, config)
+        if url.startswith("image."):
+            # The preferred URL naming a logo or button makes the image one, whatever else the
+            # tag names; a placeholder `src` is only passed over.
+            if url == "image.url_rule" and not urls and rule != "src":
+                drops.append(url)
+                return None
+            refused.append(url)
+        elif url not in urls:
+            urls.append(url)
+            rules.append(rule)
+    if not urls:
+        drops.append(refused[0])
+        return None
+    # Width/height attributes of 1 mark a beacon, unless the tag names other pictures: then they
+    # are the size of the placeholder shown before lazy loading.
+    if rules == ["src"] and (
+        (width is not None and width <= 1) or (height is not None and height <= 1)
+    ):
         drops.append("image.tracking_pixel")
         return None
-    alt = _WS.sub(" ", img.get("alt") or "").strip()
-    return ImageNode(src=src, alt=alt, width=width, height=height)
+    if rules[0] != "src" and any(rule == "src" for _, rule in raw):
+        _bump(stats, "image_src_passed_over")  # a lazy attribute or noscript copy named another
+    _bump(stats, f"image_from_{rules[0]}")
+    alt = _WS.sub(" ", img.get("alt") or img.get(_NOSCRIPT_ALT) or "").strip()
+    return ImageNode(src=urls[0], alt=alt, width=width, height=height, candidates=urls)
+
+
+def _candidate_url(value: str, base: str, config: DomConfig) -> str:
+    """An absolute candidate URL, or the reason code why it is no picture: a tiny `data:` URI
+    (`image.tiny_data_uri`), a known beacon or spacer (`image.tracking_pixel`), unparsable or not
+    http(s) (`image.bad_url`), a `url_block_rules` match (`image.url_rule`)."""
+    if value.startswith("data:"):
+        if _data_uri_bytes(value) < config.min_data_uri_bytes:
+            return "image.tiny_data_uri"
+        return value
+    try:
+        url = urljoin(base, value)
+    except ValueError:
+        return "image.bad_url"
+    if urlsplit(url).scheme not in ("http", "https"):
+        return "image.bad_url"
+    low = url.lower()
+    if _PIXEL_URL.search(low):
+        return "image.tracking_pixel"
+    if any(rule in low for rule in config.url_block_rules):
+        return "image.url_rule"
+    return url
+
+
+_CAPTION_TAGS = frozenset(("figure", "figcaption", "caption"))
 
 
 class _Paragraphs:
     """Accumulates inline text into paragraphs; `flush()` at each block boundary."""
 
-    __slots__ = ("nodes", "parts", "link_chars", "chars", "tag", "config", "drops", "brs", "pre")
+    __slots__ = (
+        "nodes", "parts", "link_chars", "chars", "tag", "config", "drops", "brs", "pre",
+        "caption_depth", "caption", "emitted", "captions",
+    )  # fmt: skip
 
     def __init__(self, config: DomConfig, drops: list[str]) -> None:
         self.nodes: list[Node] = []
@@ -860,6 +1123,10 @@ class _Paragraphs:
         self.drops = drops
         self.brs = 0
         self.pre = 0
+        self.caption_depth = 0  # open figure / figcaption / caption-classed blocks
+        self.caption = False  # the current paragraph started inside one
+        self.emitted: set[str] = set()  # normalised text of every paragraph emitted
+        self.captions: set[str] = set()  # ... of those that were captions, and image alt texts
 
     def add(self, text: str | None, in_link: bool, tag: str) -> None:
         if not text:
@@ -870,6 +1137,7 @@ class _Paragraphs:
             self.brs = 0
         if not self.parts:
             self.tag = tag
+            self.caption = self.caption_depth > 0
         self.parts.append(text)
         n = len(text)
         self.chars += n
@@ -896,10 +1164,22 @@ class _Paragraphs:
         if chars and link_chars / chars > self.config.max_link_density:
             self.drops.append("text.link_dense")
             return
+        key = _WS.sub(" ", text).strip().lower()
+        # A caption shown twice (a <figcaption> and the same words under a gallery thumbnail, or
+        # an image's alt text printed beside it) is one caption: emitted once. Other repeats are
+        # left to the document rules, which judge repetition as a whole.
+        if key in self.emitted and (self.caption or key in self.captions):
+            self.drops.append("text.duplicate_caption")
+            return
+        self.emitted.add(key)
+        if self.caption:
+            self.captions.add(key)
         self.nodes.append(TextNode(text, self.tag))
 
     def image(self, node: ImageNode) -> None:
         self.flush()
+        if node.alt:
+            self.captions.add(_WS.sub(" ", node.alt).strip().lower())
         self.nodes.append(node)
 
 
@@ -918,6 +1198,7 @@ def _linearise(
     for block in blocks:
         link_depth = 0
         block_tags: list[str] = []
+        captions: list[bool] = []  # per open block: does it hold a caption
         for event, el in etree.iterwalk(block, events=("start", "end")):
             tag = el.tag
             if not isinstance(tag, str):
@@ -926,6 +1207,9 @@ def _linearise(
                 if tag in _BLOCK_TAGS:
                     paras.flush()
                     block_tags.append(tag)
+                    is_caption = tag in _CAPTION_TAGS or "caption" in (el.get("class") or "")
+                    captions.append(is_caption)
+                    paras.caption_depth += is_caption
                     if tag == "pre":
                         paras.pre += 1
                 elif tag == "a":
@@ -933,7 +1217,7 @@ def _linearise(
                 elif tag == "br":
                     paras.br()
                 elif tag == "img":
-                    node = _image_node(el, base, config, drops)
+                    node = _image_node(el, base, config, drops, stats)
                     if node is not None:
                         if node.src in seen:
                             drops.append("image.duplicate_in_page")
@@ -950,6 +1234,7 @@ def _linearise(
                 paras.flush()
                 if block_tags:
                     block_tags.pop()
+                    paras.caption_depth -= captions.pop()
                 if tag == "pre":
                     paras.pre -= 1
             elif tag == "a":

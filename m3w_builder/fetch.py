@@ -428,7 +428,8 @@ _MAX_ARCHIVE_REDIRECTS = 5
 # Bytes of each record's block the indexing pass keeps: enough for any HTTP header block, so
 # status, Content-Type and Location are known without holding image or page bodies in memory.
 _HEADER_BYTES = 16 * 1024
-_INDEXED_RECORDS = frozenset({"response", "resource"})  # a revisit has no payload of its own
+_INDEXED_RECORDS = frozenset({"response", "resource"})
+_READ_RECORDS = frozenset({*_INDEXED_RECORDS, "revisit"})  # a revisit points at a payload
 
 
 @dataclass(slots=True)
@@ -440,8 +441,11 @@ class ArchiveIndex:
     exposure, and the bytes the page had on the day it was crawled. Keys are `dedup.url_key` (no
     fragment, default port, percent-encoding, http/https and trailing-slash variants folded), so
     `<img src>` spellings find their capture. Archived redirects (3xx with Location) are followed
-    within the archive. A revisit record (WARC/1.1 §6.7) is skipped: it has no payload, and the
-    capture it refers to is indexed under the same URL. The index is plain dicts of str/int tuples:
+    within the archive. A revisit record (WARC/1.1 §6.7) has no payload of its own: crawlers that
+    deduplicate by content write one when a URL's bytes equal an earlier capture's, which may be
+    another URL in another file of the crawl. It resolves through its `WARC-Payload-Digest` to a
+    record with that digest, else through `WARC-Refers-To-Target-URI`, among all the job's inputs
+    (the per-unit indexes are merged before lookup). The index is plain dicts of str/int tuples:
     picklable, ~100 bytes per entry, so a Ray driver can build it and ship it to workers.
 
     Records are read with `sources.iter_records` (WARC and ARC, gzipped or not; corrupt records are
@@ -451,6 +455,8 @@ class ArchiveIndex:
     files: list[str] = field(default_factory=list)
     entries: dict[str, tuple[int, int]] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)  # url_key → absolute Location
+    digests: dict[str, tuple[int, int]] = field(default_factory=dict)  # payload digest → record
+    revisits: dict[str, tuple[str, str]] = field(default_factory=dict)  # url_key → (digest, URI)
 
     @classmethod
     def build(cls, paths: list[str] | list[Any], counts: Counts | None = None) -> ArchiveIndex:
@@ -458,7 +464,7 @@ class ArchiveIndex:
         counts = counts if counts is not None else Counts()
         for path in paths:
             for record in iter_records(
-                str(path), counts, types=_INDEXED_RECORDS, max_body_bytes=_HEADER_BYTES
+                str(path), counts, types=_READ_RECORDS, max_body_bytes=_HEADER_BYTES
             ):
                 index.add(record, counts)
         return index
@@ -466,11 +472,15 @@ class ArchiveIndex:
     def add(self, record: ArchiveRecord, counts: Counts | None = None) -> bool:
         """Index one archive record if it can hold an image; True if it was indexed."""
         url = record.url
-        if record.record_type not in _INDEXED_RECORDS or not url.startswith(
-            ("http://", "https://")
-        ):
+        if record.record_type not in _READ_RECORDS or not url.startswith(("http://", "https://")):
             return False
         key = url_key(url)
+        if record.record_type == "revisit":
+            if record.payload_digest or record.refers_to:
+                self.revisits.setdefault(key, (record.payload_digest, record.refers_to))
+                if counts is not None:
+                    counts["archive.revisits"] += 1
+            return False
         status = 200 if record.status is None else record.status  # resource records: no HTTP
         if 300 <= status < 400:
             location = next((v for k, v in record.headers.items() if k.lower() == "location"), "")
@@ -479,9 +489,12 @@ class ArchiveIndex:
             return False
         if not 200 <= status < 300 or record.content_type.startswith(_NOT_INDEXED_TYPES):
             return False
+        where = (self._file_id(record.source_file), record.offset)
+        if record.payload_digest:
+            self.digests.setdefault(record.payload_digest, where)
         if key in self.entries:
             return False  # the first capture wins
-        self.entries[key] = (self._file_id(record.source_file), record.offset)
+        self.entries[key] = where
         if counts is not None:
             counts["archive.indexed"] += 1
         return True
@@ -502,18 +515,33 @@ class ArchiveIndex:
                 self.entries[key] = (self._file_id(other.files[file_id]), offset)
         for key, target in other.redirects.items():
             self.redirects.setdefault(key, target)
+        for digest, (file_id, offset) in other.digests.items():
+            if digest not in self.digests:
+                self.digests[digest] = (self._file_id(other.files[file_id]), offset)
+        for key, pointer in other.revisits.items():
+            self.revisits.setdefault(key, pointer)
         return self
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def lookup(self, url: str) -> tuple[str, int] | None:
-        """(archive path, record offset) of the capture of `url`, following archived redirects."""
+        """(archive path, record offset) of the capture of `url`, following archived redirects and
+        revisit records (by payload digest, else by the URI they refer to)."""
         key = url_key(url)
         for _ in range(_MAX_ARCHIVE_REDIRECTS + 1):
             if key in self.entries:
                 file_id, offset = self.entries[key]
                 return self.files[file_id], offset
+            if key in self.revisits:
+                digest, refers_to = self.revisits[key]
+                if digest in self.digests:
+                    file_id, offset = self.digests[digest]
+                    return self.files[file_id], offset
+                if not refers_to or url_key(refers_to) == key:
+                    return None
+                key = url_key(refers_to)
+                continue
             if key not in self.redirects:
                 return None
             key = url_key(self.redirects[key])

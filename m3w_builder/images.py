@@ -348,7 +348,27 @@ def decoder_pool(workers: int = 0) -> ThreadPoolExecutor:
 class _Outcome:
     stored: StoredImage | None = None
     code: str | None = None  # the reason code when stored is None
-    source: str = ""  # "archive" | "web" | "data_uri"
+    source: str = ""  # "archive" | "web" | "data_uri" | "" (never got bytes)
+    url: str = ""  # the candidate whose bytes were stored (or last tried)
+
+
+# Failures after which the next candidate of the same image is tried: the URL is gone (404/410,
+# an HTML error page), its bytes are broken, or they are a placeholder (a tiny or single-colour
+# picture shown until a lazy loader swaps in the real one). Other failures (timeouts, DNS, SSRF,
+# noai, bombs, aspect) say something about the host or the picture itself, not about this URL.
+NEXT_CANDIDATE_CODES = frozenset(
+    {
+        "image.http_404",
+        "image.http_410",
+        "image.bad_content_type",
+        "image.decode_error",
+        "image.truncated",
+        "image.archive_error",
+        "image.unsupported_format",
+        "image.too_small",
+        "image.uniform",
+    }
+)
 
 
 def resolve_images(
@@ -460,50 +480,81 @@ class ImageResolver:
 
     def submit(self, docs: list[Document], counts: Counts) -> _Pending:
         """Start resolving a batch; `.result()` on the returned handle finishes it."""
-        urls = _distinct_urls(docs, counts)
+        images = _distinct_images(docs, counts)
         assert self._loop is not None, "use `with ImageResolver(...)`"
-        future = asyncio.run_coroutine_threadsafe(self._resolve_all(urls), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._resolve_all(images), self._loop)
         return _Pending(docs, future, self.config, counts)
 
-    async def _resolve_all(self, urls: list[str]) -> dict[str, _Outcome]:
-        """Every URL → its outcome. At most `fetch.concurrency` URLs are in flight at once (across
-        batches), which bounds memory to about concurrency × max_bytes of raw bodies (decoded
-        pixels live only inside one decode call per worker thread)."""
-        results = await asyncio.gather(*(self._one(u) for u in urls))
-        return dict(zip(urls, results, strict=True))
+    async def _resolve_all(self, images: list[tuple[str, ...]]) -> dict[tuple[str, ...], _Outcome]:
+        """Every distinct candidate list → its outcome. At most `fetch.concurrency` images are in
+        flight at once (across batches), which bounds memory to about concurrency × max_bytes of
+        raw bodies (decoded pixels live only inside one decode call per worker thread)."""
+        results = await asyncio.gather(*(self._one(c) for c in images))
+        return dict(zip(images, results, strict=True))
 
-    async def _one(self, url: str) -> _Outcome:
-        config, loop = self.config, asyncio.get_running_loop()
-        pool = decoder_pool(config.images.decode_workers)
+    async def _one(self, candidates: tuple[str, ...]) -> _Outcome:
+        """Resolve one image from its candidate URLs (best first): every archived candidate in
+        order, the first success winning; only when none succeeded, the ones not archived from
+        the web, in order, at most `fetch.max_candidate_fetches` requests; a failure moves on to
+        the next candidate only when it says "not this URL" (NEXT_CANDIDATE_CODES)."""
         assert self._slots is not None
         async with self._slots:
-            source = ""
-            try:
-                if url.startswith("data:"):
-                    source = "data_uri"
-                    data = decode_data_uri(url)
-                    return _Outcome(
-                        await loop.run_in_executor(pool, _process, data, config), None, source
-                    )
-                if self.archive is not None:
-                    stored = await loop.run_in_executor(
-                        pool, _from_archive, self.archive, url, config
-                    )
-                    if stored is not None:
-                        return _Outcome(stored, None, "archive")
-                if self._fetcher is None:
-                    return _Outcome(None, "image.not_archived")
-                source = "web"
+            archived = [u for u in candidates if self._archived(u)]
+            outcome: _Outcome | None = None
+            for url in archived:
+                outcome = await self._try(url, "archive")
+                if outcome.stored is not None or outcome.code not in NEXT_CANDIDATE_CODES:
+                    return outcome
+            remote = [u for u in candidates if u not in archived]
+            if self._fetcher is None:  # offline: the archive was all there is
+                local = [u for u in remote if u.startswith("data:")]
+                for url in local:
+                    outcome = await self._try(url, "data_uri")
+                    if outcome.stored is not None:
+                        return outcome
+                return outcome or _Outcome(None, "image.not_archived", "", candidates[0])
+            fetches = 0
+            for url in remote:
+                if not url.startswith("data:"):
+                    if fetches >= self.config.fetch.max_candidate_fetches:
+                        break
+                    fetches += 1
+                outcome = await self._try(url, "data_uri" if url.startswith("data:") else "web")
+                if outcome.stored is not None or outcome.code not in NEXT_CANDIDATE_CODES:
+                    return outcome
+            return outcome or _Outcome(None, "image.not_archived", "", candidates[0])
+
+    def _archived(self, url: str) -> bool:
+        return (
+            self.archive is not None
+            and not url.startswith("data:")
+            and (self.archive.lookup(url) is not None)
+        )
+
+    async def _try(self, url: str, source: str) -> _Outcome:
+        """Bytes of one candidate from `source`, processed; a failure is an outcome, not raised."""
+        config, loop = self.config, asyncio.get_running_loop()
+        pool = decoder_pool(config.images.decode_workers)
+        try:
+            if source == "data_uri":
+                stored = await loop.run_in_executor(pool, _process, decode_data_uri(url), config)
+            elif source == "archive":
+                assert self.archive is not None
+                stored = await loop.run_in_executor(pool, _from_archive, self.archive, url, config)
+                if stored is None:
+                    return _Outcome(None, "image.not_archived", "", url)
+            else:
+                assert self._fetcher is not None
                 cap = min(config.images.max_bytes, config.fetch.max_response_bytes)
                 result = await self._fetcher.fetch(url, sniff=True, max_bytes=cap)
                 stored = await loop.run_in_executor(pool, _process, result.body, config)
-                return _Outcome(stored, None, source)
-            except Skip as e:
-                log.debug("image skipped: %s (%s)", e, url[:200])
-                return _Outcome(None, e.code, source)
-            except Exception:  # a bug or an unforeseen decoder error: one image, not the job
-                log.exception("image failed unexpectedly: %s", url[:200])
-                return _Outcome(None, "image.internal_error", source)
+            return _Outcome(stored, None, source, url)
+        except Skip as e:
+            log.debug("image skipped: %s (%s)", e, url[:200])
+            return _Outcome(None, e.code, source, url)
+        except Exception:  # a bug or an unforeseen decoder error: one image, not the job
+            log.exception("image failed unexpectedly: %s", url[:200])
+            return _Outcome(None, "image.internal_error", source, url)
 
 
 @dataclass(slots=True)
@@ -511,21 +562,27 @@ class _Pending:
     """A submitted batch; `result()` waits for its outcomes and applies them to the documents."""
 
     docs: list[Document]
-    future: Future[dict[str, _Outcome]]
+    future: Future[dict[tuple[str, ...], _Outcome]]
     config: BuildConfig
     counts: Counts
 
     def result(self) -> list[Document]:
         outcomes = self.future.result()
-        for outcome in outcomes.values():  # progress: where each distinct URL's bytes came from
+        for outcome in outcomes.values():  # progress: where each distinct image's bytes came from
             if outcome.stored is not None:
                 self.counts[f"image.from_{outcome.source}"] += 1
         return [doc for doc in self.docs if _finish(doc, outcomes, self.config, self.counts)]
 
 
-def _distinct_urls(docs: list[Document], counts: Counts) -> list[str]:
-    """Drop a URL repeated inside one page (fetched and kept once), and list the batch's URLs."""
-    wanted: dict[str, None] = {}
+def candidates_of(node: ImageNode) -> tuple[str, ...]:
+    """The URLs that may hold an image's picture, best first (the DOM's list, else its `src`)."""
+    return tuple(node.candidates) if node.candidates else (node.src,)
+
+
+def _distinct_images(docs: list[Document], counts: Counts) -> list[tuple[str, ...]]:
+    """Drop an image repeated inside one page (its preferred URL seen before: resolved and kept
+    once), and list the batch's distinct candidate lists."""
+    wanted: dict[tuple[str, ...], None] = {}
     for doc in docs:
         seen: set[str] = set()
         kept_nodes = []
@@ -536,7 +593,7 @@ def _distinct_urls(docs: list[Document], counts: Counts) -> list[str]:
                     _drop(doc, "image.duplicate", counts)
                     continue
                 seen.add(key)
-                wanted[node.src] = None
+                wanted[candidates_of(node)] = None
             kept_nodes.append(node)
         doc.nodes = kept_nodes
     return list(wanted)
@@ -556,7 +613,7 @@ def _finish(
     n_images = 0
     for node in doc.nodes:
         if isinstance(node, ImageNode):
-            outcome = outcomes[node.src]
+            outcome = outcomes[candidates_of(node)]
             if outcome.stored is None:
                 _drop(doc, outcome.code or "image.unknown", counts)
                 continue
@@ -574,6 +631,9 @@ def _finish(
                 stored.phash,
             )
             node.width, node.height = stored.width, stored.height
+            if outcome.url != node.src:  # the page preferred another size or copy
+                node.src_page, node.src = node.src, outcome.url
+            node.candidates = []
             n_images += 1
             counts["image.kept"] += 1
         nodes.append(node)

@@ -265,6 +265,11 @@ class ArchiveRecord:
     content_type: str
     status: int | None
     truncated: bool = False  # the block exceeded max_body_bytes: body holds only its start
+    # WARC-Payload-Digest, WARC-Refers-To-Target-URI and WARC-Refers-To-Date: what a revisit
+    # record (WARC/1.1 §6.7) points at, and the digest that lets another record point here.
+    payload_digest: str = ""
+    refers_to: str = ""
+    refers_to_date: str = ""
 
 
 class _Corrupt(Exception):
@@ -864,6 +869,9 @@ def _to_archive_record(raw: _RawRecord, offset: int, source_file: str) -> Archiv
         content_type=mime,
         status=status,
         truncated=raw.truncated,
+        payload_digest=_get(raw.headers, "WARC-Payload-Digest").strip(),
+        refers_to=_clean_target_uri(_get(raw.headers, "WARC-Refers-To-Target-URI")),
+        refers_to_date=_get(raw.headers, "WARC-Refers-To-Date").strip(),
     )
 
 
@@ -1039,19 +1047,28 @@ def is_html_record(record: ArchiveRecord) -> bool:
     return record.content_type in _UNLABELLED and _looks_like_html(record.body[:1024])
 
 
-def iter_pages(path: str, counts: Counts, config: SourceConfig | None = None) -> Iterator[RawPage]:
+def iter_pages(
+    path: str,
+    counts: Counts,
+    config: SourceConfig | None = None,
+    on_record: Callable[[ArchiveRecord], object] | None = None,
+) -> Iterator[RawPage]:
     """Every HTML page in `path`: a WARC/ARC file (gzipped or not, told by its bytes), an HTML
     file (.html/.htm/.xhtml, optionally .gz) or a directory (recursively, in sorted order so that
-    a rebuild sees pages in the same order). Everything else is a counted skip."""
+    a rebuild sees pages in the same order). Everything else is a counted skip.
+
+    `on_record` sees every response/resource/revisit record of an archive in the same pass (the
+    build indexes the archived images with it: one read of each archive, each record counted
+    once)."""
     config = config or SourceConfig()
     if _is_dir(path):
         for child in _walk(path):
-            yield from iter_pages(child, counts, config)
+            yield from iter_pages(child, counts, config, on_record)
         return
     kind = sniff_format(path)
     if kind in ("warc", "arc") or (kind == "unknown" and path.lower().endswith(ARCHIVE_SUFFIXES)):
         # An archive whose first record is damaged still goes to the reader, which resyncs.
-        yield from _archive_pages(path, counts, config)
+        yield from _archive_pages(path, counts, config, on_record)
     elif kind == "html" or path.lower().endswith(HTML_SUFFIXES):
         page = _file_page(path, counts, config)
         if page is not None:
@@ -1064,11 +1081,18 @@ def iter_pages(path: str, counts: Counts, config: SourceConfig | None = None) ->
         logger.warning("warc.unreadable %s: no such file", path)
 
 
-def _archive_pages(path: str, counts: Counts, config: SourceConfig) -> Iterator[RawPage]:
+def _archive_pages(
+    path: str,
+    counts: Counts,
+    config: SourceConfig,
+    on_record: Callable[[ArchiveRecord], object] | None = None,
+) -> Iterator[RawPage]:
     # Hold at most max_html_bytes (+ room for HTTP headers) of any record: a 2 GB video record
     # is skipped without being read into memory.
     limit = config.max_html_bytes + _MAX_HEADER_BYTES
     for record in iter_records(path, counts, types=_PAGE_TYPES, max_body_bytes=limit):
+        if on_record is not None:
+            on_record(record)
         code = _page_skip_code(record, config)
         if code is not None:
             counts[code] += 1

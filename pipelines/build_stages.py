@@ -301,6 +301,8 @@ def extract_unit(
     )
     journal = _Journal(journal_path, options.run_id, options.page_kill_timeout_s)
     counts = Counts()
+    # Any "pages" unit may hold archives (a directory of WARCs, an archive with an odd name).
+    index = _new_archive_index() if unit.kind == "pages" else None
     keys: list[list[Any]] = []  # [ord, page-url key, capture date, content hash] per document
     langs: Counter[str] = Counter()
     pages = 0
@@ -308,7 +310,7 @@ def extract_unit(
     tmp = attempt_tmp(docs_path)
     try:
         with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-            for seq, page in enumerate(iter_unit_pages(unit, config, counts)):
+            for seq, page in enumerate(iter_unit_pages(unit, config, counts, index)):
                 pages += 1
                 if seq in previous.skip:
                     _count_skip(counts, previous.skip[seq], page)
@@ -345,13 +347,13 @@ def extract_unit(
         raise
     finally:
         journal.close()
-    archives = [p for p in unit.paths if unit.kind == "pages" and ARCHIVE_RE.search(p)]
-    if archives:
-        _write_archive_index(job.archive_index(unit.index), archives, counts)
+    has_index = index is not None and bool(len(index) or index.redirects or index.revisits)
+    if has_index:
+        atomic_write(job.archive_index(unit.index), pickle.dumps(index))
     stats = {
         "unit": unit.index,
         "pages": pages,
-        "archive_index": bool(archives),
+        "archive_index": has_index,
         "docs": len(keys),
         "counts": counts.as_dict(),
         "langs": dict(sorted(langs.items())),
@@ -363,12 +365,13 @@ def extract_unit(
     return stats
 
 
-def _write_archive_index(path: Path, archives: list[str], counts: Counts) -> None:
-    """Index this unit's archives for the write stage (fetch.ArchiveIndex: URL → record offset), in
-    the extract task, so the archives are scanned in parallel; the driver merges the indexes."""
+def _new_archive_index() -> Any:
+    """An empty index of the unit's archived images (fetch.ArchiveIndex: URL → record offset),
+    filled during the page pass itself, so each archive is read once and each record counted
+    once; the extract tasks index in parallel and the driver merges the indexes."""
     from m3w_builder.fetch import ArchiveIndex
 
-    atomic_write(path, pickle.dumps(ArchiveIndex.build(archives, counts)))
+    return ArchiveIndex()
 
 
 def load_archive_index(job: JobDir, extract_stats: list[dict[str, Any]]) -> Any:
@@ -393,17 +396,21 @@ def _count_skip(counts: Counts, code: str, page: RawPage, exc: BaseException | N
     )
 
 
-def iter_unit_pages(unit: WorkUnit, config: BuildConfig, counts: Counts) -> Iterator[RawPage]:
+def iter_unit_pages(
+    unit: WorkUnit, config: BuildConfig, counts: Counts, index: Any = None
+) -> Iterator[RawPage]:
     """The unit's pages in a fixed order. An input that fails mid-read is counted and logged with its
-    name; the pages read before the failure are kept (the same ones on every attempt)."""
+    name; the pages read before the failure are kept (the same ones on every attempt). `index`
+    (an ArchiveIndex) is given every archive record on the way."""
     if unit.kind == "urls":
         yield from _fetch_url_pages(unit, config, counts)
         return
     from m3w_builder.sources import iter_pages
 
+    on_record = None if index is None else (lambda record: index.add(record, counts))
     for path in unit.paths:
         try:
-            yield from iter_pages(path, counts, config.sources)
+            yield from iter_pages(path, counts, config.sources, on_record)
         except Exception as exc:  # noqa: BLE001 - one bad input never stops the job
             counts["input.error"] += 1
             log.error("input.error: %s: %s: %s", path, type(exc).__name__, exc)

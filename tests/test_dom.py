@@ -233,7 +233,10 @@ def test_noscript_fallback_for_a_lazy_image_is_used_once() -> None:
     assert srcs(lazy_only) == ["https://example.org/lazy.jpg"]
     duplicate = ext("<img src='/real.jpg'><noscript><img src='/real.jpg'></noscript>")
     assert srcs(duplicate) == ["https://example.org/real.jpg"]
-    assert duplicate.drops == ["image.noscript_duplicate"]
+    # the copy is merged into the visible image's candidates: one image, nothing dropped
+    assert duplicate.image_nodes[0].candidates == ["https://example.org/real.jpg"]
+    assert duplicate.drops == []
+    assert duplicate.stats["dom"]["noscript_merged"] == 1
 
 
 def test_base_href_resolves_relative_urls() -> None:
