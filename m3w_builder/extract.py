@@ -194,9 +194,11 @@ def _page_to_document(
     doc.stats["html_bytes"] = len(body)
     doc.stats["charset"] = charset
     if not doc.nodes:
-        raise Skip("html.no_content", f"{where}: no text or image survived the DOM rules")
+        raise Skip(
+            "html.no_content", f"{where}: no text or image survived the DOM rules", doc.drops
+        )
     if filter_text and apply_text_filters is not None:
         code = apply_text_filters(doc, config.text)
         if code is not None:
-            raise Skip(code, where)
+            raise Skip(code, where, drops=doc.drops)
     return doc

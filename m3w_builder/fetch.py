@@ -457,6 +457,7 @@ class ArchiveIndex:
     redirects: dict[str, str] = field(default_factory=dict)  # url_key → absolute Location
     digests: dict[str, tuple[int, int]] = field(default_factory=dict)  # payload digest → record
     revisits: dict[str, tuple[str, str]] = field(default_factory=dict)  # url_key → (digest, URI)
+    failures: dict[str, int] = field(default_factory=dict)  # url_key → archived 4xx/5xx status
 
     @classmethod
     def build(cls, paths: list[str] | list[Any], counts: Counts | None = None) -> ArchiveIndex:
@@ -486,6 +487,9 @@ class ArchiveIndex:
             location = next((v for k, v in record.headers.items() if k.lower() == "location"), "")
             if location:
                 self.redirects.setdefault(key, urljoin(url, location.strip()))
+            return False
+        if status >= 400:  # the crawler was told the URL is gone: a dead link, not "not archived"
+            self.failures.setdefault(key, status)
             return False
         if not 200 <= status < 300 or record.content_type.startswith(_NOT_INDEXED_TYPES):
             return False
@@ -520,6 +524,8 @@ class ArchiveIndex:
                 self.digests[digest] = (self._file_id(other.files[file_id]), offset)
         for key, pointer in other.revisits.items():
             self.revisits.setdefault(key, pointer)
+        for key, status in other.failures.items():
+            self.failures.setdefault(key, status)
         return self
 
     def __len__(self) -> int:
@@ -546,6 +552,10 @@ class ArchiveIndex:
                 return None
             key = url_key(self.redirects[key])
         return None
+
+    def failure(self, url: str) -> int | None:
+        """The error status the crawl archived for `url` (a 404 page), if it has no capture."""
+        return None if self.lookup(url) is not None else self.failures.get(url_key(url))
 
     def read(self, url: str, max_bytes: int | None = None) -> bytes | None:
         """The archived payload of `url` (HTTP body, transfer/content encodings removed), or None if

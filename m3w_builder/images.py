@@ -348,8 +348,9 @@ def decoder_pool(workers: int = 0) -> ThreadPoolExecutor:
 class _Outcome:
     stored: StoredImage | None = None
     code: str | None = None  # the reason code when stored is None
-    source: str = ""  # "archive" | "web" | "data_uri" | "" (never got bytes)
+    source: str = ""  # "archive" | "web" | "data_uri": where bytes were (or would have been) read
     url: str = ""  # the candidate whose bytes were stored (or last tried)
+    got_bytes: bool = False  # bytes were read (a filter may still have refused them)
 
 
 # Failures after which the next candidate of the same image is tried: the URL is gone (404/410,
@@ -505,7 +506,16 @@ class ImageResolver:
                 outcome = await self._try(url, "archive")
                 if outcome.stored is not None or outcome.code not in NEXT_CANDIDATE_CODES:
                     return outcome
-            remote = [u for u in candidates if u not in archived]
+            remote = []
+            for url in candidates:
+                if url in archived:
+                    continue
+                status = self.archive.failure(url) if self.archive is not None else None
+                if status is None:
+                    remote.append(url)
+                elif outcome is None or outcome.code == "image.not_archived":
+                    # the crawler got this status: a dead link, not worth a request
+                    outcome = _Outcome(None, f"image.http_{status}", "archive", url)
             if self._fetcher is None:  # offline: the archive was all there is
                 local = [u for u in remote if u.startswith("data:")]
                 for url in local:
@@ -535,26 +545,30 @@ class ImageResolver:
         """Bytes of one candidate from `source`, processed; a failure is an outcome, not raised."""
         config, loop = self.config, asyncio.get_running_loop()
         pool = decoder_pool(config.images.decode_workers)
+        got_bytes = False
         try:
             if source == "data_uri":
-                stored = await loop.run_in_executor(pool, _process, decode_data_uri(url), config)
+                data = decode_data_uri(url)
             elif source == "archive":
                 assert self.archive is not None
-                stored = await loop.run_in_executor(pool, _from_archive, self.archive, url, config)
-                if stored is None:
+                data = await loop.run_in_executor(
+                    pool, self.archive.read, url, config.images.max_bytes
+                )
+                if data is None:
                     return _Outcome(None, "image.not_archived", "", url)
             else:
                 assert self._fetcher is not None
                 cap = min(config.images.max_bytes, config.fetch.max_response_bytes)
-                result = await self._fetcher.fetch(url, sniff=True, max_bytes=cap)
-                stored = await loop.run_in_executor(pool, _process, result.body, config)
-            return _Outcome(stored, None, source, url)
+                data = (await self._fetcher.fetch(url, sniff=True, max_bytes=cap)).body
+            got_bytes = True
+            stored = await loop.run_in_executor(pool, _process, data, config)
+            return _Outcome(stored, None, source, url, True)
         except Skip as e:
             log.debug("image skipped: %s (%s)", e, url[:200])
-            return _Outcome(None, e.code, source, url)
+            return _Outcome(None, e.code, source, url, got_bytes)
         except Exception:  # a bug or an unforeseen decoder error: one image, not the job
             log.exception("image failed unexpectedly: %s", url[:200])
-            return _Outcome(None, "image.internal_error", source, url)
+            return _Outcome(None, "image.internal_error", source, url, got_bytes)
 
 
 @dataclass(slots=True)
@@ -568,9 +582,6 @@ class _Pending:
 
     def result(self) -> list[Document]:
         outcomes = self.future.result()
-        for outcome in outcomes.values():  # progress: where each distinct image's bytes came from
-            if outcome.stored is not None:
-                self.counts[f"image.from_{outcome.source}"] += 1
         return [doc for doc in self.docs if _finish(doc, outcomes, self.config, self.counts)]
 
 
@@ -605,7 +616,10 @@ def _drop(doc: Document, code: str, counts: Counts) -> None:
 
 
 def _finish(
-    doc: Document, outcomes: dict[str, _Outcome], config: BuildConfig, counts: Counts
+    doc: Document,
+    outcomes: dict[tuple[str, ...], _Outcome],
+    config: BuildConfig,
+    counts: Counts,
 ) -> bool:
     """Apply outcomes, within-document dedup and the per-document caps; False drops the document."""
     dedup = ImageDedup(max_distance=config.dedup.image_phash_max_distance)
@@ -614,6 +628,8 @@ def _finish(
     for node in doc.nodes:
         if isinstance(node, ImageNode):
             outcome = outcomes[candidates_of(node)]
+            if outcome.got_bytes:  # progress: where each image's bytes came from
+                counts[f"image.from_{outcome.source}"] += 1
             if outcome.stored is None:
                 _drop(doc, outcome.code or "image.unknown", counts)
                 continue
@@ -646,9 +662,3 @@ def _finish(
 
 def _process(data: bytes, config: BuildConfig) -> StoredImage:
     return process_image(data, config.images)
-
-
-def _from_archive(archive: ArchiveIndex, url: str, config: BuildConfig) -> StoredImage | None:
-    """Read and process in one worker call: archive reads are blocking file I/O."""
-    data = archive.read(url, max_bytes=config.images.max_bytes)
-    return None if data is None else process_image(data, config.images)

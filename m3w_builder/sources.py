@@ -1091,6 +1091,7 @@ def _archive_pages(
     # is skipped without being read into memory.
     limit = config.max_html_bytes + _MAX_HEADER_BYTES
     for record in iter_records(path, counts, types=_PAGE_TYPES, max_body_bytes=limit):
+        counts["yield.read"] += 1
         if on_record is not None:
             on_record(record)
         code = _page_skip_code(record, config)
@@ -1127,6 +1128,7 @@ def _page_skip_code(record: ArchiveRecord, config: SourceConfig) -> str | None:
 def _file_page(path: str, counts: Counts, config: SourceConfig) -> RawPage | None:
     """A single HTML file (gzip is looked through, never read past max_html_bytes: a gzip bomb
     costs at most that much memory)."""
+    counts["yield.read"] += 1
     try:
         with open_input(path) as raw:
             head = raw.read(len(GZIP_MAGIC))

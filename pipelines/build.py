@@ -395,13 +395,21 @@ def summary_table(report: dict[str, Any], top: int = 15) -> str:
         ("pages/s", report["pages_per_s"]),
         ("documents/s", report["docs_per_s"]),
     ]
-    drops = sorted(report["counts"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    from pipelines.funnel import format_funnel
+
+    counts = report.get("drops", report["counts"])  # drop reasons only (older reports: all)
+    drops = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     width = max(len(k) for k, _ in rows + drops) if drops else 20
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if report.get("funnel"):
+        lines += ["", format_funnel(report["funnel"])]
     if drops:
-        lines += ["", f"{'reason code':<{width}}  count"] + [f"{k:<{width}}  {v}" for k, v in drops]
+        lines += ["", f"{'drop reason':<{width}}  count"] + [f"{k:<{width}}  {v}" for k, v in drops]
     langs = ", ".join(f"{k} {v}" for k, v in list(report["languages"].items())[:8])
-    return "\n".join([*lines, "", f"languages: {langs}"])
+    lines += ["", f"languages: {langs}"]
+    if report.get("warning"):
+        lines += ["", f"WARNING: {report['warning']}"]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------

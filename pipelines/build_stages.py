@@ -52,7 +52,7 @@ from typing import Any
 
 from m3w_builder.config import BuildConfig
 from m3w_builder.document import Document, RawPage
-from m3w_builder.reasons import Counts, Skip
+from m3w_builder.reasons import Counts, Skip, reason, split_counts
 from m3w_builder.shards import RollingShardWriter, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,7 @@ def extract_unit(
         with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             for seq, page in enumerate(iter_unit_pages(unit, config, counts, index)):
                 pages += 1
+                counts["yield.html"] += 1
                 if seq in previous.skip:
                     _count_skip(counts, previous.skip[seq], page)
                     continue
@@ -321,11 +322,17 @@ def extract_unit(
                         doc = page_to_document(page, config)
                     except Skip as skip:
                         counts[skip.code] += 1
+                        counts.update(skip.drops)  # the page's images and paragraphs, too
+                        if reason(skip.code).step == "text":
+                            counts["yield.extracted"] += 1
                         log.debug("%s: %s", skip.code, skip.detail)  # detail names file@offset
                     except Exception as exc:  # noqa: BLE001 - a parser bug drops one page, counted
                         _count_skip(counts, "html.parser_error", page, exc)
                 if doc is None:
                     continue
+                counts["yield.extracted"] += 1
+                counts["yield.text_ok"] += 1
+                counts.update(doc.drops)
                 record = doc.to_json()
                 record["ord"] = len(keys)
                 out.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
@@ -426,6 +433,7 @@ def _fetch_url_pages(unit: WorkUnit, config: BuildConfig, counts: Counts) -> Ite
 
     path = unit.paths[0]
     urls = list(_read_url_lines(path))[unit.start : unit.stop]
+    counts["yield.read"] += len(urls)
     for batch_start in range(0, len(urls), PAGE_FETCH_BATCH):
         batch = urls[batch_start : batch_start + PAGE_FETCH_BATCH]
         offset = unit.start + batch_start
@@ -638,6 +646,7 @@ def write_unit(
                 _group_records(job, unit, decisions), decisions, config, counts, archive
             ):
                 writer.write(doc)
+                counts["yield.docs_kept"] += 1
                 images += len(doc.image_nodes)
                 langs[doc.lang or "unknown"] += 1
     except BaseException:
@@ -691,6 +700,12 @@ def iter_written_docs(
         doc = apply_job_dedup(Document.from_json(record), decisions, counts)
         if doc is None:
             continue
+        counts["yield.deduped"] += 1
+        if not doc.image_nodes:
+            counts["doc.no_images"] += 1
+            continue
+        counts["yield.with_images"] += 1
+        counts["yield.image_candidates"] += len(doc.image_nodes)
         batch.append(doc)
         if len(batch) >= IMAGE_BATCH:
             yield from flush()
@@ -757,7 +772,11 @@ def build_report(
     seconds: float,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """report.json: every reason code's count, what was kept, speed and languages."""
+    """report.json: every reason code's count (also split into inputs / progress / drops), the
+    yield funnel, what was kept, speed and languages; `warning` names the largest loss of a build
+    that kept no document."""
+    from pipelines.funnel import compute_funnel, largest_loss
+
     counts = Counts()
     for stats in [*extract_stats, *write_stats]:
         counts.update(stats["counts"])
@@ -766,6 +785,7 @@ def build_report(
         langs.update(stats["langs"])
     pages = sum(s["pages"] for s in extract_stats)
     docs = sum(i.docs for i in infos)
+    funnel = compute_funnel(counts.as_dict())
     return {
         "pages": pages,
         "documents_extracted": sum(s["docs"] for s in extract_stats),
@@ -778,6 +798,9 @@ def build_report(
         "docs_per_s": round(docs / seconds, 2) if seconds > 0 else None,
         "languages": dict(langs.most_common()),
         "counts": counts.as_dict(),
+        **split_counts(counts.as_dict()),  # the same counts as inputs / progress / drops
+        "funnel": funnel,
+        "warning": largest_loss(funnel) if docs == 0 else None,
         **(extra or {}),
     }
 

@@ -486,7 +486,9 @@ def test_data_uri_images() -> None:
     counts = Counts()
     [kept] = resolve_images([doc], offline_config(), counts)
     assert (kept.image_nodes[0].width, kept.image_nodes[0].height) == (100, 80)
-    assert kept.drops == ["image.bad_content_type"] and counts["image.from_data_uri"] == 1
+    # both URIs gave bytes (image.from_* counts where bytes came from); one was no image
+    assert kept.drops == ["image.bad_content_type"] and counts["image.from_data_uri"] == 2
+    assert counts["image.kept"] == 1
 
 
 def test_jpeg_passthrough_strips_metadata_and_keeps_pixels(corpus: Path) -> None:
