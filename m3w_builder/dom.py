@@ -967,7 +967,7 @@ def _descriptor_size(descriptor: str) -> tuple[int, float]:
     return (0, 1.0)
 
 
-def _by_size(srcset: str) -> list[str]:
+def srcset_by_size(srcset: str) -> list[str]:
     """A srcset's candidate URLs, largest first; equal sizes keep their order."""
     pairs = _srcset_candidates(srcset)
     order = sorted(range(len(pairs)), key=lambda i: _descriptor_size(pairs[i][1]), reverse=True)
@@ -976,7 +976,7 @@ def _by_size(srcset: str) -> list[str]:
 
 def _largest_candidate(srcset: str) -> str | None:
     """The largest candidate of a srcset (ties to the first)."""
-    urls = _by_size(srcset)
+    urls = srcset_by_size(srcset)
     return urls[0] if urls else None
 
 
@@ -993,7 +993,7 @@ def _own_candidates(img: etree._Element) -> list[tuple[str, str]]:
     for name in ("srcset", *_LAZY_SRCSET_ATTRS):
         value = img.get(name)
         if value and value.strip():
-            out.extend((url, "srcset") for url in _by_size(value))
+            out.extend((url, "srcset") for url in srcset_by_size(value))
     # libxml2 does not know <source> is void and nests the <img> inside it: look two levels up.
     parent = img.getparent()
     if parent is not None and parent.tag == "source":
@@ -1002,7 +1002,7 @@ def _own_candidates(img: etree._Element) -> list[tuple[str, str]]:
         for source in parent.iter("source"):
             value = source.get("srcset") or source.get("data-srcset")
             if value:
-                out.extend((url, "picture") for url in _by_size(value))
+                out.extend((url, "picture") for url in srcset_by_size(value))
     for name in _LAZY_SRC_ATTRS:
         value = _usable(img.get(name))
         if value:

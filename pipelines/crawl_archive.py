@@ -120,19 +120,11 @@ def image_type(url: str) -> str:
 
 
 def _smallest_srcset(value: str) -> str | None:
-    best, best_size = None, None
-    for part in value.split(","):
-        bits = part.strip().split()
-        if not bits:
-            continue
-        desc = bits[1].lower() if len(bits) > 1 else "1x"
-        try:
-            size = float(desc[:-1])
-        except ValueError:
-            size = 1.0
-        if best_size is None or size < best_size:
-            best, best_size = bits[0], size
-    return best
+    """The smallest candidate of a srcset (the HTML parsing rules: URLs may hold commas)."""
+    from m3w_builder.dom import srcset_by_size
+
+    urls = srcset_by_size(value)
+    return urls[-1] if urls else None
 
 
 def archived_url(img: etree._Element, base: str, shape: str) -> str | None:
@@ -143,8 +135,9 @@ def archived_url(img: etree._Element, base: str, shape: str) -> str | None:
     if shape == "x1":
         srcset = img.get("srcset") or img.get("data-srcset")
         choice = _smallest_srcset(srcset) if srcset else None
-    elif shape == "lazy":
-        choice = next((img.get(a).strip() for a in _LAZY_ATTRS if (img.get(a) or "").strip()), None)
+    elif shape == "lazy":  # a JSON blob (some loaders keep their settings there) is no URL
+        values = [(img.get(a) or "").strip() for a in _LAZY_ATTRS]
+        choice = next((v for v in values if v and not v.startswith(("{", "["))), None)
     elif shape == "noscript":
         nxt = img.getnext()
         if nxt is not None and nxt.tag == "noscript":

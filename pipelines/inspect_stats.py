@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from m3w_builder.reasons import reason
+from pipelines.funnel import format_funnel
 from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target, shard_size
 
 log = logging.getLogger(__name__)
@@ -120,10 +122,14 @@ _REASON_RE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
 def reason_counts(report: dict[str, Any] | None) -> dict[str, int]:
     """Reason-code counts (`stage.why` → n) from a build's report.json, wherever the build put them.
 
-    The report's exact layout belongs to the build job; codes are recognised by their `<stage>.<why>`
-    shape (DESIGN §2), at top level or one level down (e.g. under "reasons" or "counts").
+    A report of `m3w build` keeps them all under "counts" (and again split by kind under "inputs",
+    "progress" and "drops"): that one dict is read. Any other layout is searched for codes by their
+    `<stage>.<why>` shape (DESIGN §2), at top level or one level down (e.g. under "reasons").
     """
     found: dict[str, int] = {}
+    if isinstance(report, dict) and isinstance(report.get("counts"), dict):
+        counts = {k: v for k, v in report["counts"].items() if isinstance(v, int) and v}
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def scan(d: dict[str, Any]) -> None:
         for k, v in d.items():
@@ -184,6 +190,7 @@ class Stats:
     attach: Counter = field(default_factory=Counter)
     languages: Counter = field(default_factory=Counter)
     reasons: dict[str, int] = field(default_factory=dict)
+    funnel: dict[str, Any] = field(default_factory=dict)  # report.json's, when the job has one
     errors: list[str] = field(default_factory=list)
 
     def add(self, sample: Sample, count_tokens: Callable[[list[str]], list[int]]) -> None:
@@ -240,6 +247,7 @@ class Stats:
             "attach": dict(self.attach.most_common()),
             "languages": dict(self.languages.most_common()),
             "reasons": self.reasons,
+            "funnel": self.funnel,
             "errors": self.errors,
         }
 
@@ -251,6 +259,8 @@ def compute_stats(target: Target, tokenizer: str | None = None, progress: bool =
     stats.shards = len(target.shards)
     stats.shard_bytes = sum(shard_size(p) for p in target.shards)
     stats.reasons = reason_counts(target.report)
+    if isinstance(target.report, dict) and isinstance(target.report.get("funnel"), dict):
+        stats.funnel = target.report["funnel"]
     stats.errors.extend(target.problems)
 
     def broken(e: TarFormatError) -> None:
@@ -323,12 +333,19 @@ def format_table(stats: Stats) -> str:
         ("attachment", _top(j["attach"])),
         ("languages", _top(j["languages"])),
     ]
-    if stats.reasons:
-        rows.append(("reason codes", _top(stats.reasons, 12)))
+    drops = {c: n for c, n in stats.reasons.items() if reason(c).kind == "drop"}
+    if drops:  # counts only: drops of pages, paragraphs and images are not shares of one whole
+        shown = ", ".join(f"{c} {n:,}" for c, n in list(drops.items())[:12])
+        rows.append(
+            ("drop reasons", shown + (f", +{len(drops) - 12} more" if len(drops) > 12 else ""))
+        )
     if stats.errors:
         rows.append(("ERRORS", f"{len(stats.errors)} (first: {stats.errors[0]})"))
     width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    if stats.funnel:
+        table += "\n\nyield funnel (report.json)\n" + format_funnel(stats.funnel)
+    return table
 
 
 HIST_PANELS = (
