@@ -195,9 +195,10 @@ def extract_tree(
     doc = Document(url=url)
     stats: dict[str, int] = {}
     base = _base_url(root, url)
-    held = _clean(root, config, doc.drops, stats)
+    comments = _Comments(set(), [])
+    held = _clean(root, config, doc.drops, stats, comments)
     check()
-    blocks = _select_main(root, config, doc.drops, stats, held)
+    blocks = _select_main(root, config, doc.drops, stats, held, comments)
     check()
     doc.nodes = _linearise(blocks, base, config, doc.drops, stats)
     doc.stats["dom"] = stats
@@ -230,18 +231,6 @@ def _base_url(root: etree._Element, url: str) -> str:
 
 def _bump(stats: dict[str, int], key: str, n: int = 1) -> None:
     stats[key] = stats.get(key, 0) + n
-
-
-@functools.lru_cache(maxsize=65_536)
-def _unlikely_names(names: str) -> bool:
-    """Cached: pages repeat the same class strings on hundreds of elements."""
-    names = names.lower()
-    # Substring tests, like the regex alternation they replace, at 1/10 of its cost (a 40-way
-    # case-insensitive alternation took 20-120 µs per class string).
-    if not any(word in names for word in _UNLIKELY_WORDS):
-        if "shar" not in names or not _SHARE.search(names):
-            return False
-    return not any(word in names for word in _MAYBE_WORDS)
 
 
 # Attributes m3w writes on a visible `<img>` to carry its `<noscript>` copy's URLs and alt text into
@@ -304,20 +293,26 @@ _PROTECTING = frozenset(("table", "code", "pre"))
 _NOT_BOILERPLATE = frozenset(("html", "body", "a", "article", "main"))
 
 
-def _mark(root: etree._Element) -> list[tuple[etree._Element, str]]:
+def _mark(
+    root: etree._Element, comments: _Comments | None = None
+) -> list[tuple[etree._Element, str]]:
     """Every element to remove, with its reason, in document order (nested ones included; the
     caller keeps the outermost). One flat `iter()`, reading each element's attributes once via
-    `items()` — 2.5× faster than an `iterwalk` asking `get()` per attribute."""
+    `items()` — 2.5× faster than an `iterwalk` asking `get()` per attribute. Elements whose
+    class, id or itemprop name a comment, and comment-post markers, go to `comments` in the
+    same pass."""
     marks: list[tuple[etree._Element, str]] = []
     for el in root.iter():
         tag = el.tag
         if tag in _DROP_TAGS:
             marks.append((el, "tag"))
             continue
+        if tag == "time" and comments is not None:
+            comments.markers.append((el, _TIME))
         items = el.items()
         if not items or tag in ("html", "body"):
             continue
-        cls = id_ = role = None
+        cls = id_ = role = itemprop = None
         hidden = aria_hidden = False
         for name, value in items:
             if name == "class":
@@ -326,6 +321,12 @@ def _mark(root: etree._Element) -> list[tuple[etree._Element, str]]:
                 id_ = value
             elif name == "role":
                 role = value
+            elif name == "itemprop":
+                itemprop = value
+            elif name == "datetime" and comments is not None and tag != "time":
+                comments.markers.append((el, _TIME))
+            elif name == "rel" and value.strip().lower() == "author" and comments is not None:
+                comments.markers.append((el, _AUTHOR))
             elif name == "hidden":
                 hidden = True
             elif name == "aria-hidden":
@@ -337,18 +338,57 @@ def _mark(root: etree._Element) -> list[tuple[etree._Element, str]]:
         if hidden or (aria_hidden and "fallback-image" not in (cls or "")):
             marks.append((el, "hidden"))
             continue
+        if cls is None and id_ is None and itemprop is None:
+            if tag not in _NOT_BOILERPLATE and role and role.strip().lower() in _UNLIKELY_ROLES:
+                marks.append((el, "boilerplate"))
+            continue
+        flags = (
+            (_name_flags(cls) if cls else 0)
+            | (_name_flags(id_) if id_ else 0)
+            | (_name_flags(itemprop) if itemprop else 0)
+        )
+        if comments is not None and flags & (_COMMENT_NAME | _AUTHOR_NAME):
+            if flags & _COMMENT_NAME:
+                comments.named.add(el)
+            if flags & _AUTHOR_NAME:
+                comments.markers.append((el, _AUTHOR))
         if tag in _NOT_BOILERPLATE:
             continue
         if role and role.strip().lower() in _UNLIKELY_ROLES:
             marks.append((el, "boilerplate"))
-        elif (cls or id_) and _unlikely_names(f"{cls or ''} {id_ or ''}"):
+        elif flags & _UNLIKELY_NAME and not flags & _MAYBE_NAME:
             marks.append((el, "boilerplate"))
     return marks
+
+
+_UNLIKELY_NAME, _MAYBE_NAME, _COMMENT_NAME, _AUTHOR_NAME = 1, 2, 4, 8
+
+
+@functools.lru_cache(maxsize=65_536)
+def _name_flags(name: str) -> int:
+    """What one class, id or itemprop value says, as bits: it holds a Readability "unlikely
+    candidate" word (`_UNLIKELY_WORDS`, share widgets), an "ok maybe it's a candidate" word
+    (`_MAYBE_WORDS`), a comment word, an author word. An element is boilerplate when its class and
+    id together hold an unlikely word and no maybe word. Cached per value: pages repeat the same
+    class strings on hundreds of elements."""
+    low = name.lower()
+    flags = 0
+    if any(word in low for word in _UNLIKELY_WORDS) or ("shar" in low and _SHARE.search(low)):
+        flags |= _UNLIKELY_NAME
+    if any(word in low for word in _MAYBE_WORDS):
+        flags |= _MAYBE_NAME
+    if any(word in low for word in _COMMENT_WORDS):
+        flags |= _COMMENT_NAME
+    if any(word in low for word in _AUTHOR_WORDS):
+        flags |= _AUTHOR_NAME
+    return flags
 
 
 # Boilerplate-named containers holding at least this many characters are set aside, not deleted:
 # they might be the article itself under an unlucky class name (`_select_main` may put them back).
 _HOLD_MIN_CHARS = 500
+# A held container competes again when its best candidate scores this share of the first winner.
+_HOLD_COMPETE = 0.5
 # Class/id words of comment sections: never put back, and their paragraphs barely score.
 _COMMENT_WORDS = ("comment", "disqus", "replies", "reply", "remark", "shoutbox", "discussion")
 
@@ -376,7 +416,11 @@ class _Held:
 
 
 def _clean(
-    root: etree._Element, config: DomConfig, drops: list[str], stats: dict[str, int]
+    root: etree._Element,
+    config: DomConfig,
+    drops: list[str],
+    stats: dict[str, int],
+    comments: _Comments | None = None,
 ) -> list[_Held]:
     """Remove `<head>`, code elements (`strip_elements`, one C pass), then chrome, hidden and
     boilerplate subtrees: `_mark` lists candidates in one flat pass, then each candidate not inside
@@ -399,7 +443,7 @@ def _clean(
         _drop_tree(head)
     etree.strip_elements(root, *_CODE_TAGS, with_tail=False)
     _merge_noscript_copies(root, stats)
-    marks = _mark(root)
+    marks = _mark(root, comments)
     if not marks:
         return []
     body = next(root.iter("body"), root)
@@ -442,8 +486,11 @@ def _clean(
 
 
 def _comment_named(el: etree._Element) -> bool:
-    names = f"{el.get('class') or ''} {el.get('id') or ''} {el.get('itemprop') or ''}".lower()
-    return any(word in names for word in _COMMENT_WORDS)
+    return any(
+        _name_flags(value) & _COMMENT_NAME
+        for value in (el.get("class"), el.get("id"), el.get("itemprop"))
+        if value
+    )
 
 
 def _remove_marks(
@@ -695,6 +742,7 @@ class _Main:
     outside: int = 0
     fallback: bool = False  # no container won: the whole body
     top: etree._Element | None = None  # the winning container, before its siblings joined
+    top_score: float = 0.0
 
 
 def _select_main(
@@ -703,6 +751,7 @@ def _select_main(
     drops: list[str],
     stats: dict[str, int],
     held: list[_Held] | None = None,
+    seen_comments: _Comments | None = None,
 ) -> list[etree._Element]:
     """The elements holding the main content, in document order (Readability.js `_grabArticle`):
     returns `[body]` when main-content focus is off or nothing wins.
@@ -718,14 +767,23 @@ def _select_main(
     body = next(root.iter("body"), None)
     if body is None:
         body = root
-    comments = _comment_blocks(body)
+    if not config.main_content:
+        return [body]
+    # Comment posts, named or found by their shape; held containers are back for the search.
+    for h in held:
+        h.restore()
+    comments = _comment_blocks(body, seen_comments or _Comments(set(), []))
+    for h in held:
+        h.set_aside()
     first = _choose_main(body, config, comments)
     chosen = first
-    suspects = held if config.main_content else []
+    # Only a held container that could win competes: one whose own best candidate, scored alone
+    # (its subtree is detached, so the scores stay inside it), comes near the first winner's.
+    suspects = [h for h in held if _could_win(h, first, config, comments)]
     if suspects:
         for h in suspects:
             h.restore()
-        second = _choose_main(body, config, _comment_blocks(body))
+        second = _choose_main(body, config, comments)
         if _won_by(second, first, suspects):
             chosen = second
             _bump(stats, "boilerplate_put_back", len(suspects))
@@ -743,6 +801,19 @@ def _select_main(
         stats["body_chars"] = chosen.total
         drops.extend("image.outside_main" for _ in range(max(chosen.outside, 0)))
     return chosen.blocks
+
+
+def _could_win(held: _Held, first: _Main, config: DomConfig, comments: set[etree._Element]) -> bool:
+    if first.fallback or first.kept < 500:
+        return True
+    if held.chars < max(_HOLD_MIN_CHARS, first.kept / 4):
+        return False
+    measure = _Measure()
+    raw = _score_paragraphs(held.el, config, measure, comments)
+    if not raw:
+        return False
+    best = max(_Scores(raw, measure).get(el) or 0.0 for el in raw)
+    return best >= _HOLD_COMPETE * first.top_score
 
 
 def _won_by(second: _Main, first: _Main, held: list[_Held]) -> bool:
@@ -783,7 +854,7 @@ def _choose_main(body: etree._Element, config: DomConfig, comments: set[etree._E
     if kept < config.main_min_fraction * total and kept < 500:
         return _Main([body], total, total, fallback=True)
     outside = int(_COUNT_IMG(body)) - sum(int(_COUNT_IMG(b)) for b in blocks)
-    return _Main(blocks, kept, total, outside, top=top)
+    return _Main(blocks, kept, total, outside, top=top, top_score=top_score)
 
 
 # Comment threads without comment class names: a container with at least this many children of
@@ -792,38 +863,44 @@ def _choose_main(body: etree._Element, config: DomConfig, comments: set[etree._E
 _THREAD_MIN_POSTS = 4
 _THREAD_POST_SHARE = 0.6
 _THREAD_MAX_UP = 6
-_POST_MARKERS = etree.XPath(
-    ".//time | .//*[@datetime] | .//*[@itemprop='author' or @rel='author']"
-    " | .//*[contains(concat(' ', translate(@class, 'AUTHOR', 'author'), ' '), 'author')]"
-)
+_TIME, _AUTHOR = 1, 2  # what a post marker says: when, and who
+_AUTHOR_WORDS = ("author", "byline", "username", "user-name", "vcard", "commenter", "poster")
 _COMMENT_SCORE_WEIGHT = 0.1  # a comment's paragraph scores a tenth of an article paragraph
 
 
-def _comment_blocks(body: etree._Element) -> set[etree._Element]:
-    """Roots of comment posts and threads: elements whose class/id/itemprop name comments, and
-    the posts of structural threads (`_THREAD_*`). Their paragraphs score little, and they are
-    never added to a chosen article as siblings, so a long discussion cannot outvote the story it
-    discusses; a page that is only a discussion still keeps it (every candidate is discounted
-    alike)."""
-    out: set[etree._Element] = set()
-    for el in body.iter():
-        if el.tag in ("html", "body") or not isinstance(el.tag, str):
-            continue
-        if (el.get("class") or el.get("id") or el.get("itemprop")) and _comment_named(el):
-            out.add(el)
-    hits: dict[etree._Element, set[etree._Element]] = {}
-    for marker in _POST_MARKERS(body):
+@dataclass(slots=True)
+class _Comments:
+    """What `_mark` saw of comments: elements named for them, and the post markers (`<time>`,
+    `datetime=`, author names) that reveal a thread whatever its classes say."""
+
+    named: set[etree._Element]
+    markers: list[tuple[etree._Element, int]]
+
+
+def _comment_blocks(body: etree._Element, seen: _Comments) -> set[etree._Element]:
+    """Roots of comment posts and threads: the elements named for comments, and the structural
+    threads — a container with at least `_THREAD_MIN_POSTS` children of which most hold both a
+    date and an author (every comment system's shape: WordPress, Disqus, Discourse, phpBB). A
+    live blog's entries carry dates but no per-entry author, and stay article. Their paragraphs
+    score little, and they are never added to a chosen article as siblings, so a long
+    discussion cannot outvote the story it discusses; a page that is only a discussion keeps it
+    (every candidate is discounted alike)."""
+    out = set(seen.named)
+    hits: dict[etree._Element, dict[etree._Element, int]] = {}
+    for marker, kind in seen.markers:
         child, ancestor = marker, marker.getparent()
         for _ in range(_THREAD_MAX_UP):
             if ancestor is None or ancestor is body:
                 break
-            hits.setdefault(ancestor, set()).add(child)
+            posts = hits.setdefault(ancestor, {})
+            posts[child] = posts.get(child, 0) | kind
             child, ancestor = ancestor, ancestor.getparent()
     for container, posts in hits.items():
-        if len(posts) < _THREAD_MIN_POSTS:
+        full = sum(1 for kinds in posts.values() if kinds == _TIME | _AUTHOR)
+        if full < _THREAD_MIN_POSTS:
             continue
-        children = [c for c in container if isinstance(c.tag, str)]
-        if len(posts) >= _THREAD_POST_SHARE * len(children):
+        children = sum(1 for c in container if isinstance(c.tag, str))
+        if full >= _THREAD_POST_SHARE * children:
             out.add(container)
     return out
 
@@ -989,9 +1066,10 @@ def _usable(value: str | None) -> str:
 def _own_candidates(img: etree._Element) -> list[tuple[str, str]]:
     """(raw URL, rule) for what one `<img>` itself names, in preference order: srcset-like
     attributes (largest first), the `<picture>` sources around it, lazy-load attributes, `src`."""
+    attrs = dict(img.items())
     out: list[tuple[str, str]] = []
-    for name in ("srcset", *_LAZY_SRCSET_ATTRS):
-        value = img.get(name)
+    for name in _SRCSET_NAMES:
+        value = attrs.get(name)
         if value and value.strip():
             out.extend((url, "srcset") for url in srcset_by_size(value))
     # libxml2 does not know <source> is void and nests the <img> inside it: look two levels up.
@@ -1003,14 +1081,18 @@ def _own_candidates(img: etree._Element) -> list[tuple[str, str]]:
             value = source.get("srcset") or source.get("data-srcset")
             if value:
                 out.extend((url, "picture") for url in srcset_by_size(value))
-    for name in _LAZY_SRC_ATTRS:
-        value = _usable(img.get(name))
-        if value:
-            out.append((value, "lazy_attr"))
-    src = _usable(img.get("src"))
+    if len(attrs) > 1:
+        for name in _LAZY_SRC_ATTRS:
+            value = _usable(attrs.get(name))
+            if value:
+                out.append((value, "lazy_attr"))
+    src = _usable(attrs.get("src"))
     if src:
         out.append((src, "src"))
     return out
+
+
+_SRCSET_NAMES = ("srcset", *_LAZY_SRCSET_ATTRS)
 
 
 def _candidates(img: etree._Element) -> list[tuple[str, str]]:
@@ -1164,7 +1246,7 @@ class _Paragraphs:
         if chars and link_chars / chars > self.config.max_link_density:
             self.drops.append("text.link_dense")
             return
-        key = _WS.sub(" ", text).strip().lower()
+        key = text.lower()
         # A caption shown twice (a <figcaption> and the same words under a gallery thumbnail, or
         # an image's alt text printed beside it) is one caption: emitted once. Other repeats are
         # left to the document rules, which judge repetition as a whole.
