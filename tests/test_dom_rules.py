@@ -147,14 +147,16 @@ def test_a_real_src_with_a_different_noscript_copy_keeps_both_as_candidates():
     ]
 
 
-def test_a_beacon_stays_a_beacon_and_a_1x1_lazy_image_does_not():
+def test_a_tag_declaring_a_1x1_box_is_a_pixel_but_a_1x1_placeholder_file_is_not():
     doc = ext(
         "<body><img src='/t.gif' width='1' height='1'>"
-        "<img src='/x.gif' width='1' height='1' srcset='/photo-1200.jpg 1200w'></body>",
+        "<img src='/x.gif' width='1' height='1' srcset='/thumb-1200.jpg 1200w'>"
+        # the placeholder file is 1×1, the box is not: the lazy URL is the picture
+        "<img src='/img/1x1.gif' data-src='/photo.jpg' width='640' height='480'></body>",
         main_content=False,
     )
-    assert [n.src for n in doc.image_nodes] == ["https://news.example.org/photo-1200.jpg"]
-    assert doc.drops == ["image.tracking_pixel"]
+    assert [n.src for n in doc.image_nodes] == ["https://news.example.org/photo.jpg"]
+    assert doc.drops == ["image.tracking_pixel"] * 2
 
 
 # --------------------------------------------------------- §3 boilerplate never deletes the article
@@ -262,3 +264,28 @@ def test_chrome_inside_the_article_container_is_still_removed():
     assert prose(0) in got
     for junk in ("Another story about mills", "Subscribe to keep reading", "Filed under mills"):
         assert junk not in got
+
+
+def test_a_caption_gallery_named_like_chrome_does_not_win_by_size():
+    # 30 slides of captions in `ul.legends` (a Readability "unlikely" word) hold most of the
+    # page's text; the shorter article next to it is the content
+    slides = "".join(
+        f"<li><h3>{i}/30 Slide</h3><p>Slide {i} caption. {prose(60 + i, 3)}</p></li>"
+        for i in range(30)
+    )
+    body = f"<div class='article-wrapper'>{article(4)}</div><ul class='legends'>{slides}</ul>"
+    got = text_of(ext(page(body)))
+    assert prose(0) in got and prose(3) in got
+    assert "caption." not in got
+
+
+def test_share_icons_inside_a_layout_table_are_dropped_and_its_text_kept():
+    body = (
+        f"<article>{article(4)}<table><tr><td><div class='gig-share-button'>"
+        "<img src='/img/facebook.png'> Share on Facebook</div></td>"
+        f"<td><p>{prose(9, 2)}</p><img src='/photos/mill.jpg'></td></tr></table></article>"
+    )
+    doc = ext(page(body))
+    assert [n.src for n in doc.image_nodes] == ["https://news.example.org/photos/mill.jpg"]
+    assert "image.boilerplate" in doc.drops
+    assert prose(9, 2) in text_of(doc)
