@@ -78,16 +78,25 @@ def compute_funnel(counts: dict[str, int]) -> dict[str, Any]:
 
 
 def largest_loss(funnel: dict[str, Any]) -> str:
-    """One line naming the step that lost the most documents and its top reason, for a build that
-    kept nothing (e.g. "0 documents: ... image.not_archived × 121: not in the archives ...")."""
+    """One line naming the main cause of a build that kept nothing: the step after "HTML pages"
+    that lost the most documents and its top reason (a crawl is mostly non-HTML captures, so
+    that first loss says nothing), or why no capture was a page at all."""
     steps = funnel["documents"]
-    worst, lost = None, -1
-    for prev, cur in zip(steps, steps[1:]):
-        if prev["count"] - cur["count"] > lost:
-            worst, lost = cur, prev["count"] - cur["count"]
-    if worst is None or steps[0]["count"] == 0:
-        return "0 documents: no capture was read (are the inputs empty?)"
-    line = f"0 documents: the largest loss is at '{worst['step']}' ({lost:,} lost)"
+    if not steps or steps[0]["count"] == 0:
+        return "0 documents: no capture was read (are the inputs empty or unreadable?)"
+    if steps[1]["count"] == 0:
+        worst, lost = steps[1], steps[0]["count"]
+        line = f"0 documents: none of the {lost:,} captures is an HTML page"
+    else:
+        worst, lost = None, -1
+        for prev, cur in zip(steps[1:], steps[2:]):
+            if prev["count"] - cur["count"] > lost:
+                worst, lost = cur, prev["count"] - cur["count"]
+        assert worst is not None
+        line = (
+            f"0 documents: the largest loss is at '{worst['step']}' "
+            f"({lost:,} of {steps[1]['count']:,} HTML pages)"
+        )
     if worst["reasons"]:
         code, n = worst["reasons"][0]
         meaning = reason(code).meaning

@@ -1,0 +1,124 @@
+"""report.json counts every event once and every drop of every stage (issues "Hardening" §6 and
+"Fit the ecosystem" §2): one small archive whose pages hold one of each drop, built, and the report's
+counts compared exactly with what the archive was made to contain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from httpserver import drawn_image
+
+from m3w_builder.config import BuildConfig
+from pipelines.build import JobOptions, run_build
+from pipelines.crawl_archive import CrawlArchive
+
+HOST = "http://counts.example"
+PROSE = (
+    "The river valley farmers bring their grain to the old mill by the bridge, and the miller "
+    "weighs every sack before the water wheel turns. In autumn the village market fills with "
+    "apples, cider and bread, and the children watch the carts come down from the hills. "
+    "Later that week a storm broke over the ridge; the road flooded near the chapel, so the "
+    "baker sent his loaves along the towpath instead. Nobody remembered a wetter October since "
+    "the year the old schoolhouse lost its roof and the teacher held lessons in the barn. "
+)
+MORE = (
+    "When spring returned, the council voted to rebuild the weir with stone from the quarry, "
+    "and volunteers from three parishes carried it down on sledges pulled by oxen."
+)
+
+
+def _page(body: str) -> bytes:
+    return f"<!doctype html><html><head><title>t</title></head><body>{body}</body></html>".encode()
+
+
+def write_archive(path: Path) -> None:
+    good = drawn_image(200, 150, seed=1)
+    tiny = drawn_image(20, 20, seed=2)
+    page_one = _page(
+        f"<p>{PROSE}</p>"
+        '<img src="/img/photo.jpg" alt="photo">'  # kept
+        '<img src="javascript:void(0)">'  # image.bad_url
+        '<img src="/img/beacon.gif" width="1" height="1">'  # image.tracking_pixel
+        '<img src="/img/site-logo.png">'  # image.url_rule
+        '<img src="/img/thumb.jpg">'  # image.too_small (archived, 20×20)
+        '<img src="/img/lost.jpg">'  # image.not_archived
+        '<img src="/img/photo.jpg">'  # image.duplicate_in_page
+        f"<p>{MORE}</p>"
+        '<p><a href="/a">one link</a> <a href="/b">another link</a></p>'  # text.link_dense
+    )
+    page_two = _page("<p>Too short to be a document.</p><img src='/img/photo.jpg'>")
+    with CrawlArchive(path) as warc:
+        warc.response(f"{HOST}/one.html", page_one, "text/html")
+        warc.response(f"{HOST}/two.html", page_two, "text/html")  # text.doc_too_short
+        warc.response(f"{HOST}/img/photo.jpg", good, "image/jpeg")
+        warc.response(f"{HOST}/img/thumb.jpg", tiny, "image/jpeg")
+        warc.response(f"{HOST}/style.css", b"body{}", "text/css")  # warc.not_html
+        warc.response(f"{HOST}/gone.html", b"<html>gone</html>", "text/html", 404)  # http_status
+
+
+def test_every_drop_and_input_is_counted_exactly_once(tmp_path: Path):
+    write_archive(tmp_path / "crawl.warc.gz")
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.offline = True
+    config.dom.main_content = False  # every image of the page is a candidate
+    report = run_build(
+        [str(tmp_path / "crawl.warc.gz")],
+        config,
+        JobOptions(out=str(tmp_path / "job"), progress=False),
+        use_ray=False,
+    )
+    counts = report["counts"]
+    expected_drops = {
+        "image.bad_url": 1,
+        "image.tracking_pixel": 1,
+        "image.url_rule": 1,
+        "image.duplicate_in_page": 1,
+        "image.too_small": 1,
+        "image.not_archived": 1,
+        "text.link_dense": 1,
+        "text.doc_too_short": 1,
+        "warc.not_html": 3,  # both images and the stylesheet are captures but no page
+        "warc.http_status": 1,
+    }
+    assert report["drops"] == expected_drops
+    assert counts["warc.records"] == 6  # each record read once (pages and index in one pass)
+    assert counts["warc.html_pages"] == 2
+    assert counts["archive.indexed"] == 3  # two images and the stylesheet
+    assert counts["image.from_archive"] == 2 and counts["image.kept"] == 1
+    assert report["documents"] == 1 and report["images"] == 1
+    steps = {s["step"]: s["count"] for s in report["funnel"]["documents"]}
+    assert steps == {
+        "captures read": 6,
+        "HTML pages": 2,
+        "extracted": 2,
+        "passed text rules": 1,
+        "after dedup": 1,
+        "with ≥1 image candidate": 1,
+        "documents kept": 1,
+    }
+    images = {s["step"]: s["count"] for s in report["funnel"]["images"]}
+    assert images == {"image candidates": 3, "resolved": 2, "kept": 1}
+    # the split views hold the same counts, each code in exactly one of them
+    split = {**report["inputs"], **report["progress"], **report["drops"]}
+    assert split == counts
+
+
+def test_a_build_that_keeps_nothing_warns_with_its_largest_loss(tmp_path: Path):
+    """Pages fine, images never archived, fetching off: the warning names image.not_archived."""
+    page = _page(f"<p>{PROSE}</p><img src='/img/a.jpg'><p>{MORE}</p><img src='/img/b.jpg'>")
+    with CrawlArchive(tmp_path / "c.warc.gz") as warc:
+        for i in range(3):  # one site each: no paragraph repeats within a domain
+            body = page.replace(b"/img/", f"/img/{i}/".encode())
+            warc.response(f"http://site{i}.example/p.html", body, "text/html")
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.offline = True
+    report = run_build(
+        [str(tmp_path / "c.warc.gz")], config, JobOptions(out=str(tmp_path / "j"), progress=False),
+        use_ray=False,
+    )  # fmt: skip
+    assert report["documents"] == 0
+    assert report["warning"].startswith("0 documents: the largest loss is at 'documents kept'")
+    assert "image.not_archived × 6" in report["warning"]
+    from pipelines.build import summary_table
+
+    assert summary_table(report).endswith(f"WARNING: {report['warning']}")
