@@ -230,7 +230,16 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _word_hashes(words: Sequence[str]) -> np.ndarray:
-    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    """One uint64 per word: the index of the word's first occurrence in `words`, mixed. Equal
+    words get equal values and different words different ones, in every process: Python's
+    `hash()` is salted per process (PYTHONHASHSEED), so the n-gram statistics built on it broke
+    ties differently from one worker to the next and the same page could be kept by one build and
+    dropped by another."""
+    first: dict[str, int] = {}
+    ids = np.fromiter(
+        (first.setdefault(w, len(first)) for w in words), dtype=np.uint64, count=len(words)
+    )
+    return (ids + np.uint64(1)) * _MIX
 
 
 def _word_lengths(words: Sequence[str]) -> np.ndarray:
@@ -288,11 +297,15 @@ def _top_ngram_frac(hashes: np.ndarray, lengths: np.ndarray, n: int) -> float:
     if not len(keys) or not total:
         return 0.0
     _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    j = int(counts.argmax())
-    if counts[j] < 2:
+    top = int(counts.max())
+    if top < 2:
         return 0.0
-    i = int(first[j])
-    return int(lengths[i : i + n].sum()) * int(counts[j]) / total
+    # Several n-grams may tie for most frequent: take the one covering most characters, a rule
+    # that depends on the text alone (np.unique's order is the keys' order, i.e. the hashes').
+    windows = np.cumsum(np.concatenate(([0], lengths)))
+    starts = first[counts == top]
+    chars = int((windows[starts + n] - windows[starts]).max())
+    return chars * top / total
 
 
 def _dup_ngram_frac(hashes: np.ndarray, lengths: np.ndarray, n: int) -> float:

@@ -122,3 +122,26 @@ def test_a_build_that_keeps_nothing_warns_with_its_largest_loss(tmp_path: Path):
     from pipelines.build import summary_table
 
     assert summary_table(report).endswith(f"WARNING: {report['warning']}")
+
+
+def test_inspect_stats_prints_the_funnel_and_verify_accepts_src_page(tmp_path: Path, capsys):
+    from pipelines.cli import main
+
+    write_archive(tmp_path / "crawl.warc.gz")
+    page = _page(
+        f"<p>{PROSE}</p><img src='/img/photo.jpg' srcset='/img/photo-2x.jpg 2x'><p>{MORE}</p>"
+    )
+    with CrawlArchive(tmp_path / "more.warc.gz") as warc:
+        warc.response(f"{HOST}/three.html", page, "text/html")
+    config = BuildConfig.for_profile("m3w")
+    config.fetch.offline = True
+    job = tmp_path / "job"
+    run_build(
+        [str(tmp_path / "crawl.warc.gz"), str(tmp_path / "more.warc.gz")], config,
+        JobOptions(out=str(job), progress=False), use_ray=False,
+    )  # fmt: skip
+    assert main(["inspect", "stats", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "yield funnel (report.json)" in out and "captures read" in out
+    assert "drop reasons" in out and "warc.records" not in out.split("drop reasons")[1]
+    assert main(["inspect", "verify", str(job)]) == 0  # src_page is part of the schema

@@ -585,3 +585,31 @@ def test_long_tokens_are_linear_not_quadratic(token: str) -> None:
         code = apply_text_filters(doc, BuildConfig.for_profile(profile).text)
         assert code is None or code.startswith("text.")
     assert words_of(token) in ([], ["a"], [token], ["a!" * 49_999 + "a"])
+
+
+def test_scores_do_not_depend_on_the_process_hash_seed():
+    """Two n-grams tie for most frequent, with different character lengths: the score must be
+    the same in every process (Python's hash() is salted per process)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from m3w_builder.textfilters import top_ngram_char_frac, dup_ngram_char_frac,"
+        " word_repetition_ratio\n"
+        "words = ('to be ' * 3 + 'unbelievable circumstances ' * 3).split()"
+        " + [f'w{i}' for i in range(40)]\n"
+        "print(json.dumps([top_ngram_char_frac(words, n) for n in (2, 3, 4)]"
+        " + [dup_ngram_char_frac(words, 5), word_repetition_ratio(words, 5)]))"
+    )
+    results = set()
+    for seed in ("0", "1", "2", "3", "4", "5"):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.add(tuple(json.loads(proc.stdout)))
+    assert len(results) == 1, results
