@@ -205,6 +205,16 @@ class DedupConfig:
     para_max_repeats_per_domain: int = (
         3  # paragraphs repeated ≥ 3 times in one domain are boilerplate
     )
+    # Near-duplicate documents, job-wide (MinHash + LSH, m3w_builder/minhash.py; MassiveWeb and
+    # datatrove remove them the same way): word 5-gram shingles, 128 permutations cut into 16
+    # bands of 8 rows, a candidate pair confirmed when its estimated Jaccard similarity is at least
+    # the threshold. The curve of these settings is in docs/build.md § Near-duplicate documents.
+    near_dedup: bool = True
+    near_shingle_words: int = 5
+    near_num_perm: int = 128
+    near_bands: int = 16
+    near_rows: int = 8
+    near_threshold: float = 0.78
 
 
 @dataclass

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from m3w_builder.document import Document, TextNode
 
 # RFC 3986 §2.3: percent-encoded unreserved characters are equivalent to the characters themselves.
@@ -214,3 +216,128 @@ class ImageDedup:
             self.seen_phash.append(value)
         self.seen_sha.add(sha256)
         return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Job-wide policy over key tables (the build's decide stage runs these on one partition each)
+# --------------------------------------------------------------------------------------------------
+
+# One row per extracted document: what the job-wide dedup rules look at.
+DOC_KEYS = np.dtype(
+    [
+        ("ord", "<u4"),  # the document's number in its unit
+        ("page", "<u8"),  # hash64(page_url_key(url))
+        ("date", "<i8"),  # capture time, µs since the epoch (NO_DATE if unknown)
+        ("content_hi", "<u8"),  # document_hash, 128 bits
+        ("content_lo", "<u8"),
+        ("doc_hi", "<u8"),  # the document key (32 hex chars) as 128 bits: "smallest key"
+        ("doc_lo", "<u8"),
+    ]
+)
+NO_DATE = -(1 << 62)  # older than any capture
+
+
+def capture_time(date: str | None) -> int:
+    """A capture date (WARC-Date, ISO 8601, or a 14-digit ARC stamp) as µs since the epoch;
+    NO_DATE when missing or unreadable. Comparing numbers, not strings, orders `…:00Z` and
+    `…:00.5Z` correctly."""
+    from datetime import datetime, timezone
+
+    if not date:
+        return NO_DATE
+    text = date.strip()
+    try:
+        if text.isdigit() and len(text) >= 8:
+            stamp = datetime.strptime(text[:14].ljust(14, "0"), "%Y%m%d%H%M%S")
+        else:
+            stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return NO_DATE
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return int(stamp.timestamp() * 1_000_000)
+
+
+def doc_key_row(doc: Document, ord_: int) -> tuple[int, ...]:
+    """The DOC_KEYS row of one document."""
+    content = int(document_hash(doc)[:32], 16)
+    key = int(doc.key, 16)
+    return (
+        ord_,
+        hash64(page_url_key(doc.url)),
+        capture_time(doc.fetched),
+        content >> 64,
+        content & ((1 << 64) - 1),
+        key >> 64,
+        key & ((1 << 64) - 1),
+    )
+
+
+def page_url_losers(rows: np.ndarray) -> np.ndarray:
+    """Page-URL dedup over DOC_KEYS rows with a `src` (unit) column: among captures of one
+    normalised URL the newest wins, equal dates go to the first in input order. Returns a mask of
+    the losers. A pure function of the rows, whatever their order or partition."""
+    if not len(rows):
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rows["ord"], rows["src"], -rows["date"], rows["page"]))
+    page = rows["page"][order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = page[1:] != page[:-1]
+    losers = np.ones(len(rows), dtype=bool)
+    losers[order[first]] = False
+    return losers
+
+
+def content_losers(rows: np.ndarray) -> np.ndarray:
+    """Identical-document dedup: among rows with one content hash, the first in input order
+    (unit, then ord) wins; returns the losers' mask."""
+    if not len(rows):
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rows["ord"], rows["src"], rows["content_lo"], rows["content_hi"]))
+    hi, lo = rows["content_hi"][order], rows["content_lo"][order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    losers = np.ones(len(rows), dtype=bool)
+    losers[order[first]] = False
+    return losers
+
+
+def cluster_survivor(dates: np.ndarray, key_hi: np.ndarray, key_lo: np.ndarray) -> int:
+    """Index of the document a near-duplicate cluster keeps: the newest capture, then the smallest
+    document key — a rule that does not depend on which task finished first."""
+    order = np.lexsort((key_lo, key_hi, -dates))
+    return int(order[0])
+
+
+class UnionFind:
+    """Connected components over integer ids (path halving, union by size)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        if x not in parent:
+            parent[x] = x
+            self.size[x] = 1
+            return x
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
+    def components(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for x in self.parent:
+            out.setdefault(self.find(x), []).append(x)
+        return out

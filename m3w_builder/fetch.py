@@ -564,7 +564,12 @@ class ArchiveIndex:
         where = self.lookup(url)
         if where is None:
             return None
-        path, offset = where
+        return self.read_at(where[0], where[1], max_bytes)
+
+    @staticmethod
+    def read_at(path: str, offset: int, max_bytes: int | None = None) -> bytes:
+        """The payload of the record at `offset` of `path` (see `read`); shared with the build's
+        partitioned index (pipelines/archive_parts.py)."""
         try:
             body = read_record_at(path, offset).body
         except Skip as e:

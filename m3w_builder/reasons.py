@@ -128,6 +128,7 @@ _ENTRIES: list[Reason] = [
     # --- step "dedup"
     Reason("dedup.page_url", "drop", "dedup", "an older capture of the same page URL"),
     Reason("dedup.identical_doc", "drop", "dedup", "the same document under another URL"),
+    Reason("dedup.near_duplicate", "drop", "dedup", "a near copy of another document (MinHash)"),
     Reason("job.max_docs", "drop", "dedup", "beyond --max-docs"),
     Reason("doc.no_text", "drop", "dedup", "no text left after boilerplate paragraphs went"),
     # --- step "images"

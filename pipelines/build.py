@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -29,8 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from m3w_builder.config import PROFILES, BuildConfig
+from m3w_builder.reasons import Counts
 from pipelines import build_stages as stages
+from pipelines.tables import partitions_for
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class JobOptions:
     max_in_flight: int | None = None  # None: 2 × the cluster's CPUs
     files_per_unit: int = 64
     urls_per_unit: int = 256
+    partitions: int | None = None  # of the job-wide state; None: from the input size
+    keep_work: bool = False  # keep the bulky intermediate files of `_work/` after the build
     progress: bool = True
     loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,13 +74,19 @@ def run_build(
     """Build (or finish building) the job in `options.out`; returns the report (also report.json).
 
     `use_ray=False` runs the very same stages one after another in this process (the benchmark's
-    baseline, and a debugging aid): the output is byte-identical to a Ray build."""
+    baseline, and a debugging aid): the output is byte-identical to a Ray build.
+
+    The driver keeps unit bookkeeping only — the plan, a few numbers per unit and the running
+    totals of the counters: every per-page state (dedup keys, signatures, the archive index,
+    frequency counts, decisions) lives in partitioned files under `_work/` that Ray tasks write
+    and read (pipelines/build_decide.py, pipelines/archive_parts.py)."""
     started = time.perf_counter()
     job = stages.JobDir(options.out)
     units = stages.plan_units(
         inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
     )
-    _check_or_record_job(job, inputs, config, options, units)
+    parts = options.partitions or partitions_for(_input_bytes(units))
+    _check_or_record_job(job, inputs, config, options, units, parts)
     extract_options = stages.ExtractOptions(
         run_id=uuid.uuid4().hex,
         page_kill_timeout_s=(
@@ -81,84 +94,209 @@ def run_build(
             if options.page_kill_timeout_s is not None
             else 3 * config.sources.parse_timeout_s + 5
         ),
+        parts=parts,
+        near=near_config(config),
     )
     if (
         not use_ray
     ):  # a watchdog _exit() would take the whole driver down: no retry to skip the page
         extract_options.page_kill_timeout_s = 0.0
     progress = _Progress(len(units), enabled=options.progress)
-    limit = _PrefixLimit(options.max_docs, len(units)) if options.max_docs else None
+    summary = _ExtractSummary(len(units))
+    limit = _PrefixLimit(options.max_docs, job, summary) if options.max_docs else None
+    phases: dict[str, float] = {}
     with _RayExecutor(options) if use_ray else _LocalExecutor() as executor:
-        # stage 1: extract (and index archives)
-        extract_stats = executor.map(
+        # stage 1: extract (and index archives, and record every document's dedup keys)
+        clock = time.perf_counter()
+
+        def extracted(stats: dict[str, Any], resumed: bool) -> None:
+            summary.add(stats)
+            progress.extracted(stats, resumed)
+
+        executor.map(
             stages.extract_unit,
             units,
             (config, job, extract_options),
             marker=lambda u: job.extract_stats(u.index),
-            on_done=progress.extracted,
+            on_done=extracted,
             stop=limit.reached if limit else None,
+            keep=False,
         )
         executor.raise_failures("extract")
         if limit is not None:  # --max-docs: only the shortest prefix of units that holds N docs
-            limit.reached({st["unit"]: st for st in extract_stats})  # tasks that finished late
+            limit.reached()  # tasks that finished late
             units = units[: limit.prefix]
-            extract_stats = [st for st in extract_stats if st["unit"] < limit.prefix]
-        # stage 2: decide (page/content dedup in the driver, then counts of the survivors)
-        decisions = _decide(executor, job, units, extract_stats, config, options)
-        archive = stages.load_archive_index(job, extract_stats)
+            summary.truncate(limit.prefix, job)
+        phases["extract"] = time.perf_counter() - clock
+        # stage 2: decide (the job-wide dedup, one task per partition) and merge the image index
+        clock = time.perf_counter()
+        decisions = _decide(executor, job, units, summary, config, options, parts)
+        phases["decide"] = time.perf_counter() - clock
         # stage 3: write part shards, one task per shard's worth of documents
-        groups = stages.plan_write_groups(extract_stats, decisions, config.shards.docs_per_shard)
+        clock = time.perf_counter()
+        groups = stages.plan_write_groups(decisions.survivors, config.shards.docs_per_shard)
         progress.bar.total = progress.bar.n + len(groups)
         write_stats = executor.map(
             stages.write_unit,
             groups,
-            (config, job, decisions, archive),
+            (config, job, decisions, [u.paths for u in units]),
             marker=lambda u: job.write_stats(u.index),
             on_done=progress.written,
         )
         executor.raise_failures("write")
+        phases["write"] = time.perf_counter() - clock
     progress.close()
     # stage 4: contiguous shard names, manifest, report
+    clock = time.perf_counter()
     infos = stages.finalize(job, write_stats)
+    phases["finalize"] = time.perf_counter() - clock
+    counts = summary.counts.copy()
     report = stages.build_report(
-        extract_stats,
+        counts,
+        summary.pages,
+        summary.docs_extracted,
         write_stats,
         infos,
         seconds=time.perf_counter() - started,
         extra={
             "units": len(units),
             "write_groups": len(groups),
+            "partitions": parts,
             "tasks_resumed": progress.resumed,  # >0: pages/s mixes this run with an earlier one
             "seed": config.seed,
             "profile": config.profile,
+            "phases_s": {k: round(v, 3) for k, v in phases.items()},
+            "near_duplicates": (decisions.near_stats or {}) if decisions.near else None,
         },
     )
     stages.atomic_write_json(job.report, report)
+    if not options.keep_work:
+        stages.clean_work(job)
     return report
+
+
+def near_config(config: BuildConfig) -> Any:
+    """The MinHash settings of near-duplicate dedup, or None when it is off."""
+    if not config.dedup.near_dedup:
+        return None
+    from m3w_builder.minhash import MinHashConfig
+
+    d = config.dedup
+    return MinHashConfig(
+        shingle_words=d.near_shingle_words,
+        num_perm=d.near_num_perm,
+        bands=d.near_bands,
+        rows=d.near_rows,
+        threshold=d.near_threshold,
+    )
+
+
+def _input_bytes(units: list[stages.WorkUnit]) -> int:
+    """Bytes of the job's input files (what P is chosen from); unreadable sizes count 0."""
+    total = 0
+    for unit in units:
+        for path in unit.paths:
+            try:
+                total += os.path.getsize(path) if "://" not in path else _remote_size(path)
+            except OSError:
+                continue
+    return total
+
+
+def _remote_size(path: str) -> int:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    return int(fs.size(p) or 0)
+
+
+class _ExtractSummary:
+    """What the driver keeps of the extract stage: a few numbers per unit and the totals."""
+
+    def __init__(self, n_units: int) -> None:
+        self.docs = np.zeros(n_units, dtype=np.int64)
+        self.indexed = np.zeros(n_units, dtype=bool)
+        self.done = np.zeros(n_units, dtype=bool)
+        self.pages_per_unit = np.zeros(n_units, dtype=np.int64)
+        self.counts = Counts()
+
+    def add(self, stats: dict[str, Any]) -> None:
+        u = stats["unit"]
+        self.docs[u] = stats["docs"]
+        self.indexed[u] = bool(stats.get("archive_index"))
+        self.pages_per_unit[u] = stats["pages"]
+        self.done[u] = True
+        self.counts.update(stats["counts"])
+
+    def truncate(self, prefix: int, job: stages.JobDir) -> None:
+        """--max-docs: units past the prefix were read by tasks that finished anyway; their
+        counts are taken out again (from their stats files: the driver keeps none per unit)."""
+        for u in (np.flatnonzero(self.done[prefix:]) + prefix).tolist():
+            self.counts.subtract(stages.read_json(job.extract_stats(u))["counts"])
+        self.counts = Counts({k: v for k, v in self.counts.items() if v})
+        n = prefix
+        self.docs, self.indexed, self.done = self.docs[:n], self.indexed[:n], self.done[:n]
+        self.pages_per_unit = self.pages_per_unit[:n]
+
+    @property
+    def pages(self) -> int:
+        return int(self.pages_per_unit.sum())
+
+    @property
+    def docs_extracted(self) -> int:
+        return int(self.docs.sum())
+
+    def survivors(self, job: stages.JobDir, decisions: Any) -> np.ndarray:
+        """Documents each unit keeps after the decide stage (its drops counted in memory maps)."""
+        from pipelines.build_decide import DropIndex
+
+        left = self.docs - DropIndex(job.work, decisions).drops_per_unit(len(self.docs))
+        cut = decisions.cut
+        if cut is not None:
+            unit, k = cut
+            left[unit] = min(left[unit], k)
+            left[unit + 1 :] = 0
+        return left
 
 
 class _PrefixLimit:
     """`--max-docs N` without reading every input: the shortest prefix of units (in input order)
     whose documents, after page-URL and content dedup, number at least N. It depends only on the
     inputs, not on which tasks happened to finish first, so a resumed or re-run job picks the
-    same prefix; units past it are cancelled or ignored."""
+    same prefix; units past it are cancelled or ignored. The prefix's dedup keys are read from
+    the units' key files (at most about N documents' worth)."""
 
-    def __init__(self, max_docs: int, n_units: int) -> None:
+    def __init__(self, max_docs: int, job: stages.JobDir, summary: _ExtractSummary) -> None:
         self.max_docs = max_docs
-        self.prefix = n_units
+        self.job = job
+        self.summary = summary
+        self.prefix = len(summary.docs)
         self.found = False
         self._checked = 0  # prefixes up to this length are known to hold fewer than N documents
 
-    def reached(self, results: dict[int, dict[str, Any]]) -> bool:
+    def reached(self, results: Any = None) -> bool:
+        from m3w_builder import dedup
+        from pipelines import build_decide, tables
+
         if self.found:
             return True
-        while self._checked in results:
+        done = self.summary.done
+        while self._checked < len(done) and done[self._checked]:
             self._checked += 1
-            stats = [results[i] for i in range(self._checked)]
-            if sum(s["docs"] for s in stats) < self.max_docs:
+            if int(self.summary.docs[: self._checked].sum()) < self.max_docs:
                 continue  # cheap bound: dedup only removes documents
-            drops = stages.decide_duplicates(stats)
-            kept = sum(s["docs"] - len(drops.get(s["unit"], {})) for s in stats)
+            pieces = []
+            for u in range(self._checked):
+                path = build_decide.keys_path(self.job.work, u)
+                rows = tables.load_npy(path, mmap=False)
+                tagged = np.zeros(len(rows), dtype=[("src", np.int64), *dedup.DOC_KEYS.descr])
+                tagged["src"] = u
+                for name in dedup.DOC_KEYS.names:
+                    tagged[name] = rows[name]
+                pieces.append(tagged)
+            rows = np.concatenate(pieces)
+            rows = rows[~dedup.page_url_losers(rows)]
+            kept = int((~dedup.content_losers(rows)).sum())
             if kept >= self.max_docs:
                 self.prefix, self.found = self._checked, True
                 return True
@@ -169,27 +307,114 @@ def _decide(
     executor: _LocalExecutor,
     job: stages.JobDir,
     units: list[stages.WorkUnit],
-    extract_stats: list[dict[str, Any]],
+    summary: _ExtractSummary,
     config: BuildConfig,
     options: JobOptions,
-) -> stages.Decisions:
+    parts: int,
+) -> Any:
     """Job-wide dedup decisions, computed once and stored (a rerun reads them back).
 
-    Two passes rather than a streaming counter actor: an actor would see documents in completion
-    order, so "keep the newest capture" and "the first copy" would depend on timing, and its state
-    would be lost with it on a crash. A second parse-free pass over the extract files is cheap
-    (JSON lines, no HTML) and makes the decisions a pure function of the inputs."""
-    if job.dedup.exists():
-        return stages.Decisions.from_bytes(job.dedup.read_bytes())
-    drops = stages.decide_duplicates(extract_stats, options.max_docs)
-    counted = executor.map(stages.count_unit, units, (job, drops))
-    executor.raise_failures("count")
-    frequent, repeated = stages.frequent_keys(
-        [c[0] for c in counted], [c[1] for c in counted], config
+    Tasks over partitioned files rather than a streaming counter actor: an actor would see
+    documents in completion order, so "keep the newest capture" and "the first copy" would depend
+    on timing, and its state would be lost with it on a crash; one process holding every key
+    would grow with the crawl. Each step below is a pure function of the inputs."""
+    from pipelines import build_decide as dec
+
+    if job.decisions.exists():
+        return dec.Decisions.from_json(stages.read_json(job.decisions))
+    partitions = [stages.WorkUnit(p, "partition", []) for p in range(parts)]
+    with_docs = [int(u) for u in np.flatnonzero(summary.docs)]
+    every = list(range(len(units)))
+
+    def run(stage: str, fn: Callable[..., Any], tasks: list[stages.WorkUnit], *args: Any) -> list:
+        results = executor.map(fn, tasks, (job, *args), marker=lambda u: job.marker(stage, u.index))
+        executor.raise_failures(stage)
+        return results
+
+    indexed = [int(u) for u in np.flatnonzero(summary.indexed)]
+    if indexed:
+        run("index", _index_task, partitions, indexed)
+    run("page", _page_task, partitions, every, parts)
+    run("content", _content_task, partitions, parts)
+    near = near_config(config)
+    near_stats = None
+    if near is not None:
+        run("bands", _band_task, partitions, with_docs, near)
+        near_stats = run("cluster", _cluster_task, [stages.WorkUnit(0, "partition", [])], parts)[0]
+    decisions = dec.Decisions(parts, near is not None, bool(indexed), None, near_stats)
+    if options.max_docs:
+        decisions.cut = dec.max_docs_cut(summary.survivors(job, decisions), options.max_docs)
+    decisions.survivors = summary.survivors(job, decisions).tolist()
+    run("count", stages.count_unit, units, decisions)
+    run(
+        "frequent",
+        _frequent_task,
+        partitions,
+        every,
+        config.dedup.image_url_max_count,
+        config.dedup.para_max_repeats_per_domain,
     )
-    decisions = stages.Decisions(drops, frequent, repeated)
-    stages.atomic_write(job.dedup, decisions.to_bytes())
+    stages.atomic_write_json(job.decisions, decisions.to_json())
     return decisions
+
+
+def _index_task(unit: stages.WorkUnit, job: stages.JobDir, indexed: list[int]) -> dict[str, Any]:
+    from pipelines.archive_parts import merge_partition
+
+    return _with_marker(
+        job, "index", unit.index, lambda: merge_partition(unit.index, job.work, indexed)
+    )
+
+
+def _page_task(unit: stages.WorkUnit, job: stages.JobDir, every: list[int], parts: int) -> dict:
+    from pipelines.build_decide import page_partition
+
+    return _with_marker(
+        job, "page", unit.index, lambda: page_partition(unit.index, job.work, every, parts)
+    )
+
+
+def _content_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
+    from pipelines.build_decide import content_partition
+
+    return _with_marker(
+        job, "content", unit.index, lambda: content_partition(unit.index, job.work, parts)
+    )
+
+
+def _band_task(unit: stages.WorkUnit, job: stages.JobDir, with_docs: list[int], near: Any) -> dict:
+    from pipelines.build_decide import band_partition
+
+    return _with_marker(
+        job, "bands", unit.index, lambda: band_partition(unit.index, job.work, with_docs, near)
+    )
+
+
+def _cluster_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
+    from pipelines.build_decide import cluster
+
+    return _with_marker(job, "cluster", unit.index, lambda: cluster(job.work, parts))
+
+
+def _frequent_task(
+    unit: stages.WorkUnit, job: stages.JobDir, every: list[int], image_max: int, para_min: int
+) -> dict:
+    from pipelines.build_decide import frequent_partition
+
+    return _with_marker(
+        job, "frequent", unit.index,
+        lambda: frequent_partition(unit.index, job.work, every, image_max, para_min),
+    )  # fmt: skip
+
+
+def _with_marker(job: stages.JobDir, stage: str, index: int, work: Callable[[], dict]) -> dict:
+    """Run one decide task unless its marker says it is done; the marker is written last."""
+    marker = job.marker(stage, index)
+    if marker.exists():
+        return stages.read_json(marker)
+    result = work()
+    stages.atomic_write_json(marker, result)
+    return result
 
 
 class _LocalExecutor:
@@ -212,21 +437,26 @@ class _LocalExecutor:
         *,
         marker: Callable[[stages.WorkUnit], Path] | None = None,
         on_done: Callable[[dict[str, Any], bool], None] | None = None,
-        stop: Callable[[dict[int, Any]], bool] | None = None,
+        stop: Callable[[], bool] | None = None,
+        keep: bool = True,
     ) -> list[Any]:
         """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back.
-        `stop(results by unit index)`, asked after each unit, ends the stage early when True."""
+        `stop()`, asked after each unit, ends the stage early when True. With `keep=False` the
+        results go to `on_done` only and the list comes back empty: the driver's memory does not
+        grow with the number of units' results."""
         results: dict[int, Any] = {}
         for unit in units:
             if marker is not None and marker(unit).exists():
-                results[unit.index] = stages.read_json(marker(unit))
+                result = stages.read_json(marker(unit))
                 resumed = True
             else:
-                results[unit.index] = fn(unit, *shared)
+                result = fn(unit, *shared)
                 resumed = False
+            if keep:
+                results[unit.index] = result
             if on_done is not None:
-                on_done(results[unit.index], resumed)
-            if stop is not None and stop(results):
+                on_done(result, resumed)
+            if stop is not None and stop():
                 break
         return [results[u.index] for u in units if u.index in results]
 
@@ -263,7 +493,7 @@ class _RayExecutor(_LocalExecutor):
         if self.owns_ray:
             self.ray.shutdown()
 
-    def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None):  # noqa: D102
+    def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None, keep=True):  # noqa: D102
         ray = self.ray
         remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(fn)
         shared_refs = [ray.put(arg) for arg in shared]
@@ -274,25 +504,29 @@ class _RayExecutor(_LocalExecutor):
             for ref in ready:
                 unit = pending.pop(ref)
                 try:
-                    results[unit.index] = ray.get(ref)
+                    result = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - reported; the rerun retries the unit
                     self.failures.append(
                         f"unit {unit.index} ({unit.describe()}): {type(exc).__name__}: {exc}"
                     )
                     log.error("unit %d (%s) failed: %s", unit.index, unit.describe(), exc)
                     continue
+                if keep:
+                    results[unit.index] = result
                 if on_done is not None:
-                    on_done(results[unit.index], False)
+                    on_done(result, False)
 
         stopped = False
         for unit in units:
-            if stop is not None and stop(results):
+            if stop is not None and stop():
                 stopped = True
                 break
             if marker is not None and marker(unit).exists():
-                results[unit.index] = stages.read_json(marker(unit))
+                result = stages.read_json(marker(unit))
+                if keep:
+                    results[unit.index] = result
                 if on_done is not None:
-                    on_done(results[unit.index], True)
+                    on_done(result, True)
                 continue
             while len(pending) >= self.max_in_flight:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -325,6 +559,7 @@ def _check_or_record_job(
     config: BuildConfig,
     options: JobOptions,
     units: list[stages.WorkUnit],
+    parts: int = 1,
 ) -> None:
     """A job folder holds one job: resuming with other inputs or settings would mix two datasets."""
     identity = {
@@ -332,6 +567,7 @@ def _check_or_record_job(
         "inputs": list(inputs),
         "config": config.to_dict(),
         "max_docs": options.max_docs,
+        "partitions": parts,
         "units": [asdict(u) for u in units],
     }
     if job.job.exists():

@@ -7,17 +7,24 @@ needs counts over *all* inputs before any document can be kept, so the job has t
 decision step between them (DESIGN §2, issue 4):
 
 1. **extract** (per unit): read pages → `page_to_document` → documents without image bytes into
-   `_work/extract/NNNNN.docs.jsonl.gz`, plus per-document dedup keys (page URL, capture date,
-   content hash) in `NNNNN.stats.json`.
-2. **decide** (driver, then one light task per unit): page-URL dedup keeps the newest capture,
-   identical-document dedup keeps the first in input order; then the surviving documents' image URLs
-   and per-domain paragraphs are counted (a second, parse-free pass over the extract files) and the
-   frequent ones are listed. Counting *after* page dedup means ten captures of one page do not make its
-   images "frequent". Decisions go to `_work/dedup.json.gz`.
-3. **write** (per unit): apply the decisions, resolve/validate images, draw attachments, write part
-   shards into `_work/write/NNNNN/`; the folder is renamed into place when complete, then the marker.
+   `_work/extract/NNNNN.docs.jsonl.gz`; per document its dedup keys (page URL, capture time,
+   content hash, document key) and, with near-dedup on, its MinHash signature and LSH bands, into
+   tables partitioned by key (pipelines/tables.py); the unit's archived images into a partitioned
+   index (pipelines/archive_parts.py); small stats (`NNNNN.stats.json`, the completion marker).
+2. **decide** (one task per partition, pipelines/build_decide.py): page-URL dedup keeps the newest
+   capture, identical-document dedup the first in input order, near-duplicate clusters one
+   survivor; then the surviving documents' image URLs and per-domain paragraphs are counted (one
+   light task per unit, a parse-free pass over the extract files) and the frequent ones are listed
+   per partition. Counting *after* dedup means ten captures of one page do not make its images
+   "frequent". The archive index is merged per partition. Decisions are files under `_work/decide/`.
+3. **write** (per group of units): apply the decisions, resolve/validate images, draw attachments,
+   write part shards into `_work/write/NNNNN/`; the folder is renamed into place when complete, then
+   the marker.
 4. **finalize** (driver): rename parts, in (unit, part) order, to the contiguous `shards/000000.tar`,
    `000001.tar`, ... (renames only, idempotent), then write `manifest.jsonl` and `report.json`.
+
+The driver holds only the plan, a few numbers per unit and the counters' running totals: its
+memory does not grow with the pages (benchmarks/scale.py).
 
 Everything is a pure function of (inputs, config, seed), and units are cut from the inputs alone (never
 from the number of workers), so two builds, a resumed build and a 1- or 8-worker build give the same
@@ -39,7 +46,6 @@ import gzip
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import time
@@ -77,7 +83,7 @@ class JobDir:
         self.report = self.root / "report.json"
         self.work = self.root / "_work"
         self.job = self.work / "job.json"
-        self.dedup = self.work / "dedup.json.gz"
+        self.decisions = self.work / "decide" / "decisions.json"
         self.finalized = self.work / "finalized.json"
 
     def extract_docs(self, unit: int) -> Path:
@@ -86,8 +92,9 @@ class JobDir:
     def extract_stats(self, unit: int) -> Path:
         return self.work / "extract" / f"{unit:05d}.stats.json"
 
-    def archive_index(self, unit: int) -> Path:
-        return self.work / "extract" / f"{unit:05d}.archive.pkl"
+    def marker(self, stage: str, index: int) -> Path:
+        """The completion marker of one task of a decide or index stage."""
+        return self.work / "markers" / stage / f"{index:05d}.json"
 
     def journal(self, unit: int) -> Path:
         return self.work / "extract" / f"{unit:05d}.journal"
@@ -148,6 +155,8 @@ class WorkUnit:
     members: list[int] = field(default_factory=list)  # "write": the extract units, in order
 
     def describe(self) -> str:
+        if self.kind == "partition":
+            return f"partition {self.index}"
         if self.kind == "write":
             return f"extract units {self.members[0]}-{self.members[-1]}"
         if self.kind == "urls":
@@ -218,6 +227,8 @@ def _read_url_lines(path: str) -> Iterator[str]:
 class ExtractOptions:
     run_id: str = ""  # distinguishes this driver run's attempts in the journal
     page_kill_timeout_s: float = 0.0  # 0 = no hard watchdog
+    parts: int = 1  # partitions of the job-wide state (pipelines/tables.py)
+    near: Any = None  # minhash.MinHashConfig when near-duplicate dedup is on
 
 
 @dataclass(slots=True)
@@ -288,8 +299,8 @@ def extract_unit(
     unit: WorkUnit, config: BuildConfig, job: JobDir, options: ExtractOptions
 ) -> dict[str, Any]:
     """Stage 1 for one unit; returns (and stores) its stats. Idempotent: a finished unit is read back."""
-    from m3w_builder.dedup import document_hash, hash64, page_url_key
     from m3w_builder.extract import page_to_document
+    from pipelines.build_decide import UnitKeys
 
     stats_path = job.extract_stats(unit.index)
     if stats_path.exists():
@@ -303,7 +314,7 @@ def extract_unit(
     counts = Counts()
     # Any "pages" unit may hold archives (a directory of WARCs, an archive with an odd name).
     index = _new_archive_index() if unit.kind == "pages" else None
-    keys: list[list[Any]] = []  # [ord, page-url key, capture date, content hash] per document
+    keys = UnitKeys(options.near)  # what the decide stage needs of each document
     langs: Counter[str] = Counter()
     pages = 0
     docs_path = job.extract_docs(unit.index)
@@ -334,16 +345,8 @@ def extract_unit(
                 counts["yield.text_ok"] += 1
                 counts.update(doc.drops)
                 record = doc.to_json()
-                record["ord"] = len(keys)
+                record["ord"] = keys.add(doc)
                 out.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
-                keys.append(
-                    [
-                        len(keys),
-                        hash64(page_url_key(doc.url)),
-                        doc.fetched or "",
-                        document_hash(doc),
-                    ]
-                )
                 langs[doc.lang or "unknown"] += 1
             out.close()
             raw.flush()
@@ -354,9 +357,15 @@ def extract_unit(
         raise
     finally:
         journal.close()
-    has_index = index is not None and bool(len(index) or index.redirects or index.revisits)
+    keys.write(job.work, unit.index, options.parts)
+    has_index = index is not None and bool(
+        len(index) or index.redirects or index.revisits or index.failures
+    )
     if has_index:
-        atomic_write(job.archive_index(unit.index), pickle.dumps(index))
+        from pipelines import archive_parts
+
+        rows = archive_parts.unit_rows(index, unit.index, unit.paths)
+        archive_parts.write_unit_index(job.work, unit.index, rows, options.parts)
     stats = {
         "unit": unit.index,
         "pages": pages,
@@ -364,7 +373,6 @@ def extract_unit(
         "docs": len(keys),
         "counts": counts.as_dict(),
         "langs": dict(sorted(langs.items())),
-        "keys": keys,
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(stats_path, stats)  # the completion marker: written last
@@ -375,20 +383,11 @@ def extract_unit(
 def _new_archive_index() -> Any:
     """An empty index of the unit's archived images (fetch.ArchiveIndex: URL → record offset),
     filled during the page pass itself, so each archive is read once and each record counted
-    once; the extract tasks index in parallel and the driver merges the indexes."""
+    once; the extract tasks index in parallel, and partition tasks merge the indexes
+    (pipelines/archive_parts.py)."""
     from m3w_builder.fetch import ArchiveIndex
 
     return ArchiveIndex()
-
-
-def load_archive_index(job: JobDir, extract_stats: list[dict[str, Any]]) -> Any:
-    """Merge the per-unit archive indexes in unit order (the first capture of a URL wins)."""
-    index = None
-    for stats in sorted(extract_stats, key=lambda s: s["unit"]):
-        if stats.get("archive_index"):
-            part = pickle.loads(job.archive_index(stats["unit"]).read_bytes())
-            index = part if index is None else index.merge(part)
-    return index
 
 
 def _count_skip(counts: Counts, code: str, page: RawPage, exc: BaseException | None = None) -> None:
@@ -481,111 +480,35 @@ def iter_extracted(job: JobDir, unit: int) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def decide_duplicates(
-    extract_stats: list[dict[str, Any]], max_docs: int | None = None
-) -> dict[int, dict[int, str]]:
-    """Page-URL and identical-document dedup over the whole job → {unit: {ord: reason code}}.
+def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> dict[str, Any]:
+    """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted
+    once per document), written partitioned by key for `build_decide.frequent_partition`."""
+    from pipelines import tables
+    from pipelines.build_decide import DropIndex, count_path, count_unit_keys, unit_records
 
-    Page URL: among captures with the same normalised URL keep the newest (WARC-Date); equal dates keep
-    the first in input order. Identical documents: among the survivors with the same content hash keep
-    the first in input order. `max_docs` then keeps the first N survivors in input order.
-    """
-    drops: dict[int, dict[int, str]] = {s["unit"]: {} for s in extract_stats}
-    best: dict[int, tuple[str, int, int]] = {}  # page key → (date, -unit, -ord) of the winner
-    ordered = [
-        (s["unit"], k) for s in sorted(extract_stats, key=lambda s: s["unit"]) for k in s["keys"]
-    ]
-    for unit, (ord_, page_key, date, _) in ordered:
-        cand = (date, -unit, -ord_)
-        if page_key not in best or cand > best[page_key]:
-            best[page_key] = cand
-    seen_content: set[str] = set()
-    kept = 0
-    for unit, (ord_, page_key, date, content) in ordered:
-        if best[page_key] != (date, -unit, -ord_):
-            drops[unit][ord_] = "dedup.page_url"
-        elif content in seen_content:
-            drops[unit][ord_] = "dedup.identical_doc"
-        elif max_docs is not None and kept >= max_docs:
-            drops[unit][ord_] = "job.max_docs"
-        else:
-            seen_content.add(content)
-            kept += 1
-    return drops
-
-
-def count_unit(
-    unit: WorkUnit, job: JobDir, drops: dict[int, dict[int, str]]
-) -> tuple[Counter, Counter]:
-    """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted once
-    per document, dedup.image_url_counts / paragraph_counts)."""
-    from m3w_builder.dedup import image_url_counts, paragraph_counts
-
-    unit_drops = drops.get(unit.index, {})
+    marker = job.marker("count", unit.index)
+    if marker.exists():
+        return read_json(marker)
+    drops = DropIndex(job.work, decisions)
     docs = [
-        Document.from_json(rec)
-        for rec in iter_extracted(job, unit.index)
-        if rec["ord"] not in unit_drops
+        Document.from_json(record)
+        for record, code in unit_records(iter_extracted(job, unit.index), unit.index, drops)
+        if code is None
     ]
-    return image_url_counts(docs), paragraph_counts(docs)
-
-
-@dataclass(slots=True)
-class Decisions:
-    """Everything the write stage needs from the whole job; small enough to ship to every task."""
-
-    drops: dict[int, dict[int, str]]
-    frequent_images: set[int]
-    repeated_paragraphs: set[int]
-
-    def to_bytes(self) -> bytes:
-        obj = {
-            "drops": {
-                str(u): {str(o): c for o, c in sorted(d.items())}
-                for u, d in sorted(self.drops.items())
-            },
-            "frequent_images": sorted(self.frequent_images),
-            "repeated_paragraphs": sorted(self.repeated_paragraphs),
-        }
-        return gzip.compress(json.dumps(obj, sort_keys=True).encode(), mtime=0)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Decisions:
-        obj = json.loads(gzip.decompress(data))
-        return cls(
-            drops={int(u): {int(o): c for o, c in d.items()} for u, d in obj["drops"].items()},
-            frequent_images=set(obj["frequent_images"]),
-            repeated_paragraphs=set(obj["repeated_paragraphs"]),
-        )
-
-
-def frequent_keys(
-    image_counts: Iterable[Counter], para_counts: Iterable[Counter], config: BuildConfig
-) -> tuple[set[int], set[int]]:
-    """OBELICS §3.2: image URLs on more than `image_url_max_count` documents are logos and buttons;
-    paragraphs on ≥ `para_max_repeats_per_domain` documents of one domain are boilerplate."""
-    images: Counter = Counter()
-    paras: Counter = Counter()
-    for c in image_counts:
-        images.update(c)
-    for c in para_counts:
-        paras.update(c)
-    max_images = config.dedup.image_url_max_count
-    min_repeats = config.dedup.para_max_repeats_per_domain
-    return (
-        {k for k, n in images.items() if n > max_images},
-        {k for k, n in paras.items() if n >= min_repeats},
-    )
+    rows = count_unit_keys(docs)
+    tables.write_partitioned(count_path(job.work, unit.index), rows, rows["key"], decisions.parts)
+    result = {"unit": unit.index, "docs": len(docs), "keys": len(rows)}
+    atomic_write_json(marker, result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------
 # stage 3: write
 
 
-def plan_write_groups(
-    extract_stats: list[dict[str, Any]], decisions: Decisions, target_docs: int
-) -> list[WorkUnit]:
-    """Consecutive extract units grouped until they hold `target_docs` surviving documents.
+def plan_write_groups(survivors: Any, target_docs: int) -> list[WorkUnit]:
+    """Consecutive extract units grouped until they hold `target_docs` surviving documents
+    (`survivors[u]`: unit u's documents left by the decide stage).
 
     Why regroup: an extract unit is sized for reading (one WARC, 64 files, 256 URLs), which for small
     files leaves far fewer documents than a shard holds; writing per extract unit would end every
@@ -596,9 +519,9 @@ def plan_write_groups(
     groups: list[WorkUnit] = []
     members: list[int] = []
     docs = 0
-    for stats in sorted(extract_stats, key=lambda s: s["unit"]):
-        members.append(stats["unit"])
-        docs += stats["docs"] - len(decisions.drops.get(stats["unit"], {}))
+    for unit, n in enumerate(survivors):
+        members.append(unit)
+        docs += int(n)
         if docs >= target_docs:
             groups.append(WorkUnit(len(groups), "write", [], members=members))
             members, docs = [], 0
@@ -607,22 +530,41 @@ def plan_write_groups(
     return groups
 
 
+@dataclass(slots=True)
+class JobDedup:
+    """The job-wide frequency decisions a write task applies: image URLs on too many documents
+    (logos, buttons) and paragraphs repeated across a domain (boilerplate). Few keys, as sets."""
+
+    frequent_images: set[int] = field(default_factory=set)
+    repeated_paragraphs: set[int] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, job: JobDir, parts: int) -> JobDedup:
+        from pipelines.build_decide import frequent_keys
+
+        return cls(
+            set(frequent_keys(job.work, parts, "images").tolist()),
+            set(frequent_keys(job.work, parts, "paragraphs").tolist()),
+        )
+
+
 def _group_records(
-    job: JobDir, group: WorkUnit, decisions: Decisions
+    job: JobDir, group: WorkUnit, decisions: Any
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
     """The group's extracted records in input order, each with its dedup drop code (or None)."""
+    from pipelines.build_decide import DropIndex, unit_records
+
+    drops = DropIndex(job.work, decisions)
     for unit in group.members:
-        drops = decisions.drops.get(unit, {})
-        for record in iter_extracted(job, unit):
-            yield record, drops.get(record["ord"])
+        yield from unit_records(iter_extracted(job, unit), unit, drops)
 
 
 def write_unit(
     unit: WorkUnit,
     config: BuildConfig,
     job: JobDir,
-    decisions: Decisions,
-    archive: Any = None,
+    decisions: Any,
+    unit_paths: list[list[str]] | None = None,
 ) -> dict[str, Any]:
     """Apply the job-wide decisions, resolve images, draw attachments and write this write group's
     part shards. Idempotent; a failed attempt leaves only its own `.tmp` folder, never a part
@@ -636,6 +578,12 @@ def write_unit(
     counts = Counts()
     langs: Counter[str] = Counter()
     images = 0
+    archive = None
+    if decisions.archive:
+        from pipelines.archive_parts import PartitionedArchiveIndex
+
+        archive = PartitionedArchiveIndex(job.work, decisions.parts, unit_paths or [])
+    job_dedup = JobDedup.load(job, decisions.parts)
     try:
         with RollingShardWriter(
             tmp_dir,
@@ -643,7 +591,7 @@ def write_unit(
             max_shard_bytes=config.shards.max_shard_bytes,
         ) as writer:
             for doc in iter_written_docs(
-                _group_records(job, unit, decisions), decisions, config, counts, archive
+                _group_records(job, unit, decisions), job_dedup, config, counts, archive
             ):
                 writer.write(doc)
                 counts["yield.docs_kept"] += 1
@@ -675,7 +623,7 @@ def write_unit(
 
 def iter_written_docs(
     records: Iterable[tuple[dict[str, Any], str | None]],
-    decisions: Decisions,
+    decisions: JobDedup,
     config: BuildConfig,
     counts: Counts,
     archive: Any = None,
@@ -713,7 +661,7 @@ def iter_written_docs(
         yield from flush()
 
 
-def apply_job_dedup(doc: Document, decisions: Decisions, counts: Counts) -> Document | None:
+def apply_job_dedup(doc: Document, decisions: JobDedup, counts: Counts) -> Document | None:
     """Remove boilerplate paragraphs and frequent image URLs; a document left without text is dropped
     (`doc.no_text`); one left without images is dropped later by the images stage (`doc.no_images`)."""
     from m3w_builder.dedup import domain_of, image_url_key, paragraph_key
@@ -764,8 +712,25 @@ def finalize(job: JobDir, write_stats: list[dict[str, Any]]) -> list[ShardInfo]:
     return infos
 
 
+def clean_work(job: JobDir) -> None:
+    """After a finished build, remove what only a running build needs: extracted documents, key
+    tables, signatures, index partitions, decide-stage files, emptied part folders. Left are the
+    small markers and stats that let a rerun say "already done" without recomputing anything."""
+    work = job.work
+    for sub in ("extract/keys", "extract/minhash", "extract/index", "index", "decide/count"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    for pattern in ("extract/*.docs.jsonl.gz", "decide/*.npy"):
+        for path in work.glob(pattern):
+            path.unlink(missing_ok=True)
+    for part in (work / "write").glob("[0-9]*"):
+        if part.is_dir() and not any(part.iterdir()):
+            part.rmdir()
+
+
 def build_report(
-    extract_stats: list[dict[str, Any]],
+    counts: Counts,
+    pages: int,
+    documents_extracted: int,
     write_stats: list[dict[str, Any]],
     infos: list[ShardInfo],
     *,
@@ -777,18 +742,17 @@ def build_report(
     that kept no document."""
     from pipelines.funnel import compute_funnel, largest_loss
 
-    counts = Counts()
-    for stats in [*extract_stats, *write_stats]:
+    counts = Counts({k: v for k, v in counts.items() if v})
+    for stats in write_stats:
         counts.update(stats["counts"])
     langs: Counter[str] = Counter()
     for stats in write_stats:
         langs.update(stats["langs"])
-    pages = sum(s["pages"] for s in extract_stats)
     docs = sum(i.docs for i in infos)
     funnel = compute_funnel(counts.as_dict())
     return {
         "pages": pages,
-        "documents_extracted": sum(s["docs"] for s in extract_stats),
+        "documents_extracted": documents_extracted,
         "documents": docs,
         "images": sum(i.images for i in infos),
         "bytes": sum(i.bytes for i in infos),
@@ -806,16 +770,14 @@ def build_report(
 
 
 __all__ = [
-    "Decisions",
+    "JobDedup",
     "ExtractOptions",
     "JobDir",
     "WorkUnit",
     "build_report",
     "count_unit",
-    "decide_duplicates",
     "extract_unit",
     "finalize",
-    "frequent_keys",
     "plan_units",
     "read_journal",
     "write_unit",

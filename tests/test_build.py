@@ -58,27 +58,80 @@ def test_journal_watchdog_kills_a_hanging_parse_and_records_it(tmp_path):
 # dedup decisions
 
 
-def _stats(unit: int, keys: list[list]) -> dict:
-    return {"unit": unit, "keys": keys, "pages": len(keys), "docs": len(keys), "counts": {}}
+def _write_keys(work, units: list[list[tuple]], parts: int) -> None:
+    """Key tables as extract tasks write them: (ord, page key, capture date, content) per doc."""
+    import numpy as np
+
+    from m3w_builder import dedup
+    from pipelines import tables
+    from pipelines.build_decide import keys_path
+
+    for unit, docs in enumerate(units):
+        rows = np.zeros(len(docs), dtype=dedup.DOC_KEYS)
+        for i, (ord_, page, date, content) in enumerate(docs):
+            rows[i]["ord"], rows[i]["page"] = ord_, page
+            rows[i]["date"] = dedup.capture_time(date)
+            rows[i]["content_hi"] = dedup.hash64(content)
+            rows[i]["doc_hi"] = dedup.hash64(f"{unit}/{ord_}")
+        tables.write_partitioned(keys_path(work, unit), rows, rows["page"], parts)
 
 
-def test_decide_keeps_newest_capture_then_first_identical_then_max_docs():
-    stats = [
-        _stats(0, [[0, 11, "2008-04-01", "A"], [1, 22, "2008-04-01", "B"], [2, 33, "", "C"]]),
-        _stats(1, [[0, 11, "2008-05-01", "A2"], [1, 44, "", "B"], [2, 55, "", "D"]]),
-    ]
-    drops = stages.decide_duplicates(stats)
+def _decide(work, n_units: int, parts: int):
+    from pipelines import build_decide as dec
+
+    for p in range(parts):
+        dec.page_partition(p, work, list(range(n_units)), parts)
+    for q in range(parts):
+        dec.content_partition(q, work, parts)
+    return dec.Decisions(parts)
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_decide_keeps_newest_capture_then_first_identical_then_max_docs(tmp_path, parts):
+    from pipelines import build_decide as dec
+
+    _write_keys(
+        tmp_path,
+        [
+            [(0, 11, "2008-04-01T00:00:00Z", "A"), (1, 22, "2008-04-01T00:00:00Z", "B"),
+             (2, 33, "", "C")],
+            [(0, 11, "2008-05-01T00:00:00Z", "A2"), (1, 44, "", "B"), (2, 55, "", "D")],
+        ],
+        parts,
+    )  # fmt: skip
+    decisions = _decide(tmp_path, 2, parts)
+    drops = dec.DropIndex(tmp_path, decisions)
     # page 11 captured twice: the newer (unit 1) wins; "B" content twice: the first (unit 0) wins
-    assert drops == {0: {0: "dedup.page_url"}, 1: {1: "dedup.identical_doc"}}
-    capped = stages.decide_duplicates(stats, max_docs=2)
-    # kept in input order: unit 0 ord 1 and 2; unit 1's newer capture of page 11 comes third
-    assert capped[1] == {0: "job.max_docs", 1: "dedup.identical_doc", 2: "job.max_docs"}
-    assert capped[0] == {0: "dedup.page_url"}
+    assert drops.for_unit(0) == {0: "dedup.page_url"} and drops.for_unit(1) == {
+        1: "dedup.identical_doc"
+    }
+    assert drops.drops_per_unit(2).tolist() == [1, 1]
+    # --max-docs 2: kept in input order are unit 0's ords 1 and 2; unit 1's come later
+    decisions.cut = dec.max_docs_cut([2, 2], 2)
+    assert decisions.cut == (0, 2)
+    records = [{"ord": i} for i in range(3)]
+    drops = dec.DropIndex(tmp_path, decisions)
+    codes = [c for _, c in dec.unit_records(records, 1, drops)]
+    assert codes == ["job.max_docs", "dedup.identical_doc", "job.max_docs"]
+    assert [c for _, c in dec.unit_records(records, 0, drops)] == ["dedup.page_url", None, None]
 
 
-def test_decide_breaks_date_ties_by_input_order():
-    stats = [_stats(0, [[0, 7, "d", "x"]]), _stats(1, [[0, 7, "d", "y"]])]
-    assert stages.decide_duplicates(stats) == {0: {}, 1: {0: "dedup.page_url"}}
+def test_decide_breaks_date_ties_by_input_order(tmp_path):
+    from pipelines import build_decide as dec
+
+    _write_keys(
+        tmp_path, [[(0, 7, "2020-01-01T00:00:00Z", "x")], [(0, 7, "2020-01-01T00:00:00Z", "y")]], 2
+    )
+    drops = dec.DropIndex(tmp_path, _decide(tmp_path, 2, 2))
+    assert drops.for_unit(0) == {} and drops.for_unit(1) == {0: "dedup.page_url"}
+
+
+def test_capture_times_compare_as_times_not_strings():
+    from m3w_builder.dedup import NO_DATE, capture_time
+
+    assert capture_time("2024-05-01T12:00:00.5Z") > capture_time("2024-05-01T12:00:00Z")
+    assert capture_time("20080430204825") == capture_time("2008-04-30T20:48:25Z")
+    assert capture_time("") == capture_time("not a date") == NO_DATE < capture_time("1999-01-01")
 
 
 def test_job_dedup_removes_frequent_images_and_boilerplate_paragraphs():
@@ -93,12 +146,10 @@ def test_job_dedup_removes_frequent_images_and_boilerplate_paragraphs():
             TextNode("footer boilerplate"),
         ],
     )
-    decisions = stages.Decisions(
-        drops={},
+    decisions = stages.JobDedup(
         frequent_images={image_url_key("https://example.com/logo.png")},
         repeated_paragraphs={paragraph_key("example.com", "footer boilerplate")},
     )
-    decisions = stages.Decisions.from_bytes(decisions.to_bytes())  # what the tasks read back
     counts = Counts()
     out = stages.apply_job_dedup(doc, decisions, counts)
     assert out is not None and out.texts == ["kept words", None]
@@ -109,23 +160,27 @@ def test_job_dedup_removes_frequent_images_and_boilerplate_paragraphs():
     assert counts["doc.no_text"] == 1
 
 
-def test_frequent_keys_uses_more_than_10_images_and_at_least_3_paragraphs():
-    from collections import Counter
+@pytest.mark.parametrize("parts", [1, 4])
+def test_frequent_keys_uses_more_than_10_images_and_at_least_3_paragraphs(tmp_path, parts):
+    import numpy as np
 
-    from m3w_builder.config import BuildConfig
+    from pipelines import build_decide as dec
+    from pipelines import tables
 
-    images, paras = stages.frequent_keys(
-        [Counter({1: 6, 2: 10}), Counter({1: 5})], [Counter({7: 2, 8: 3})], BuildConfig()
-    )
-    assert images == {1} and paras == {8}
+    per_unit = [[(1, 6, 1), (2, 10, 1), (7, 2, 2)], [(1, 5, 1), (8, 3, 2)]]
+    for unit, rows in enumerate(per_unit):
+        table = np.array(rows, dtype=dec.COUNT)
+        tables.write_partitioned(dec.count_path(tmp_path, unit), table, table["key"], parts)
+    for p in range(parts):
+        dec.frequent_partition(p, tmp_path, [0, 1], image_max=10, paragraph_min=3)
+    assert dec.frequent_keys(tmp_path, parts, "images").tolist() == [1]  # 6 + 5 > 10; 10 is not
+    assert dec.frequent_keys(tmp_path, parts, "paragraphs").tolist() == [8]
 
 
 def test_write_groups_gather_consecutive_units_up_to_a_shard_of_surviving_documents():
-    stats = [{"unit": u, "docs": d} for u, d in enumerate([3, 3, 10, 0, 1, 4])]
-    decisions = stages.Decisions(drops={1: {0: "dedup.page_url"}}, frequent_images=set(),
-                                 repeated_paragraphs=set())  # fmt: skip
-    groups = stages.plan_write_groups(stats, decisions, target_docs=5)
-    # 3 + (3 - 1 dropped) = 5 → group; 10 → group; 0 + 1 + 4 = 5 → group
+    # survivors per unit (unit 1 lost one document to dedup)
+    groups = stages.plan_write_groups([3, 2, 10, 0, 1, 4], target_docs=5)
+    # 3 + 2 = 5 → group; 10 → group; 0 + 1 + 4 = 5 → group
     assert [g.members for g in groups] == [[0, 1], [2], [3, 4, 5]]
     assert [g.index for g in groups] == [0, 1, 2] and groups[0].describe() == "extract units 0-1"
 
