@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,23 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+# Only an http(s) URL becomes a link: a record's `javascript:` or `data:` URL would run in the
+# gallery's origin when clicked. Nothing a browser strips or folds (leading spaces, tabs, newlines,
+# control characters) may appear, so what is checked is what the browser sees.
+_WEB_URL = re.compile(r"^https?://[^\x00-\x20\x7f]+$", re.IGNORECASE)
+
+
+def is_web_url(url: Any) -> bool:
+    return isinstance(url, str) and bool(_WEB_URL.match(url))
+
+
+def link(url: Any, label: str, cls: str) -> str:
+    """`<a>` for an http(s) URL, else the label alone (as text, never as a live link)."""
+    if not is_web_url(url):
+        return f'<span class="{cls}">{label}</span>'
+    return f'<a class="{cls}" href="{esc(url)}" rel="noreferrer noopener">{label}</a>'
+
+
 def svg_histogram(hist: Histogram, title: str, width: int = 300, height: int = 150) -> str:
     """Bars of a Histogram as inline SVG, with the first/middle/last bin edges and the max count."""
     bins = hist.bins()
@@ -223,7 +241,7 @@ def document_card(sample: Sample, index: int) -> str:
                 seen_by.setdefault(r, []).append(number)
 
     meta = [
-        f'<a class="url" href="{esc(rec.get("url", ""))}">{esc(rec.get("url", ""))}</a>',
+        link(rec.get("url", ""), esc(rec.get("url", "")), "url"),
         f"key <code>{esc(sample.key)}</code> · shard {esc(sample.shard)} @ {sample.offset:,}",
         f"lang <b>{esc(rec.get('lang') or '?')}</b>"
         + (f" ({rec['lang_score']:.2f})" if isinstance(rec.get("lang_score"), int | float) else "")
@@ -308,8 +326,8 @@ def _content(
             f"{size} · {esc(fmt)} · <code>{esc(im.get('member'))}</code>"
             + (f' · alt="{esc(im["alt"])}"' if im.get("alt") else "")
             + (
-                f' · <a class="src" href="{esc(im["src"])}">{esc(_short(im["src"]))}</a>'
-                if str(im.get("src", "")).startswith(("http://", "https://"))
+                f" · {link(im['src'], esc(_short(im['src'])), 'src')}"
+                if is_web_url(im.get("src"))
                 else ""
             )
             + "</div>"
