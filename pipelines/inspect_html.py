@@ -229,7 +229,7 @@ def stats_section(stats: Stats, target: Target) -> str:
 
 def document_card(sample: Sample, index: int) -> str:
     """One document: metadata header, then a grid of gutter columns + content rows (see module doc)."""
-    rec = sample.record or {}
+    rec = sample.view  # schema types only: a field of another type reads as absent
     rows, spans = layout(rec)
     columns = assign_columns(spans)
     n_cols = max(columns.values(), default=-1) + 1
@@ -283,21 +283,34 @@ def document_card(sample: Sample, index: int) -> str:
     )
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """The record's filter statistics as dotted `stage.name: value` pairs (nested dicts opened)."""
+_FLATTEN_DEPTH = 4  # the build writes stats two levels deep; deeper values are shown summarised
+_MAX_CHIPS = 200
+
+
+def _flatten(d: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """The record's filter statistics as dotted `stage.name: value` pairs (nested dicts opened, to
+    `_FLATTEN_DEPTH` levels and `_MAX_CHIPS` pairs: a hostile record cannot recurse or flood)."""
     out: list[tuple[str, Any]] = []
     for k, v in sorted(d.items()):
-        if isinstance(v, dict):
-            out += _flatten(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and depth < _FLATTEN_DEPTH:
+            out += _flatten(v, f"{prefix}{k}.", depth + 1)
         else:
             out.append((f"{prefix}{k}", v))
+        if len(out) >= _MAX_CHIPS:
+            return out[:_MAX_CHIPS]
     return out
 
 
 def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
-    s = json.dumps(v) if not isinstance(v, str) else v
+    if isinstance(v, str):
+        s = v
+    else:
+        try:
+            s = json.dumps(v)
+        except (RecursionError, ValueError):
+            s = f"<{type(v).__name__}>"
     return s if len(s) <= 40 else s[:37] + "..."
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -222,6 +223,7 @@ class Member:
 # No file can hold a member past this (it is what a signed 64-bit seek can reach): a larger size is a
 # bad header, not a truncation, and must never reach read() or seek() (OverflowError).
 MAX_MEMBER_SIZE = (1 << 63) - 1
+_ONE_READ = 64 << 20  # a pipe's member up to this size is read in one call
 
 
 def _octal(field_: bytes) -> int:
@@ -295,10 +297,14 @@ class TarReader:
                 self.size = remote_size
 
     def _read(self, n: int, what: str) -> bytes:
-        """n bytes, read in 1 MiB pieces: a member that claims more than the stream holds costs what
-        the stream holds, never an n-byte allocation up front (a pipe has no size to check first)."""
+        """n bytes. A member that claims more than the file holds is reported before reading; on a
+        pipe (no size to check) a claim over `_ONE_READ` is read in 1 MiB pieces, so it costs what
+        the stream holds, never an n-byte allocation up front."""
         if self.size is not None and self.pos + n > self.size:
-            got = max(0, self.size - self.pos)  # known short: say so without reading it
+            got = max(0, self.size - self.pos)
+        elif self.size is not None or n <= _ONE_READ:
+            data = self.f.read(n)
+            got = len(data)
         else:
             parts, got = [], 0
             while got < n:
@@ -307,14 +313,15 @@ class TarReader:
                     break
                 parts.append(chunk)
                 got += len(chunk)
-            if got == n:
-                self.pos += n
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-        raise TarFormatError(
-            self.name,
-            self.pos + got,
-            f"truncated: {what} needs {n:,} more bytes, only {got:,} left",
-        )
+            data = b"".join(parts)
+        if got < n:
+            raise TarFormatError(
+                self.name,
+                self.pos + got,
+                f"truncated: {what} needs {n:,} more bytes, only {got:,} left",
+            )
+        self.pos += n
+        return data
 
     def _skip(self, n: int, what: str) -> None:
         if n <= 0:
@@ -432,7 +439,67 @@ class Sample:
 
     @property
     def url(self) -> str:
-        return str((self.record or {}).get("url", ""))
+        return self.view["url"]
+
+    @property
+    def view(self) -> dict[str, Any]:
+        """The record with every field a reader prints coerced to its schema type (`record_view`):
+        what stats, show, grep and html read, so a record of the wrong shape is shown, not a crash."""
+        return record_view(self.record)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _real_or_none(value: Any) -> float | None:
+    """A finite int/float (JSON's NaN and Infinity, and booleans, are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _size_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _image_view(image: Any) -> dict[str, Any] | None:
+    if not isinstance(image, dict):
+        return None
+    view = {k: _str_or_none(image.get(k)) for k in ("member", "sha256", "attach", "phash")}
+    view.update(src=_str_or_none(image.get("src")) or "", alt=_str_or_none(image.get("alt")) or "")
+    view.update(width=_size_or_none(image.get("width")), height=_size_or_none(image.get("height")))
+    return view
+
+
+def record_view(record: Any) -> dict[str, Any]:
+    """A record as the m3w/1 types (docs/format.md), whatever the shard holds: `texts` a list of str
+    or None, `images` a list of image dicts (str/int fields) or None, `url` a str, `lang`, `fetched`
+    str or None, `lang_score`, `p_next` finite floats or None, `source` and `stats` dicts. A field of
+    another type reads as absent. `verify` checks the record itself and names each such field."""
+    rec = record if isinstance(record, dict) else {}
+    texts, images = rec.get("texts"), rec.get("images")
+    source = rec.get("source") if isinstance(rec.get("source"), dict) else {}
+    stats = rec.get("stats")
+    offset = source.get("offset")
+    return {
+        "schema": _str_or_none(rec.get("schema")),
+        "key": _str_or_none(rec.get("key")),
+        "url": _str_or_none(rec.get("url")) or "",
+        "texts": [t if isinstance(t, str) else None for t in texts]
+        if isinstance(texts, list)
+        else [],
+        "images": [_image_view(im) for im in images] if isinstance(images, list) else [],
+        "lang": _str_or_none(rec.get("lang")),
+        "lang_score": _real_or_none(rec.get("lang_score")),
+        "p_next": _real_or_none(rec.get("p_next")),
+        "fetched": _str_or_none(rec.get("fetched")),
+        "source": {
+            "warc": _str_or_none(source.get("warc")),
+            "offset": offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+        },
+        "stats": stats if isinstance(stats, dict) else {},
+    }
 
 
 def parse_record(data: bytes) -> tuple[dict[str, Any] | None, str | None]:

@@ -39,7 +39,7 @@ def image_label(number: int, image: dict[str, Any]) -> str:
 
 def render(sample: Sample, width: int) -> str:
     """The whole document as terminal text: a header, then text chunks and image placeholders."""
-    rec = sample.record or {}
+    rec = sample.view  # schema types only: a field of another type reads as absent
     source = rec.get("source") or {}
     lang = rec.get("lang") or "?"
     if rec.get("lang_score") is not None:
@@ -151,7 +151,10 @@ def show(
         return False
     width = width or max(40, shutil.get_terminal_size((100, 24)).columns)
     if as_json:
-        text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+        try:
+            text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+        except RecursionError:  # json.loads took it; a deeper stack here may not
+            text = f"(record of {sample.key!r} is nested too deeply to print)\n"
     else:
         text = render(sample, width)
     if images_dir is not None:
@@ -191,8 +194,8 @@ def grep_target(
     """(sample, where, snippet) for the first match in each matching document; `where` is url or text N."""
     regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
     for sample in iter_target(target, images=False, on_error=on_error or _warn):
-        rec = sample.record or {}
-        url = str(rec.get("url", ""))
+        rec = sample.view
+        url = rec["url"]
         m = regex.search(url)
         if m:
             yield sample, "url", snippet(url, m)

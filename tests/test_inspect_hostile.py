@@ -7,7 +7,6 @@ The commands run as subprocesses with a timeout: a hang fails the test instead o
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -235,3 +234,44 @@ def test_gallery_renders_a_javascript_url_as_text_not_as_a_link(tmp_path):
     shard.write_bytes(_tar(_member(f"{KEY}.json", json.dumps(safe).encode())))
     write_gallery(resolve_target(shard), out, n=5)
     assert 'href="https://example.org/p"' in out.read_text()
+
+
+# A record of the wrong shape: each field of another type than docs/format.md says.
+BAD_RECORDS = [
+    {"texts": 5, "images": [None]},
+    {"texts": {"a": 1}, "images": {"b": 2}},
+    {"texts": ["a", None], "images": [None, "a string"]},
+    {"texts": ["a", None],
+     "images": [None, {"member": 5, "width": "x", "height": [1], "attach": {}, "alt": 3, "src": 7}]},
+    {"url": 5, "texts": [3], "images": [None], "lang": {}, "lang_score": "x", "stats": [1, 2],
+     "p_next": "q", "source": "s", "fetched": [1]},
+    {"texts": ["a"], "images": [None], "lang_score": float("nan"),
+     "stats": {"a": {"b": {"c": {"d": {"e": {"f": [1]}}}}}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(len(BAD_RECORDS)))
+def test_records_of_the_wrong_shape_are_shown_not_crashes(tmp_path, i):
+    """stats, show, grep and html read records through `Sample.view`; verify names the field."""
+    import io as _io
+
+    from pipelines.inspect_show import grep, show
+    from pipelines.inspect_stats import compute_stats
+
+    rec = {"schema": "m3w/1", "url": "https://example.org/p", **BAD_RECORDS[i]}
+    shard = tmp_path / "000000.tar"
+    shard.write_bytes(
+        _tar(
+            _member(f"{KEY}.json", json.dumps(rec).encode()),
+            _member(f"{KEY}.1.jpg", b"\xff\xd8\xff"),
+        )
+    )
+    target = resolve_target(shard)
+    assert not verify(target).ok
+    assert compute_stats(target).docs == 1
+    for as_json in (False, True):
+        out = _io.StringIO()
+        assert show(target, index=0, out=out, as_json=as_json) and out.getvalue()
+    list(grep(target, "a"))
+    write_gallery(target, tmp_path / "g.html", n=5)
+    assert (tmp_path / "g.html").stat().st_size > 0
