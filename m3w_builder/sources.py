@@ -1252,6 +1252,13 @@ def _file_page(path: str, counts: Counts, config: SourceConfig) -> RawPage | Non
     return RawPage(url=_file_url(path), body=body, headers={}, source_file=path, source_offset=0)
 
 
+def read_html_file(path: str, counts: Counts, config: SourceConfig | None = None) -> RawPage | None:
+    """One HTML file as the build reads it (`.gz` looked through, at most max_html_bytes + 1
+    bytes inflated), or None with the reason counted (`html.too_large`, `html.empty`,
+    `html.unreadable`): `m3w extract` of a single file uses this, whatever its name."""
+    return _file_page(path, counts, config or SourceConfig())
+
+
 def _file_url(path: str) -> str:
     """A local file's page URL is its file:// URI (stable key, and a base for relative srcs)."""
     if "://" in path:
