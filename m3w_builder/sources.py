@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -198,17 +199,96 @@ DETECT_BYTES = 65_536  # detection reads this much: enough evidence, and bounded
 
 def _detect(body: bytes) -> tuple[str, str] | None:
     """Statistical detection (bs4's UnicodeDammit, which uses charset_normalizer when installed)
-    on the first 64 KB; the whole body is then decoded with the codec found."""
+    on the first 64 KB; the whole body is then decoded with the codec found. Latin-script text
+    gets a windows-125x codec (`_windows_latin`), never a DOS or Mac code page."""
     from bs4 import UnicodeDammit
 
     dammit = UnicodeDammit(body[:DETECT_BYTES], is_html=True)
     if dammit.original_encoding is None:
         return None
     codec = normalize_charset(dammit.original_encoding) or dammit.original_encoding
+    codec = _windows_latin(body[:DETECT_BYTES], codec) or codec
     try:
         return body.decode(codec, errors="replace"), codec
     except LookupError:
         return None
+
+
+# The legacy single-byte encodings of Latin-script pages (WHATWG Encoding Standard's list): 1252
+# (Western, the WHATWG default) first, then Central European, Turkish, Baltic, Vietnamese.
+_WINDOWS_LATIN = ("cp1252", "cp1250", "cp1254", "cp1257", "cp1258")
+_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+_LATIN_MAX_NON_ASCII = 0.3  # Western European prose: 1-5% of its letters; Cyrillic as cp1252: ~100%
+# The accented letters of the Western European languages cp1252 was made for. What cp1252 makes of
+# Turkish (ğ ş ı → ð þ ý), Czech (š ž ť) or Baltic text falls outside, and goes to the family vote.
+_WESTERN_LETTERS = frozenset("àáâãäåæçèéêëìíîïñòóôõöøùúûüÿœß" + "ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜŸŒ")
+
+
+def _windows_latin(head: bytes, detected: str) -> str | None:
+    """A better codec than `detected` for Latin-script text in a legacy single-byte encoding.
+
+    On short or accent-poor text the statistical detector picks almost any code page: a page
+    declared UTF-8 but written in windows-1252 came out as cp775 (DOS Baltic: "Cafķ crĶme"), French
+    prose as cp1257, Spanish as cp1250. Pages are written in web encodings, so for text that is
+    Latin script (at most 30% of its letters outside ASCII, as decoded by cp1252) the choice is
+    among the windows-125x family: cp1252 when its decoding has only Western European accented
+    letters and nothing odd (`_oddities`), else the member whose decoding looks least wrong, the
+    detector's own pick on a tie (it knows Turkish from Icelandic). Non-Latin text (Cyrillic,
+    Greek, ...) and multi-byte detections keep `detected`. Limit: Icelandic (ð þ) in cp1252 whose
+    detector says cp1254 reads as Turkish."""
+    western = _strict(head, "cp1252")
+    if western is None and _strict(head, detected) is None:
+        return None
+    try:
+        if len(head.decode(detected, errors="replace")) != len(head):
+            return None  # multi-byte (Shift_JIS, GBK, ...): not this question
+    except LookupError:
+        return None
+    text = _MARKUP.sub(" ", western if western is not None else head.decode("cp1252", "replace"))
+    letters = [c for c in text if c.isalpha()]
+    accented = {c for c in letters if not c.isascii()}
+    if not letters or sum(c in accented for c in letters) > _LATIN_MAX_NON_ASCII * len(letters):
+        return None
+    if western is not None and accented <= _WESTERN_LETTERS and _oddities(text) == 0:
+        return "cp1252"  # French, German, Spanish, Nordic, ... exactly as written
+    candidates = list(_WINDOWS_LATIN)
+    if detected in _WINDOWS_LATIN:  # a tie goes to the detector's own pick
+        candidates.remove(detected)
+        candidates.insert(0, detected)
+    best, best_odd = None, None
+    for codec in candidates:
+        decoded = _strict(head, codec)
+        if decoded is None:
+            continue
+        odd = _oddities(_MARKUP.sub(" ", decoded))
+        if best_odd is None or odd < best_odd:
+            best, best_odd = codec, odd
+    return best
+
+
+_WORD_PUNCT = frozenset("’'-·")  # may sit between two letters in real text (don’t, l·l)
+
+
+def _oddities(text: str) -> int:
+    """How wrong a decoding looks: non-ASCII characters real prose does not have where they are,
+    i.e. control or unassigned characters, a symbol or digit-like mark between two letters
+    ("Za¿ó³æ" is Polish read as cp1252), an upper-case letter right after a lower-case one
+    ("crĶme")."""
+    odd = 0
+    for i, c in enumerate(text):
+        if c.isascii():
+            continue
+        category = unicodedata.category(c)
+        if category[0] == "C":
+            odd += 1
+            continue
+        before = text[i - 1] if i else " "
+        after = text[i + 1] if i + 1 < len(text) else " "
+        if category[0] == "L":
+            odd += c.isupper() and before.isalpha() and before.islower()
+        elif c not in _WORD_PUNCT and before.isalpha() and after.isalpha():
+            odd += 1
+    return odd
 
 
 def decode_html(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str]:

@@ -109,14 +109,18 @@ def save(
         tmp = root / f"step-{step:08d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save(model_sd, tmp / "trainable.pt")
-        torch.save(optim_sd, tmp / "optim.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_states, tmp / "rng.pt")
-        state = {"version": VERSION, "step": step, "world": len(data_states), "data": data_states}
-        state["config"] = config
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        _write_marker(tmp, step)
+        try:
+            _torch_save(model_sd, tmp / "trainable.pt")
+            _torch_save(optim_sd, tmp / "optim.pt")
+            _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+            _torch_save(rng_states, tmp / "rng.pt")
+            state = {"version": VERSION, "step": step, "world": len(data_states)}
+            state.update(data=data_states, config=config)
+            (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+            _write_marker(tmp, step)
+        except BaseException:  # a full disk mid-save: the previous checkpoints stay as they are
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(root)
@@ -126,6 +130,21 @@ def save(
     if _dist():
         dist.barrier()
     return final
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file, so that a full disk is the OSError (ENOSPC) it is: given a
+    path, torch's C++ writer reports only "unexpected pos 704 vs 662" (a RuntimeError)."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from e
 
 
 def _write_marker(directory: Path, step: int) -> None:
@@ -159,8 +178,12 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _prune(root: Path, keep: int, current: Path, protect: set[str] | None = None) -> None:

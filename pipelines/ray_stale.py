@@ -63,11 +63,12 @@ def mark_session(session_dir: str | Path) -> None:
     """Record this process as the owner of the local Ray session in `session_dir`."""
     owner = {"pid": os.getpid(), "start": process_start(os.getpid()), "argv": sys.argv[:6]}
     path = Path(session_dir) / OWNER_FILE
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(owner))
         os.replace(tmp, path)
     except OSError as e:  # the build goes on; only the clean-up after a kill is lost
+        tmp.unlink(missing_ok=True)
         log.warning("cannot record the local Ray's owner in %s: %s", session_dir, e)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -779,9 +780,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
 
 
+_DISK_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except OSError as e:  # a read-only or full --out: one line, not a traceback
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        raise SystemExit(f"m3w train: {e.strerror or e}{where} (--out {cfg.run.out})") from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"m3w train: {cfg.run.out}")
         print_summary(summary)

@@ -74,3 +74,32 @@ def test_the_archived_huge_image_is_refused_by_size_without_being_read(zero_craw
     assert record.truncated and peak < 8_000_000, peak
     for url in zero_crawl.images:  # the good images beside it are still read whole
         assert index.read(url, max_bytes=10_000_000)[:3] == b"\xff\xd8\xff"
+
+
+# "also low": a page declared UTF-8 but written in a legacy encoding went to the statistical
+# detector, which on short Latin text picked DOS and Baltic code pages ("Cafķ crĶme").
+LATIN = [
+    ("Café crème, s'il vous plaît. Où est la gare? Déjà vu, naïve façade.", "cp1252"),
+    ("Über die Brücke gehen wir schön langsam. Größe, Straße.", "cp1252"),
+    ("El niño comió piñata, ¿qué más? Año, mañana.", "cp1252"),
+    ("Smart “quotes” — and – dashes… for €5", "cp1252"),
+    ("Blåbærsyltetøy og rødgrøt med fløte. Æbler.", "cp1252"),
+    ("Zażółć gęślą jaźń. Pchnąć w tę łódź jeża lub ośm skrzyń fig.", "cp1250"),
+    ("Příliš žluťoučký kůň úpěl ďábelské ódy.", "cp1250"),
+    ("Türkçe karakterler: ğüşıöç İstanbul ve Ankara şehirleri.", "cp1254"),
+    ("Привет, мир! Это длинная страница на русском языке.", "cp1251"),
+]
+
+
+@pytest.mark.parametrize("declared", ["meta", "header", "none"])
+@pytest.mark.parametrize("text,codec", LATIN, ids=[c + str(i) for i, (_, c) in enumerate(LATIN)])
+def test_legacy_latin_bytes_under_a_wrong_or_no_declaration_decode_as_written(
+    text: str, codec: str, declared: str
+) -> None:
+    from m3w_builder.sources import decode_html
+
+    meta = '<meta charset="utf-8">' if declared == "meta" else ""
+    headers = {"Content-Type": "text/html; charset=utf-8"} if declared == "header" else {}
+    body = f"<html><head>{meta}</head><body><p>{text}</p></body></html>".encode(codec)
+    decoded, used = decode_html(body, headers)
+    assert text in decoded, (used, decoded)
