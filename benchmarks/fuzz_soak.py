@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -134,28 +135,26 @@ _CONFIG: dict[str, Any] = {}
 # ------------------------------------------------------------------------------------ the seeds
 
 
-def seeds(target: str, scratch: Path) -> list[bytes]:
+def seeds(target: str, scratch: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the target's seeds; a name is a corpus path (or `shard-N`), so that a crash
+    can be rebuilt from the corpus by tests/test_fuzz_regressions.py without copying corpus bytes."""
     if target == "warc":
         files = sorted(
             p for p in (CORPUS / "warc").rglob("*") if p.is_file() and p.suffix != ".jsonl"
         )
-        return [p.read_bytes() for p in files]
+        return [(str(p.relative_to(CORPUS)), p.read_bytes()) for p in files]
     if target == "html":
-        pages = [
-            p.read_bytes() for p in sorted((CORPUS / "html" / "readability").glob("*/source.html"))
-        ]
-        pages += [
-            gzip.decompress(p.read_bytes())
-            for p in sorted((CORPUS / "html" / "postlight").glob("*.html.gz"))
-        ]
-        return [p for p in pages if len(p) <= 400_000]
+        readability = sorted((CORPUS / "html" / "readability").glob("*/source.html"))
+        postlight = sorted((CORPUS / "html" / "postlight").glob("*.html.gz"))
+        pages = [(p, p.read_bytes()) for p in readability]
+        pages += [(p, gzip.decompress(p.read_bytes())) for p in postlight]
+        return [(str(p.relative_to(CORPUS)), d) for p, d in pages if len(d) <= 400_000]
     if target == "image":
-        return [
-            p.read_bytes()
-            for p in sorted((CORPUS / "images" / "pillow").iterdir())
-            if p.suffix != ".jsonl"
+        files = [
+            p for p in sorted((CORPUS / "images" / "pillow").iterdir()) if p.suffix != ".jsonl"
         ]
-    return _seed_shards(scratch)
+        return [(str(p.relative_to(CORPUS)), p.read_bytes()) for p in files]
+    return [(f"shard-{i}", data) for i, data in enumerate(_seed_shards(scratch))]
 
 
 def _seed_shards(scratch: Path) -> list[bytes]:
@@ -306,11 +305,14 @@ class Runner:
         self._stop()
         return "hang", f"over {DEADLINE_S[self.target]:g} s"
 
-    def save(self, kind: str, data: bytes, detail: str) -> Path:
+    def save(self, kind: str, data: bytes, detail: str, recipe: dict[str, Any]) -> Path:
+        """The input, the traceback, and the recipe (seed names + operations) that rebuilds it
+        from the corpus: add the recipe to tests/test_fuzz_regressions.py's REGRESSIONS."""
         self.crash_dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.target}-{kind}-{hashlib.sha256(data).hexdigest()[:12]}"
         (self.crash_dir / f"{name}.bin").write_bytes(data)
         (self.crash_dir / f"{name}.txt").write_text(detail)
+        (self.crash_dir / f"{name}.json").write_text(json.dumps({"target": self.target, **recipe}))
         return self.crash_dir / f"{name}.bin"
 
     def close(self) -> None:
@@ -322,7 +324,7 @@ class _Crash(Exception):
 
 
 def soak_batch(
-    runner: Runner, pool: list[bytes], batch_seed: int, examples: int, stop_at: float
+    runner: Runner, pool: list[tuple[str, bytes]], batch_seed: int, examples: int, stop_at: float
 ) -> None:
     """One hypothesis run of `examples` mutants; a crash is shrunk, then saved."""
     from hypothesis import HealthCheck, Phase, assume, given, settings
@@ -344,19 +346,20 @@ def soak_batch(
     )
     def case(index: int, splice: int, ops: list[tuple[int, int, int, int]]) -> None:
         assume(time.monotonic() < stop_at or "crash" in last)  # out of time: reject the rest
-        data = mutate(pool[index], ops, pool[splice])
+        data = mutate(pool[index][1], ops, pool[splice][1])
+        recipe = {"seed": pool[index][0], "splice": pool[splice][0], "ops": [list(o) for o in ops]}
         kind, detail = runner.run(data)
         if kind == "hang":
-            runner.hangs.append(str(runner.save("hang", data, detail)))
+            runner.hangs.append(str(runner.save("hang", data, detail, recipe)))
         elif kind == "crash":
-            last["crash"] = (data, detail)
+            last["crash"] = (data, detail, recipe)
             raise _Crash(detail.strip().splitlines()[-1] if detail.strip() else "crash")
 
     try:
         case()
     except _Crash:
-        data, detail = last["crash"]  # the last crash seen is the shrunk one
-        path = runner.save("crash", data, detail)
+        data, detail, recipe = last["crash"]  # the last crash seen is the shrunk one
+        path = runner.save("crash", data, detail, recipe)
         runner.crashes.append(f"{path}: {detail.strip().splitlines()[-1]}")
     except Exception as e:  # noqa: BLE001 - hypothesis' own errors (e.g. all rejected)
         if "Unsatisfiable" not in type(e).__name__:
