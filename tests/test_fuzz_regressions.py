@@ -4,6 +4,7 @@ A crash is kept as its *recipe*, not its bytes (the inputs are mutants of dev-co
 not be copied into the repository): the target, the corpus file it was seeded from, the one spliced
 into it and the mutation operations; `fuzz_soak.mutate` rebuilds the exact input. The soak writes
 each recipe as `<crash-dir>/<target>-crash-<hash>.json`; add it to REGRESSIONS with what it found.
+A finding that reproduces without the corpus is written as its own test here (the corrupt AVIFs).
 Found by hand before the soak existed, and kept as tests elsewhere: records of the wrong shape in
 `m3w inspect` (test_inspect_hostile.py) and in the loader (test_data_hostile.py).
 
@@ -41,6 +42,39 @@ def test_a_fuzz_finding_stays_fixed(case, corpus, tmp_path):
         _seed_bytes(case["target"], case["splice"], tmp_path),
     )
     fuzz_soak.TARGETS[case["target"]](data, tmp_path)  # raises if it crashes again
+
+
+def _avif() -> bytes:
+    import io
+
+    from PIL import Image
+
+    from pipelines.sample_site import _draw_image
+
+    picture = Image.open(io.BytesIO(_draw_image(random.Random(0), 160, 120, "PNG")))
+    out = io.BytesIO()
+    picture.save(out, "AVIF")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda d: d[:96] + bytes(8) + d[104:],  # "Missing or empty image item", at open
+     lambda d: bytes(b ^ 0xFF if 400 <= i < 420 else b for i, b in enumerate(d))],  # at decode
+    ids=["open", "decode"],
+)  # fmt: skip
+def test_a_corrupt_avif_is_a_skip_not_a_runtime_error(damage):
+    """Found by the soak's image target (2026-12-02): Pillow's AVIF plugin raises RuntimeError for
+    corrupt files, which process_image let through (the build's resolver logged a traceback per
+    image). The soak's inputs were corpus mutants; these are generated AVIFs damaged alike."""
+    from m3w_builder.config import BuildConfig
+    from m3w_builder.images import process_image
+    from m3w_builder.reasons import Skip
+
+    pytest.importorskip("PIL.AvifImagePlugin")
+    with pytest.raises(Skip) as err:
+        process_image(damage(_avif()), BuildConfig.for_profile("m3w").images)
+    assert err.value.code == "image.decode_error"
 
 
 @pytest.mark.slow
