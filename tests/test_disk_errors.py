@@ -38,8 +38,12 @@ def mount(tmp_path):
         return point
 
     yield make
+    import gc
+
+    gc.collect()  # a failed save's file objects may still sit in a traceback's frames
     for point in mounted:
-        subprocess.run(["umount", str(point)], capture_output=True)
+        if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)  # detach when busy
 
 
 def _leftovers(root: Path) -> list[Path]:
