@@ -9,6 +9,7 @@ to build a document whose lists disagree in length.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +156,9 @@ class Document:
 
     @classmethod
     def from_json(cls, record: dict[str, Any], members: dict[str, bytes] | None = None) -> Document:
-        """Inverse of to_json; `members` maps "{pos}.{ext}" to image bytes when they are at hand."""
+        """Inverse of to_json; `members` maps "{pos}.{ext}" to image bytes when they are at hand.
+        Raises RecordError (a ValueError) for anything `check_record` refuses."""
+        check_record(record)
         if record.get("schema") != SCHEMA:
             raise ValueError(f"unsupported schema {record.get('schema')!r}, expected {SCHEMA!r}")
         texts, images = record["texts"], record["images"]
@@ -197,3 +200,110 @@ class Document:
             p_next=record.get("p_next"),
             stats=record.get("stats") or {},
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# The record check: one place that knows what an m3w/1 record may hold
+# --------------------------------------------------------------------------------------------------
+
+
+class RecordError(ValueError):
+    """A shard record that is not schema m3w/1; the message says which field and position."""
+
+
+_ATTACH = (None, "following", "preceding")
+_IMAGE_TEXT_FIELDS = ("member", "src", "alt", "sha256", "phash", "attach", "src_page")
+
+
+def check_record(record: Any) -> dict[str, Any]:
+    """`record` if it is a well-typed m3w/1 record (docs/format.md), else RecordError.
+
+    Why one checker: shards come from anywhere (other builders, a damaged disk, a hostile upload) and
+    every reader (Document.from_json, the trainer's loader) must refuse the same records for the same
+    reasons instead of each crashing differently on `texts: 5`, an image entry that is a string, an
+    int `member` or a NaN. Checked: an object of schema m3w/1 with a str `url`; `texts`/`images`
+    lists of one length with exactly one non-null per position, texts str, images objects whose
+    text fields are str or null, `width`/`height` positive ints or null, `attach` following,
+    preceding or null; `lang_score`, `p_next` finite numbers or null (p_next within [0, 1]);
+    `lang`, `fetched`, `key` str or null; `source` and `stats` objects or null. Other keys are
+    ignored (a newer writer may add some). Values are only looked at, never copied or recursed
+    into, so the check costs one pass over the lists whatever `stats` holds.
+    """
+    if not isinstance(record, dict):
+        raise RecordError(f"record is a JSON {_json_type(record)}, not an object")
+    if record.get("schema") != SCHEMA:
+        raise RecordError(f"unsupported schema {record.get('schema')!r}, expected {SCHEMA!r}")
+    if not isinstance(record.get("url"), str):
+        raise RecordError(f"url is {_json_type(record.get('url'))}, not a string")
+    texts, images = record.get("texts"), record.get("images")
+    if not isinstance(texts, list) or not isinstance(images, list):
+        raise RecordError(
+            f"texts ({_json_type(texts)}) and images ({_json_type(images)}) must be lists"
+        )
+    if len(texts) != len(images):
+        raise RecordError(f"texts ({len(texts)}) and images ({len(images)}) differ in length")
+    for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
+        if (text is None) == (image is None):
+            raise RecordError(f"position {pos}: exactly one of texts/images must be non-null")
+        if text is not None and not isinstance(text, str):
+            raise RecordError(f"position {pos}: text is {_json_type(text)}, not a string")
+        if image is not None:
+            _check_image(pos, image)
+    for name in ("lang_score", "p_next"):
+        value = record.get(name)
+        if value is not None and not _finite(value):
+            raise RecordError(f"{name} {value!r} is not a finite number")
+    if record.get("p_next") is not None and not 0 <= record["p_next"] <= 1:
+        raise RecordError(f"p_next {record['p_next']!r} is not a probability")
+    for name in ("lang", "fetched", "key"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            raise RecordError(f"{name} is {_json_type(record[name])}, not a string")
+    source = record.get("source")
+    if source is not None:
+        if not isinstance(source, dict):
+            raise RecordError(f"source is {_json_type(source)}, not an object")
+        if source.get("warc") is not None and not isinstance(source["warc"], str):
+            raise RecordError("source.warc is not a string")
+        if source.get("offset") is not None and not _int(source["offset"]):
+            raise RecordError("source.offset is not an integer")
+    if record.get("stats") is not None and not isinstance(record["stats"], dict):
+        raise RecordError(f"stats is {_json_type(record['stats'])}, not an object")
+    return record
+
+
+def _check_image(pos: int, image: Any) -> None:
+    if not isinstance(image, dict):
+        raise RecordError(f"position {pos}: image entry is {_json_type(image)}, not an object")
+    for name in _IMAGE_TEXT_FIELDS:
+        if image.get(name) is not None and not isinstance(image[name], str):
+            raise RecordError(f"position {pos}: image {name} is {_json_type(image[name])}")
+    for name in ("width", "height"):
+        value = image.get(name)
+        if value is not None and not (_int(value) and value > 0):
+            raise RecordError(f"position {pos}: image {name} {value!r} is not a positive integer")
+    if image.get("attach") not in _ATTACH:
+        raise RecordError(f"position {pos}: attach {image.get('attach')!r} not in {_ATTACH[1:]}")
+    candidates = image.get("candidates")
+    if candidates is not None and not (
+        isinstance(candidates, list) and all(isinstance(c, str) for c in candidates)
+    ):
+        raise RecordError(f"position {pos}: image candidates is not a list of strings")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (what the user wrote), for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "NaN" if isinstance(value, float) and value != value else "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)

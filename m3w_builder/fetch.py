@@ -571,11 +571,13 @@ class ArchiveIndex:
         """The payload of the record at `offset` of `path` (see `read`); shared with the build's
         partitioned index (pipelines/archive_parts.py)."""
         try:
-            body = read_record_at(path, offset).body
+            # bounded before reading: an archived 1 GiB image is never read whole to be refused
+            record = read_record_at(path, offset, max_bytes=max_bytes)
         except Skip as e:
             raise Skip("image.archive_error", e.detail or e.code) from None
         except OSError as e:
             raise Skip("image.archive_error", f"{path}@{offset}: {e}") from None
-        if max_bytes is not None and len(body) > max_bytes:
-            raise Skip("image.too_large_bytes", f"archived {path}@{offset}: {len(body)} bytes")
+        body = record.body
+        if record.truncated or (max_bytes is not None and len(body) > max_bytes):
+            raise Skip("image.too_large_bytes", f"archived {path}@{offset}: over {max_bytes} bytes")
         return body

@@ -178,7 +178,8 @@ def _open(data: bytes, fmt: str, config: ImageConfig) -> Image.Image:
     except ValueError as e:  # PNG zlib bomb in a text chunk: "Decompressed data too large"
         code = "image.bomb" if "too large" in str(e) else "image.decode_error"
         raise Skip(code, str(e)) from None
-    except (OSError, SyntaxError, EOFError, KeyError, IndexError, TypeError) as e:
+    except (OSError, SyntaxError, EOFError, KeyError, IndexError, TypeError, RuntimeError) as e:
+        # RuntimeError: Pillow's AVIF plugin (libavif) on a corrupt file (found by the fuzz soak)
         raise Skip("image.decode_error", f"{type(e).__name__}: {e}") from None
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -235,6 +236,7 @@ def _decode_first_frame(im: Image.Image, orientation: int, config: ImageConfig) 
         IndexError,
         TypeError,
         ZeroDivisionError,
+        RuntimeError,  # libavif: "Decoding of color planes failed" (found by the fuzz soak)
     ) as e:
         code = "image.truncated" if "truncated" in str(e).lower() else "image.decode_error"
         raise Skip(code, f"{type(e).__name__}: {e}") from None

@@ -107,11 +107,15 @@ class ShardWriter:
         return self._hashing.size
 
     def close(self) -> ShardInfo:
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.tmp_path, self.path)
+        try:
+            self._tar.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:  # a full disk (ENOSPC) while finishing: leave no partial .tmp
+            self.abort()
+            raise
         return ShardInfo(
             name=self.path.name,
             docs=self.docs,
@@ -125,8 +129,12 @@ class ShardWriter:
             self._tar.close()
         except Exception:  # noqa: BLE001 - best effort; the tmp file is removed either way
             pass
-        self._raw.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            self._raw.close()  # flushing the buffer may fail again (ENOSPC): unlink anyway
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -198,17 +199,96 @@ DETECT_BYTES = 65_536  # detection reads this much: enough evidence, and bounded
 
 def _detect(body: bytes) -> tuple[str, str] | None:
     """Statistical detection (bs4's UnicodeDammit, which uses charset_normalizer when installed)
-    on the first 64 KB; the whole body is then decoded with the codec found."""
+    on the first 64 KB; the whole body is then decoded with the codec found. Latin-script text
+    gets a windows-125x codec (`_windows_latin`), never a DOS or Mac code page."""
     from bs4 import UnicodeDammit
 
     dammit = UnicodeDammit(body[:DETECT_BYTES], is_html=True)
     if dammit.original_encoding is None:
         return None
     codec = normalize_charset(dammit.original_encoding) or dammit.original_encoding
+    codec = _windows_latin(body[:DETECT_BYTES], codec) or codec
     try:
         return body.decode(codec, errors="replace"), codec
     except LookupError:
         return None
+
+
+# The legacy single-byte encodings of Latin-script pages (WHATWG Encoding Standard's list): 1252
+# (Western, the WHATWG default) first, then Central European, Turkish, Baltic, Vietnamese.
+_WINDOWS_LATIN = ("cp1252", "cp1250", "cp1254", "cp1257", "cp1258")
+_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+_LATIN_MAX_NON_ASCII = 0.3  # Western European prose: 1-5% of its letters; Cyrillic as cp1252: ~100%
+# The accented letters of the Western European languages cp1252 was made for. What cp1252 makes of
+# Turkish (ğ ş ı → ð þ ý), Czech (š ž ť) or Baltic text falls outside, and goes to the family vote.
+_WESTERN_LETTERS = frozenset("àáâãäåæçèéêëìíîïñòóôõöøùúûüÿœß" + "ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜŸŒ")
+
+
+def _windows_latin(head: bytes, detected: str) -> str | None:
+    """A better codec than `detected` for Latin-script text in a legacy single-byte encoding.
+
+    On short or accent-poor text the statistical detector picks almost any code page: a page
+    declared UTF-8 but written in windows-1252 came out as cp775 (DOS Baltic: "Cafķ crĶme"), French
+    prose as cp1257, Spanish as cp1250. Pages are written in web encodings, so for text that is
+    Latin script (at most 30% of its letters outside ASCII, as decoded by cp1252) the choice is
+    among the windows-125x family: cp1252 when its decoding has only Western European accented
+    letters and nothing odd (`_oddities`), else the member whose decoding looks least wrong, the
+    detector's own pick on a tie (it knows Turkish from Icelandic). Non-Latin text (Cyrillic,
+    Greek, ...) and multi-byte detections keep `detected`. Limit: Icelandic (ð þ) in cp1252 whose
+    detector says cp1254 reads as Turkish."""
+    western = _strict(head, "cp1252")
+    if western is None and _strict(head, detected) is None:
+        return None
+    try:
+        if len(head.decode(detected, errors="replace")) != len(head):
+            return None  # multi-byte (Shift_JIS, GBK, ...): not this question
+    except LookupError:
+        return None
+    text = _MARKUP.sub(" ", western if western is not None else head.decode("cp1252", "replace"))
+    letters = [c for c in text if c.isalpha()]
+    accented = {c for c in letters if not c.isascii()}
+    if not letters or sum(c in accented for c in letters) > _LATIN_MAX_NON_ASCII * len(letters):
+        return None
+    if western is not None and accented <= _WESTERN_LETTERS and _oddities(text) == 0:
+        return "cp1252"  # French, German, Spanish, Nordic, ... exactly as written
+    candidates = list(_WINDOWS_LATIN)
+    if detected in _WINDOWS_LATIN:  # a tie goes to the detector's own pick
+        candidates.remove(detected)
+        candidates.insert(0, detected)
+    best, best_odd = None, None
+    for codec in candidates:
+        decoded = _strict(head, codec)
+        if decoded is None:
+            continue
+        odd = _oddities(_MARKUP.sub(" ", decoded))
+        if best_odd is None or odd < best_odd:
+            best, best_odd = codec, odd
+    return best
+
+
+_WORD_PUNCT = frozenset("’'-·")  # may sit between two letters in real text (don’t, l·l)
+
+
+def _oddities(text: str) -> int:
+    """How wrong a decoding looks: non-ASCII characters real prose does not have where they are,
+    i.e. control or unassigned characters, a symbol or digit-like mark between two letters
+    ("Za¿ó³æ" is Polish read as cp1252), an upper-case letter right after a lower-case one
+    ("crĶme")."""
+    odd = 0
+    for i, c in enumerate(text):
+        if c.isascii():
+            continue
+        category = unicodedata.category(c)
+        if category[0] == "C":
+            odd += 1
+            continue
+        before = text[i - 1] if i else " "
+        after = text[i + 1] if i + 1 < len(text) else " "
+        if category[0] == "L":
+            odd += c.isupper() and before.isalpha() and before.islower()
+        elif c not in _WORD_PUNCT and before.isalpha() and after.isalpha():
+            odd += 1
+    return odd
 
 
 def decode_html(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str]:
@@ -279,6 +359,10 @@ class _Corrupt(Exception):
 GZIP_MAGIC = b"\x1f\x8b\x08"
 _READ_SIZE = 1 << 16
 _MAX_HEADER_BYTES = 1 << 16  # a WARC/HTTP header block longer than 64 KB is corrupt, not a header
+_SETTLE_WINDOW = 1 << 16  # bytes inflated past a record to check its gzip member's CRC
+# A record block is never held past this unless the caller asks for more (iter_records and
+# read_record_at both default to it): blocks over it come back truncated, read to this size only.
+MAX_RECORD_BYTES = 64_000_000
 _PADDING = b"\r\n\x00 \t"
 # A record starts at a line start with a WARC version line, or an ARC URL line
 # ("URL IP-address Archive-date Content-type Archive-length", ARC v1; v2 adds fields before length).
@@ -321,6 +405,7 @@ class _Stream:
         self._z: Any = None  # the open zlib decompressor, None between members
         self._member_raw = base
         self._member_pos = 0
+        self._size: int | None = None  # plain files: the raw size, once a skip needs it
 
     @property
     def end(self) -> int:
@@ -410,8 +495,20 @@ class _Stream:
 
     def settle(self, since: int) -> None:
         """Finish the gzip member holding a record that began at stream position `since`, so that
-        its CRC is checked before the record is handed out (not for a whole-file member)."""
-        while self.gzipped and self._z is not None and self._member_pos >= since:
+        its CRC is checked before the record is handed out (not for a whole-file member).
+
+        Only a member that began inside the record, and only `_SETTLE_WINDOW` bytes of it: the
+        member open now may be the *next* record's, reached by the 16-byte peek at the record's
+        tail, and inflating it to its end held a whole 1 GiB zero-filled image in memory. What is
+        not settled here is checked when the stream gets there; a CRC error then counts against
+        the record that spans it."""
+        limit = len(self.buf) + _SETTLE_WINDOW
+        while (
+            self.gzipped
+            and self._z is not None
+            and since <= self._member_pos < self.pos
+            and len(self.buf) <= limit
+        ):
             if not self._fill():
                 break
 
@@ -478,13 +575,25 @@ class _Stream:
         self._forget()
         return out
 
-    def skip(self, n: int) -> int:
-        """Discard n bytes without holding them (a large record we don't want)."""
+    def skip(self, n: int, stop_at_record_member: bool = False) -> int:
+        """Discard n bytes without holding them (a large record we don't want); returns how many.
+
+        A plain file is sought past, not read (a block that claims 10^17 bytes costs one seek).
+        With `stop_at_record_member`, a .gz skip stops where a gzip member starts with a WARC
+        record header: one record per member (ISO 28500 annex D) means the record being skipped
+        cannot run on into it, so its length is a lie, found without inflating the rest."""
         done = 0
         while done < n:
-            if not self.buf and not self._fill():
-                break
+            if not self.buf:
+                done += self._seek_past(n - done)
+                if not self._fill():
+                    break
             take = min(n - done, len(self.buf))
+            if stop_at_record_member:
+                hit = self._record_member_in(self.pos, self.pos + take)
+                if hit is not None:
+                    take = hit - self.pos
+                    n = done + take  # stop there
             if take:
                 self.last = self.buf[take - 1]
             del self.buf[:take]
@@ -492,6 +601,72 @@ class _Stream:
             done += take
         self._forget()
         return done
+
+    def _seek_past(self, n: int) -> int:
+        """Plain file, empty buffer: move the raw file position up to n bytes on without reading
+        them; returns how far. The last byte of the span (and of the file) is still read, so that
+        `last` stays true for the line-start test."""
+        if self.gzipped or n <= _READ_SIZE:
+            return 0
+        jump = min(n - 1, self._raw_size() - self.raw_off - 1)
+        if jump <= 0:
+            return 0
+        self.raw_off += jump
+        self.pos += jump
+        self.raw.seek(self.raw_off)
+        return jump
+
+    def _raw_size(self) -> int:
+        if self._size is None:
+            here = self.raw.tell()
+            self._size = self.raw.seek(0, os.SEEK_END)
+            self.raw.seek(here)
+        return self._size
+
+    def _record_member_in(self, lo: int, hi: int) -> int | None:
+        """Stream position of the first gzip member starting in (lo, hi) whose output begins
+        with a WARC record header, or None."""
+        for spos, _ in self.members:
+            if lo < spos < hi:
+                self.fill_to(spos - self.pos + 16)
+                at = spos - self.pos
+                if _WARC_START.match(bytes(self.buf[at : at + 16])):
+                    return spos
+        return None
+
+    def mark(self) -> tuple[Any, ...]:
+        """Everything needed to come back to this stream position (`rewind`): after a record
+        whose length lies, the reader resyncs from just after its header, never from the
+        claimed end. A .gz mark keeps a copy of the inflater (`zlib` objects copy their state,
+        ~40 KB) and of the buffered bytes; a plain mark is a file offset."""
+        if not self.gzipped:
+            return (self.pos, self.raw_off - len(self.buf), list(self.breaks), self.last)
+        return (
+            self.pos,
+            bytes(self.buf),
+            self.raw.tell(),
+            self.pending,
+            self.raw_off,
+            self.raw_eof,
+            self._z.copy() if self._z is not None else None,
+            self._member_raw,
+            self._member_pos,
+            list(self.members),
+            list(self.breaks),
+            self.last,
+        )
+
+    def rewind(self, mark: tuple[Any, ...]) -> None:
+        if not self.gzipped:
+            self.pos, self.raw_off, breaks, self.last = mark
+            self.buf = bytearray()
+            self.breaks = breaks
+            self.raw.seek(self.raw_off)
+            return
+        (self.pos, buf, file_pos, self.pending, self.raw_off, self.raw_eof, self._z,
+         self._member_raw, self._member_pos, self.members, self.breaks, self.last) = mark  # fmt: skip
+        self.buf = bytearray(buf)
+        self.raw.seek(file_pos)
 
     def skip_padding(self) -> None:
         while True:
@@ -608,9 +783,14 @@ def _get(headers: dict[str, str], name: str, default: str = "") -> str:
 class _Reader:
     """Frames records out of a `_Stream`: one WARC or ARC record per call to `next_record`."""
 
-    def __init__(self, stream: _Stream, max_block: int | None) -> None:
+    def __init__(
+        self, stream: _Stream, max_block: int | None, check_oversized: bool = True
+    ) -> None:
         self.stream = stream
-        self.max_block = max_block
+        self.max_block = MAX_RECORD_BYTES if max_block is None else max_block
+        # False (random access): a block over max_block is not skipped through to check its end;
+        # the caller only wants to know it is too large.
+        self.check_oversized = check_oversized
         self.arc_version = 1
         self.patterns: tuple[re.Pattern[bytes], ...] = (_WARC_RESYNC, _ARC_START)
         self.gaps: list[str] = []  # skipped non-record bytes, reported by the caller
@@ -649,14 +829,27 @@ class _Reader:
     def _block(self, length: int, tail_ok: Callable[[bytes], bool]) -> tuple[bytes, bool]:
         """The record block, consumed only if the bytes after it look like a record end, so that
         after a wrong length the resync searches from inside this block (where the next record
-        may sit) instead of after it. Blocks over max_block are skipped, not held."""
+        may sit) instead of after it.
+
+        Blocks over max_block are not held: the first max_block bytes are kept (enough for the
+        HTTP headers) and the rest is skipped (sought past in a plain file, inflated in pieces in
+        a .gz) to check that a record end follows. If none does (a Content-Length of 10^17, or
+        6 MB more than the record has) the stream goes back to just after the header, so the
+        resync finds the records the lie would have swallowed."""
         stream = self.stream
-        if self.max_block is not None and length > self.max_block:
+        if length > self.max_block:
+            if not self.check_oversized:
+                block = stream.read(min(self.max_block, _MAX_HEADER_BYTES))
+                return block, True
+            mark = stream.mark()
             block = stream.read(self.max_block)
-            got = len(block) + stream.skip(length - self.max_block)
+            rest = length - self.max_block
+            got = len(block) + stream.skip(rest, stop_at_record_member=True)
             if got < length:
+                stream.rewind(mark)
                 raise _Corrupt(f"record block cut short ({got} of {length} bytes)")
             if not tail_ok(stream.peek(16)):
+                stream.rewind(mark)
                 raise _Corrupt(f"record not followed by a record end (length {length} wrong?)")
             return block, True
         have = stream.fill_to(length + 16)
@@ -767,28 +960,28 @@ def _dechunk(body: bytes) -> bytes | None:
 MAX_DECODED_BYTES = 64_000_000  # a content-encoded body is never inflated past this (bombs)
 
 
-def _decode_content(body: bytes, encoding: str) -> bytes:
+def _decode_content(body: bytes, encoding: str, limit: int = MAX_DECODED_BYTES) -> bytes:
     """Undo Content-Encoding gzip / deflate / br (RFC 9110 §8.4.1), in reverse order of a list
-    (`gzip, br`). Output stops after MAX_DECODED_BYTES + 1 bytes. A body cut short still yields
+    (`gzip, br`). Output stops after `limit` + 1 bytes. A body cut short still yields
     what decompressed (crawlers truncate large pages); a body that is not what it claims raises."""
     for coding in reversed([c.strip().lower() for c in encoding.split(",")]):
         if coding in ("", "identity", "none"):
             continue
         if coding in ("gzip", "x-gzip", "deflate"):
-            body = _inflate(body, coding)
+            body = _inflate(body, coding, limit)
         elif coding == "br":
-            body = _unbrotli(body)
+            body = _unbrotli(body, limit)
         else:
             raise _Corrupt(f"unsupported Content-Encoding {encoding!r}")
     return body
 
 
-def _inflate(body: bytes, coding: str) -> bytes:
+def _inflate(body: bytes, coding: str, limit: int = MAX_DECODED_BYTES) -> bytes:
     # "deflate" is zlib-wrapped per RFC 9110 but raw deflate on many servers: try both.
     for wbits in (47, -15) if coding == "deflate" else (31,):
         z = zlib.decompressobj(wbits)
         try:
-            out = z.decompress(body, MAX_DECODED_BYTES + 1)
+            out = z.decompress(body, limit + 1)
         except zlib.error:
             continue
         if out or z.eof:
@@ -796,14 +989,14 @@ def _inflate(body: bytes, coding: str) -> bytes:
     raise _Corrupt(f"body does not decode as Content-Encoding {coding}")
 
 
-def _unbrotli(body: bytes) -> bytes:
+def _unbrotli(body: bytes, limit: int = MAX_DECODED_BYTES) -> bytes:
     from fastwarc.stream_io import BrotliReader  # FastWARC bundles brotli; no extra dependency
 
     out = bytearray()
     try:
         reader = BrotliReader(io.BytesIO(body))
-        while len(out) <= MAX_DECODED_BYTES:
-            chunk = reader.read(_READ_SIZE * 16)
+        while len(out) <= limit:
+            chunk = reader.read(min(_READ_SIZE * 16, limit + 1 - len(out)))
             if not chunk:
                 break
             out += chunk
@@ -812,7 +1005,9 @@ def _unbrotli(body: bytes) -> bytes:
     return bytes(out)
 
 
-def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
+def _unwrap_http(
+    raw: _RawRecord, max_decoded: int | None = None
+) -> tuple[int | None, dict[str, str], bytes]:
     """(status, HTTP headers, payload) of a response block; resources keep their block."""
     block = raw.block
     wrapped = "application/http" in _get(raw.headers, "Content-Type").lower()
@@ -844,15 +1039,18 @@ def _unwrap_http(raw: _RawRecord) -> tuple[int | None, dict[str, str], bytes]:
         body = dechunked if dechunked is not None else body  # a mislabelled plain body stays
     content_encoding = _get(headers, "Content-Encoding")
     if content_encoding:
-        body = _decode_content(body, content_encoding)
-        if len(body) > MAX_DECODED_BYTES:
-            body, raw.truncated = body[:MAX_DECODED_BYTES], True
+        max_decoded = MAX_DECODED_BYTES if max_decoded is None else max_decoded
+        body = _decode_content(body, content_encoding, max_decoded)
+        if len(body) > max_decoded:
+            body, raw.truncated = body[:max_decoded], True
     return status, headers, body
 
 
-def _to_archive_record(raw: _RawRecord, offset: int, source_file: str) -> ArchiveRecord:
+def _to_archive_record(
+    raw: _RawRecord, offset: int, source_file: str, max_decoded: int | None = None
+) -> ArchiveRecord:
     if raw.record_type in ("response", "resource", "revisit"):
-        status, http_headers, body = _unwrap_http(raw)
+        status, http_headers, body = _unwrap_http(raw, max_decoded)
     else:
         status, http_headers, body = None, {}, raw.block
     if raw.record_type == "revisit":
@@ -934,7 +1132,11 @@ def iter_records(
     with file and offset, and reading resumes at the next record header / gzip member; a file
     that can't be opened counts `warc.unreadable`. Blocks over `max_body_bytes` are not held in
     memory: the record comes back with `truncated=True` and only the start of its block (enough
-    for the HTTP headers), and the caller decides by size, e.g. `html.too_large`.
+    for the HTTP headers), and the caller decides by size, e.g. `html.too_large`. None means
+    MAX_RECORD_BYTES: no block is ever held whole past that.
+
+    A record whose length lies (too long, too short, 10^17, negative, not a number) costs that
+    record alone: the reader resyncs from just after its header (`_Reader._block`).
     """
     try:
         raw = open_input(path)
@@ -1007,24 +1209,31 @@ def _count_gaps(reader: _Reader, path: str, counts: Counts, final: bool = False)
     reader.gaps.clear()
 
 
-def read_record_at(path: str, offset: int) -> ArchiveRecord:
+def read_record_at(path: str, offset: int, max_bytes: int | None = None) -> ArchiveRecord:
     """The record that starts at `offset` (an ArchiveRecord.offset from `iter_records`).
 
     Random access for the images stage: an image archived in the same WARC is read by offset
     instead of fetched. Works for per-record gzip members and plain files; raises
     `Skip("warc.corrupt_record")` when no readable record starts there.
+
+    Bounded by `max_bytes` (default MAX_RECORD_BYTES) before anything is read: a record whose
+    block is larger, or whose payload inflates past it (Content-Encoding), comes back with
+    `truncated=True` after reading at most its first 64 KB (the HTTP headers), so the caller
+    skips it by size without the whole archived image ever being in memory.
     """
+    cap = MAX_RECORD_BYTES if max_bytes is None else max_bytes
+    block_cap = cap + _MAX_HEADER_BYTES + (cap >> 6)  # + HTTP headers and chunk-size lines
     with open_input(path) as raw:
         raw.seek(offset)
         head = raw.read(len(GZIP_MAGIC))
         raw.seek(offset)
         stream = _Stream(raw, gzipped=head.startswith(GZIP_MAGIC), base=offset)
-        reader = _Reader(stream, max_block=None)
+        reader = _Reader(stream, max_block=block_cap, check_oversized=False)
         try:
             record = reader.next_record()
             if record is None:
                 raise _Corrupt("end of file")
-            return _to_archive_record(record, offset, path)
+            return _to_archive_record(record, offset, path, max_decoded=cap)
         except _Corrupt as exc:
             raise Skip("warc.corrupt_record", f"{path}@{offset}: {exc}") from exc
 
@@ -1147,6 +1356,13 @@ def _file_page(path: str, counts: Counts, config: SourceConfig) -> RawPage | Non
         return None
     counts["html.files"] += 1
     return RawPage(url=_file_url(path), body=body, headers={}, source_file=path, source_offset=0)
+
+
+def read_html_file(path: str, counts: Counts, config: SourceConfig | None = None) -> RawPage | None:
+    """One HTML file as the build reads it (`.gz` looked through, at most max_html_bytes + 1
+    bytes inflated), or None with the reason counted (`html.too_large`, `html.empty`,
+    `html.unreadable`): `m3w extract` of a single file uses this, whatever its name."""
+    return _file_page(path, counts, config or SourceConfig())
 
 
 def _file_url(path: str) -> str:

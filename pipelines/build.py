@@ -19,6 +19,7 @@ imports Ray, lazily (STYLE (b) pipelines/).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -712,6 +713,22 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return config
 
 
+def describe_os_error(e: OSError) -> str:
+    """`Read-only file system: /data/job/_work/job.json (...)` plus what to do next."""
+    where = f": {e.filename}" if e.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space",
+        errno.EROFS: "use a writable --out",
+        errno.EACCES: "use a --out you may write to",
+        errno.EPERM: "use a --out you may write to",
+    }.get(e.errno or 0, "fix it")
+    return (
+        f"{e.strerror or e}{where}; {hint}, then run the same command again "
+        "(finished units are kept)"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     options = JobOptions(
@@ -724,7 +741,10 @@ def main(args: argparse.Namespace) -> int:
         urls_per_unit=args.urls_per_unit,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    report = run_build(args.inputs, config, options)
+    try:
+        report = run_build(args.inputs, config, options)
+    except OSError as e:  # a read-only or full --out: one line, not a traceback
+        raise SystemExit(f"m3w build: {describe_os_error(e)}") from None
     print(summary_table(report))
     print(f"\nshards: {Path(args.out) / 'shards'}  (manifest.jsonl, report.json beside them)")
     return 0

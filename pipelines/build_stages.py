@@ -121,11 +121,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write-then-rename: readers see the old file or the whole new one, never a torn write."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = attempt_tmp(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # ENOSPC, EDQUOT, EIO: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

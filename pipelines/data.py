@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from m3w_builder.document import RecordError, check_record
 from m3w_builder.reasons import Counts
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,14 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
         except (ValueError, UnicodeDecodeError):
             counts["data.bad_json"] += 1
             return None
+        except RecursionError:  # `[[[[...` nested past the interpreter's limit: not a record
+            counts["data.bad_record"] += 1
+            log.warning("%s: %s: JSON nested too deeply", sample.url, sample.key)
+            return None
+        if not isinstance(record, dict):  # a JSON list, string or number
+            counts["data.bad_record"] += 1
+            log.warning("%s: %s: the json member is not an object", sample.url, sample.key)
+            return None
         if record.get("schema") == "m3w/1":
             return _decode_m3w(sample, record, counts)
     image_ext = next((e for e in IMAGE_EXTS if e in members), None)
@@ -333,10 +342,15 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
 
 
 def _decode_m3w(sample: RawSample, record: dict[str, Any], counts: Counts) -> DocSample | None:
-    texts, images = record.get("texts") or [], record.get("images") or []
-    if len(texts) != len(images):
+    """Nodes of a record that `m3w_builder.document.check_record` accepts (the one m3w/1 check the
+    build's Document.from_json uses too); any other record is `data.bad_record`, logged, skipped."""
+    try:
+        check_record(record)
+    except RecordError as e:
         counts["data.bad_record"] += 1
+        log.warning("%s: %s: bad m3w/1 record: %s", sample.url, sample.key, e)
         return None
+    texts, images = record["texts"], record["images"]
     nodes: list[str | ImageRef] = []
     for text, image in zip(texts, images):
         if text is not None:

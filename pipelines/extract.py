@@ -4,15 +4,21 @@ A stable user contract (docs/extract.md): for an HTML file, ONE JSON object; for
 JSON line per HTML record. Each object has `url`, `texts`, `images` (`src`, `alt`, `width`, `height`),
 `lang`, `lang_score`, `drops` (reason codes of removed paragraphs and images) and `stats`; a page the
 build would drop has `"dropped": "<code>"` and `"detail"` instead of content, so the user sees why.
+
+Bounded like the build: files are read by the build's readers (`m3w_builder.sources`: a `.html.gz`
+is inflated to at most `sources.max_html_bytes` + 1, archive records are streamed within their
+caps), and every page is parsed in a child process killed at the build's per-page deadline
+(`pipelines.page_worker`), so a page libxml2 cannot finish is `html.parse_timeout`, not a hang.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-filter",
         action="store_true",
         help="skip the text filters: show the DOM extraction alone",
+    )
+    p.add_argument(
+        "--page-kill-timeout",
+        type=float,
+        help="seconds before a page's parser process is killed (default, as the build: 3×parse+5)",
     )
     p.set_defaults(func=run)
 
@@ -77,7 +88,7 @@ def is_archive(path: Path) -> bool:
     try:
         with opener(path, "rb") as f:
             start = f.read(16)
-    except OSError:
+    except (OSError, EOFError):
         return False
     return start.startswith((b"WARC/", b"filedesc://"))
 
@@ -90,9 +101,18 @@ def _iter_archive(path: Path, counts: Counts, config: BuildConfig) -> Iterator[R
     yield from iter_pages(str(path), counts, config.sources)
 
 
-def _read_html(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+def _html_page(path: Path, url: str | None, config: BuildConfig) -> RawPage | dict[str, Any]:
+    """The page of an HTML file, read as the build reads one (gzip looked through, never past
+    `max_html_bytes`: a 1.2 GB `.html.gz` costs 5 MB), or the drop the build would count."""
+    from m3w_builder.sources import read_html_file
+
+    counts = Counts()
+    page = read_html_file(str(path), counts, config.sources)
+    page_url = url or path.resolve().as_uri()
+    if page is None:
+        code = next(iter(counts), "html.unreadable")
+        return {"url": page_url, "dropped": code, "detail": f"{path}: {code}"}
+    return dataclasses.replace(page, url=page_url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,20 +126,38 @@ def run(args: argparse.Namespace) -> int:
         else BuildConfig.for_profile(args.profile)
     )
     filter_text = not args.no_filter
+    kill_timeout = args.page_kill_timeout
+    if kill_timeout is None:
+        from pipelines.page_worker import default_kill_timeout
+
+        kill_timeout = default_kill_timeout(config)
     try:
-        _emit(path, args.url, config, filter_text, sys.stdout)
+        if kill_timeout > 0:
+            from pipelines.page_worker import PageWorker
+
+            with PageWorker(config, filter_text, kill_timeout) as worker:
+                _emit(path, args.url, config, worker.run, sys.stdout)
+        else:  # 0: parse in this process (debugging; no protection against a hang)
+            _emit(path, args.url, config, lambda p: page_json(p, config, filter_text), sys.stdout)
     except BrokenPipeError:  # `m3w extract x.warc | head`: stop quietly, like other Unix filters
         sys.stderr.close()
     return 0
 
 
-def _emit(path: Path, url: str | None, config: BuildConfig, filter_text: bool, out: Any) -> None:
+def _emit(
+    path: Path,
+    url: str | None,
+    config: BuildConfig,
+    to_json: Callable[[RawPage], dict[str, Any]],
+    out: Any,
+) -> None:
     if is_archive(path):
         counts = Counts()
         for page in _iter_archive(path, counts, config):
-            out.write(json.dumps(page_json(page, config, filter_text), ensure_ascii=False) + "\n")
+            out.write(json.dumps(to_json(page), ensure_ascii=False) + "\n")
         if counts:  # reader-level skips have no page to print: summarise them on stderr
             print(f"m3w extract: reader counts {json.dumps(counts.as_dict())}", file=sys.stderr)
         return
-    page = RawPage(url=url or path.resolve().as_uri(), body=_read_html(path), source_file=str(path))
-    out.write(json.dumps(page_json(page, config, filter_text), ensure_ascii=False, indent=2) + "\n")
+    page = _html_page(path, url, config)
+    result = page if isinstance(page, dict) else to_json(page)
+    out.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")

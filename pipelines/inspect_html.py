@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,23 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+# Only an http(s) URL becomes a link: a record's `javascript:` or `data:` URL would run in the
+# gallery's origin when clicked. Nothing a browser strips or folds (leading spaces, tabs, newlines,
+# control characters) may appear, so what is checked is what the browser sees.
+_WEB_URL = re.compile(r"^https?://[^\x00-\x20\x7f]+$", re.IGNORECASE)
+
+
+def is_web_url(url: Any) -> bool:
+    return isinstance(url, str) and bool(_WEB_URL.match(url))
+
+
+def link(url: Any, label: str, cls: str) -> str:
+    """`<a>` for an http(s) URL, else the label alone (as text, never as a live link)."""
+    if not is_web_url(url):
+        return f'<span class="{cls}">{label}</span>'
+    return f'<a class="{cls}" href="{esc(url)}" rel="noreferrer noopener">{label}</a>'
+
+
 def svg_histogram(hist: Histogram, title: str, width: int = 300, height: int = 150) -> str:
     """Bars of a Histogram as inline SVG, with the first/middle/last bin edges and the max count."""
     bins = hist.bins()
@@ -211,7 +229,7 @@ def stats_section(stats: Stats, target: Target) -> str:
 
 def document_card(sample: Sample, index: int) -> str:
     """One document: metadata header, then a grid of gutter columns + content rows (see module doc)."""
-    rec = sample.record or {}
+    rec = sample.view  # schema types only: a field of another type reads as absent
     rows, spans = layout(rec)
     columns = assign_columns(spans)
     n_cols = max(columns.values(), default=-1) + 1
@@ -223,7 +241,7 @@ def document_card(sample: Sample, index: int) -> str:
                 seen_by.setdefault(r, []).append(number)
 
     meta = [
-        f'<a class="url" href="{esc(rec.get("url", ""))}">{esc(rec.get("url", ""))}</a>',
+        link(rec.get("url", ""), esc(rec.get("url", "")), "url"),
         f"key <code>{esc(sample.key)}</code> · shard {esc(sample.shard)} @ {sample.offset:,}",
         f"lang <b>{esc(rec.get('lang') or '?')}</b>"
         + (f" ({rec['lang_score']:.2f})" if isinstance(rec.get("lang_score"), int | float) else "")
@@ -265,21 +283,34 @@ def document_card(sample: Sample, index: int) -> str:
     )
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """The record's filter statistics as dotted `stage.name: value` pairs (nested dicts opened)."""
+_FLATTEN_DEPTH = 4  # the build writes stats two levels deep; deeper values are shown summarised
+_MAX_CHIPS = 200
+
+
+def _flatten(d: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """The record's filter statistics as dotted `stage.name: value` pairs (nested dicts opened, to
+    `_FLATTEN_DEPTH` levels and `_MAX_CHIPS` pairs: a hostile record cannot recurse or flood)."""
     out: list[tuple[str, Any]] = []
     for k, v in sorted(d.items()):
-        if isinstance(v, dict):
-            out += _flatten(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and depth < _FLATTEN_DEPTH:
+            out += _flatten(v, f"{prefix}{k}.", depth + 1)
         else:
             out.append((f"{prefix}{k}", v))
+        if len(out) >= _MAX_CHIPS:
+            return out[:_MAX_CHIPS]
     return out
 
 
 def _short(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
-    s = json.dumps(v) if not isinstance(v, str) else v
+    if isinstance(v, str):
+        s = v
+    else:
+        try:
+            s = json.dumps(v)
+        except (RecursionError, ValueError):
+            s = f"<{type(v).__name__}>"
     return s if len(s) <= 40 else s[:37] + "..."
 
 
@@ -308,8 +339,8 @@ def _content(
             f"{size} · {esc(fmt)} · <code>{esc(im.get('member'))}</code>"
             + (f' · alt="{esc(im["alt"])}"' if im.get("alt") else "")
             + (
-                f' · <a class="src" href="{esc(im["src"])}">{esc(_short(im["src"]))}</a>'
-                if str(im.get("src", "")).startswith(("http://", "https://"))
+                f" · {link(im['src'], esc(_short(im['src'])), 'src')}"
+                if is_web_url(im.get("src"))
                 else ""
             )
             + "</div>"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -32,13 +33,17 @@ _RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
 class TarFormatError(Exception):
-    """A shard is not a readable tar: carries the shard and the byte offset where reading failed."""
+    """A shard is not a readable tar: carries the shard, the byte offset where reading failed and a
+    problem code (`tar.truncated`, `tar.corrupt`: a checksum fails, `tar.bad_header`: a header
+    whose checksum holds but whose fields cannot be true, e.g. a pax record of length 0 or a size
+    of 2^80 bytes)."""
 
-    def __init__(self, shard: str, offset: int, message: str) -> None:
+    def __init__(self, shard: str, offset: int, message: str, code: str | None = None) -> None:
         super().__init__(f"{shard}: {message} (at byte {offset:,})")
         self.shard = shard
         self.offset = offset
         self.message = message
+        self.code = code or ("tar.truncated" if "truncated" in message else "tar.corrupt")
 
 
 # ------------------------------------------------------------------------------------------- targets
@@ -132,12 +137,18 @@ def _load_job_files(target: Target, read: Callable[[str], str | None]) -> None:
                 target.manifest.append(json.loads(line))
             except json.JSONDecodeError as e:
                 target.problems.append(f"manifest.jsonl:{lineno}: bad JSON line ({e.msg})")
+            except RecursionError:
+                target.problems.append(
+                    f"manifest.jsonl:{lineno}: bad JSON line (nested too deeply)"
+                )
     text = read("report.json")
     if text is not None:
         try:
             target.report = json.loads(text)
         except json.JSONDecodeError as e:
             target.problems.append(f"report.json: bad JSON ({e.msg})")
+        except RecursionError:
+            target.problems.append("report.json: bad JSON (nested too deeply)")
 
 
 def resolve_target(spec: str | Path) -> Target:
@@ -209,9 +220,20 @@ class Member:
     type: bytes = b"0"
 
 
+# No file can hold a member past this (it is what a signed 64-bit seek can reach): a larger size is a
+# bad header, not a truncation, and must never reach read() or seek() (OverflowError).
+MAX_MEMBER_SIZE = (1 << 63) - 1
+_ONE_READ = 64 << 20  # a pipe's member up to this size is read in one call
+
+
 def _octal(field_: bytes) -> int:
-    if field_[:1] and field_[0] & 0x80:  # GNU base-256 for sizes ≥ 8 GiB
-        return int.from_bytes(field_[1:], "big")
+    """A numeric header field: octal text, or GNU base-256 (first byte 0x80 positive, 0xff negative)
+    for sizes ≥ 8 GiB. Raises ValueError for anything that is no size."""
+    if field_[:1] and field_[0] & 0x80:
+        value = int.from_bytes(field_[1:], "big")
+        if field_[0] == 0xFF:  # two's complement negative: never a size
+            raise ValueError("negative base-256 number")
+        return value
     text = field_.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
@@ -229,15 +251,26 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def _pax_path(payload: bytes) -> str | None:
-    """The `path=` record of a pax extended header (POSIX.1-2001 pax format)."""
+    """The `path=` record of a pax extended header (POSIX.1-2001 pax format: records
+    `"%d %s=%s\n"`, the length counting the whole record). Raises ValueError for a record whose
+    length is not a number, does not cover its own "length key=" prefix (a length of 0 would
+    never advance: the reader hung forever) or runs past the header, or that lacks its newline."""
     pos = 0
     while pos < len(payload):
-        space = payload.index(b" ", pos)
-        length = int(payload[pos:space])
-        key, _, value = payload[space + 1 : pos + length - 1].partition(b"=")
+        if payload[pos:].strip(b"\0") == b"":
+            break  # some writers pad the last record with NULs
+        space = payload.find(b" ", pos, pos + 21)
+        digits = payload[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise ValueError(f"pax record at {pos}: no length")
+        length = int(digits)
+        end = pos + length
+        if end <= space + 1 or end > len(payload) or payload[end - 1 : end] != b"\n":
+            raise ValueError(f"pax record at {pos}: length {length} does not frame a record")
+        key, _, value = payload[space + 1 : end - 1].partition(b"=")
         if key == b"path":
             return value.decode("utf-8", "surrogateescape")
-        pos += length
+        pos = end
     return None
 
 
@@ -264,12 +297,28 @@ class TarReader:
                 self.size = remote_size
 
     def _read(self, n: int, what: str) -> bytes:
-        data = self.f.read(n)
-        if len(data) < n:
+        """n bytes. A member that claims more than the file holds is reported before reading; on a
+        pipe (no size to check) a claim over `_ONE_READ` is read in 1 MiB pieces, so it costs what
+        the stream holds, never an n-byte allocation up front."""
+        if self.size is not None and self.pos + n > self.size:
+            got = max(0, self.size - self.pos)
+        elif self.size is not None or n <= _ONE_READ:
+            data = self.f.read(n)
+            got = len(data)
+        else:
+            parts, got = [], 0
+            while got < n:
+                chunk = self.f.read(min(n - got, 1 << 20))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
+        if got < n:
             raise TarFormatError(
                 self.name,
-                self.pos + len(data),
-                f"truncated: {what} needs {n:,} more bytes, only {len(data):,} left",
+                self.pos + got,
+                f"truncated: {what} needs {n:,} more bytes, only {got:,} left",
             )
         self.pos += n
         return data
@@ -317,7 +366,13 @@ class TarReader:
             try:
                 size = _octal(header[124:136])
             except ValueError:
-                raise TarFormatError(self.name, start, "bad size field in tar header") from None
+                raise TarFormatError(
+                    self.name, start, "bad size field in tar header", "tar.bad_header"
+                ) from None
+            if size > MAX_MEMBER_SIZE:
+                raise TarFormatError(
+                    self.name, start, f"tar header claims a {size:,}-byte member", "tar.bad_header"
+                )
             kind = header[156:157] or b"0"
             padded = -size % BLOCK
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -333,8 +388,10 @@ class TarReader:
                         if kind == b"x"
                         else payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
                     )
-                except ValueError:
-                    raise TarFormatError(self.name, start, "bad pax extended header") from None
+                except ValueError as e:
+                    raise TarFormatError(
+                        self.name, start, f"bad pax extended header: {e}", "tar.bad_header"
+                    ) from None
                 continue
             if kind == b"g":
                 self._skip(size + padded, "global header")
@@ -382,7 +439,82 @@ class Sample:
 
     @property
     def url(self) -> str:
-        return str((self.record or {}).get("url", ""))
+        return self.view["url"]
+
+    @property
+    def view(self) -> dict[str, Any]:
+        """The record with every field a reader prints coerced to its schema type (`record_view`):
+        what stats, show, grep and html read, so a record of the wrong shape is shown, not a crash."""
+        return record_view(self.record)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _real_or_none(value: Any) -> float | None:
+    """A finite int/float (JSON's NaN and Infinity, and booleans, are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _size_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _image_view(image: Any) -> dict[str, Any] | None:
+    if not isinstance(image, dict):
+        return None
+    view = {k: _str_or_none(image.get(k)) for k in ("member", "sha256", "attach", "phash")}
+    view.update(src=_str_or_none(image.get("src")) or "", alt=_str_or_none(image.get("alt")) or "")
+    view.update(width=_size_or_none(image.get("width")), height=_size_or_none(image.get("height")))
+    return view
+
+
+def record_view(record: Any) -> dict[str, Any]:
+    """A record as the m3w/1 types (docs/format.md), whatever the shard holds: `texts` a list of str
+    or None, `images` a list of image dicts (str/int fields) or None, `url` a str, `lang`, `fetched`
+    str or None, `lang_score`, `p_next` finite floats or None, `source` and `stats` dicts. A field of
+    another type reads as absent. `verify` checks the record itself and names each such field."""
+    rec = record if isinstance(record, dict) else {}
+    texts, images = rec.get("texts"), rec.get("images")
+    source = rec.get("source") if isinstance(rec.get("source"), dict) else {}
+    stats = rec.get("stats")
+    offset = source.get("offset")
+    return {
+        "schema": _str_or_none(rec.get("schema")),
+        "key": _str_or_none(rec.get("key")),
+        "url": _str_or_none(rec.get("url")) or "",
+        "texts": [t if isinstance(t, str) else None for t in texts]
+        if isinstance(texts, list)
+        else [],
+        "images": [_image_view(im) for im in images] if isinstance(images, list) else [],
+        "lang": _str_or_none(rec.get("lang")),
+        "lang_score": _real_or_none(rec.get("lang_score")),
+        "p_next": _real_or_none(rec.get("p_next")),
+        "fetched": _str_or_none(rec.get("fetched")),
+        "source": {
+            "warc": _str_or_none(source.get("warc")),
+            "offset": offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+        },
+        "stats": stats if isinstance(stats, dict) else {},
+    }
+
+
+def parse_record(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a JSON object, else (None, why). Never raises: JSON nested deeper than
+    the interpreter's recursion limit (`[[[[...` a megabyte deep) is bad JSON, not a RecursionError
+    that ends the command."""
+    try:
+        record = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"bad JSON ({e})"
+    except RecursionError:
+        return None, "bad JSON (nested too deeply)"
+    if not isinstance(record, dict):
+        return None, "record is not a JSON object"
+    return record, None
 
 
 def iter_samples(
@@ -425,13 +557,7 @@ def iter_samples(
                 )
             current.sizes[suffix] = m.size
             if suffix == "json":
-                try:
-                    current.record = json.loads(m.data or b"")
-                    if not isinstance(current.record, dict):
-                        current.json_error = "record is not a JSON object"
-                        current.record = None
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    current.json_error = f"bad JSON ({e})"
+                current.record, current.json_error = parse_record(m.data or b"")
             else:
                 current.members[suffix] = m.data
         if current is not None:

@@ -9,6 +9,7 @@ the order the trainer sees. The arrow says which text the image conditions: → 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -38,7 +39,7 @@ def image_label(number: int, image: dict[str, Any]) -> str:
 
 def render(sample: Sample, width: int) -> str:
     """The whole document as terminal text: a header, then text chunks and image placeholders."""
-    rec = sample.record or {}
+    rec = sample.view  # schema types only: a field of another type reads as absent
     source = rec.get("source") or {}
     lang = rec.get("lang") or "?"
     if rec.get("lang_score") is not None:
@@ -82,8 +83,29 @@ def _find(target: Target, key: str | None, index: int | None, images: bool) -> S
     return None
 
 
-def write_images(sample: Sample, out_dir: Path) -> list[Path]:
-    """Write `{key}.{pos}.{ext}` files; the extension follows the bytes' real format."""
+NAME_MAX = 255  # bytes in one file name on Linux/macOS file systems (ext4, APFS, XFS)
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")  # separators, NUL, terminal control characters
+
+
+def confined_path(out_dir: Path, name: str) -> Path | None:
+    """`out_dir / name` when `name` (made from shard content) is one plain file name that stays in
+    `out_dir`, else None: no separator, NUL or control character, not `.`/`..` or hidden, at most
+    NAME_MAX bytes. A tar member named `../../x/.bashrc` or `/abs/path/pwn.1.jpg` is refused, never
+    joined (pathlib drops `out_dir` when joined to an absolute name)."""
+    if not name or name.startswith(".") or _UNSAFE_NAME.search(name):
+        return None
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return None
+    path = out_dir / name
+    if path.parent.resolve() != out_dir.resolve():  # belt and braces: pathlib's own view
+        return None
+    return path
+
+
+def write_images(sample: Sample, out_dir: Path, refused: list[str] | None = None) -> list[Path]:
+    """Write `{key}.{pos}.{ext}` files into `out_dir` and nowhere else; the extension follows the
+    bytes' real format. A name that would leave `out_dir` is appended to `refused` (with why) and
+    not written. Files are opened without following a symlink already sitting at the name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, data in sorted(sample.members.items()):
@@ -91,8 +113,21 @@ def write_images(sample: Sample, out_dir: Path) -> list[Path]:
             continue
         stem, _, ext = suffix.rpartition(".")
         ext = EXT_OF_FORMAT.get(sniff_format(data[:16]), ext)
-        path = out_dir / f"{sample.key}.{stem}.{ext}"
-        path.write_bytes(data)
+        name = f"{sample.key}.{stem}.{ext}"
+        path = confined_path(out_dir, name)
+        if path is None:
+            if refused is not None:
+                refused.append(f"{name!r}: not a plain file name inside {out_dir}")
+            continue
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:  # e.g. ELOOP: a symlink sits there
+            if refused is not None:
+                refused.append(f"{name!r}: {e.strerror}")
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         written.append(path)
     return written
 
@@ -116,12 +151,18 @@ def show(
         return False
     width = width or max(40, shutil.get_terminal_size((100, 24)).columns)
     if as_json:
-        text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+        try:
+            text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+        except RecursionError:  # json.loads took it; a deeper stack here may not
+            text = f"(record of {sample.key!r} is nested too deeply to print)\n"
     else:
         text = render(sample, width)
     if images_dir is not None:
-        paths = write_images(sample, images_dir)
+        refused: list[str] = []
+        paths = write_images(sample, images_dir, refused)
         text += f"\n{len(paths)} images written to {images_dir}\n"
+        for why in refused:
+            print(f"m3w inspect: refused to write {why}", file=sys.stderr)
     if out is not None:
         out.write(text)
     return True
@@ -153,8 +194,8 @@ def grep_target(
     """(sample, where, snippet) for the first match in each matching document; `where` is url or text N."""
     regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
     for sample in iter_target(target, images=False, on_error=on_error or _warn):
-        rec = sample.record or {}
-        url = str(rec.get("url", ""))
+        rec = sample.view
+        url = rec["url"]
         m = regex.search(url)
         if m:
             yield sample, "url", snippet(url, m)

@@ -202,6 +202,7 @@ class Stats:
                 + (sample.json_error or "no .json record")
             )
             return
+        record = sample.view  # schema types only: a field of another type reads as absent
         texts = [t for t in record.get("texts") or [] if isinstance(t, str)]
         images = [im for im in record.get("images") or [] if isinstance(im, dict)]
         self.docs += 1

@@ -239,8 +239,7 @@ def _verify_stream(path: Shard, raw: IO[bytes], check: ShardCheck, decode: bool)
                 )
         _check_trailer(f, check)
     except TarFormatError as e:
-        code = "tar.truncated" if "truncated" in e.message else "tar.corrupt"
-        check.problems.append(Problem(code, check.shard, e.message, e.offset))
+        check.problems.append(Problem(e.code, check.shard, e.message, e.offset))
     check.bytes = f.count
     check.sha256 = f.hash.hexdigest()
 

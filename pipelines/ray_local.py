@@ -19,6 +19,9 @@ docs/build.md § Offline and air-gapped machines. Token authentication stays on:
 still listen on every interface, and the token is what guards them.
 
 `--address` / `RAY_ADDRESS` (a real cluster) is passed to Ray unchanged.
+
+Before a local Ray starts, what a SIGKILLed m3w driver left of its own local Ray (the raylet's agents
+outlive it) is stopped, and the new session gets an owner file for the next time: pipelines/ray_stale.py.
 """
 
 from __future__ import annotations
@@ -61,9 +64,13 @@ def init_ray(
     m3w's fetcher ignores them, but other HTTP clients in the workers would not reach the web."""
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a local Ray: first stop what a killed m3w driver left of its own (ray_stale)
+        from pipelines.ray_stale import stop_stale_local_rays
+
+        stop_stale_local_rays()
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     with _single_node_env(enabled=not address, proxies=loopback_only):
         kwargs: dict[str, Any] = {"log_to_driver": log_to_driver, "include_dashboard": False}
         if address:
@@ -71,7 +78,23 @@ def init_ray(
         else:
             kwargs.update(local_ray_kwargs(num_cpus))
         ray.init(**kwargs)
+    if not address:
+        _mark_local_session()
     return True
+
+
+def _mark_local_session() -> None:
+    """The owner file ray_stale.py looks for, in the new local Ray's session folder."""
+    from pipelines.ray_stale import mark_session
+
+    try:
+        from ray._private import worker
+
+        session_dir = worker._global_node.get_session_dir_path()
+    except (ImportError, AttributeError) as e:  # Ray's internals moved: only the clean-up is lost
+        log.warning("cannot find the local Ray's session folder: %s", e)
+        return
+    mark_session(session_dir)
 
 
 def local_ray_kwargs(num_cpus: int | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -499,10 +500,12 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     root = Path(cfg.run.out) / "checkpoints"
     state: dict[str, Any] = {"step": 0, "data": {}}
-    found = checkpoint.latest(root) if cfg.run.resume else None
+    found = _resume(root, cfg, d) if cfg.run.resume else None
     if found is not None:
-        state = checkpoint.load(found, model=model, optimizer=optimizer, scheduler=scheduler)
-        log.warning("resumed from %s at step %d", found, state["step"])
+        state = checkpoint.apply(found, model=model, optimizer=optimizer, scheduler=scheduler)
+        log.warning("resumed from %s at step %d", found.path, state["step"])
+    resumed_from = found.path if found is not None else None
+    del found  # the loaded tensors: applied, no longer needed
     streams = Streams(cfg, parts, d, state["data"])
     if "rng" in state:  # after the DataLoader iterators drew their seeds, as in the first run
         checkpoint.set_rng_state(state["rng"])
@@ -534,7 +537,7 @@ def train(
                 on_step(step, s)
             stopped = flag.agreed(d)
             if stopped or step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
-                _save(root, step, model, optimizer, scheduler, streams, cfg)
+                _save(root, step, model, optimizer, scheduler, streams, cfg, resumed_from)
                 last_saved = step
             if stopped:
                 break
@@ -542,13 +545,14 @@ def train(
     summary = _summary(cfg, logger.history, streams, step, stopped, time.perf_counter() - t_start)
     summary["first_loss_this_run"] = first_loss
     summary["checkpoint_step"] = last_saved
+    summary["resumed_from"] = resumed_from.name if resumed_from is not None else None
     export_trainable(model, Path(cfg.run.out) / "final", d)
     if d.main:
         Path(cfg.run.out, "summary-train.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _save(root, step, model, optimizer, scheduler, streams, cfg) -> None:
+def _save(root, step, model, optimizer, scheduler, streams, cfg, resumed_from=None) -> None:
     checkpoint.save(
         root,
         step=step,
@@ -558,6 +562,41 @@ def _save(root, step, model, optimizer, scheduler, streams, cfg) -> None:
         data_state=streams.state(),
         config=cfg.to_dict(),
         keep=cfg.run.keep_checkpoints,
+        protect=[resumed_from] if resumed_from is not None else [],
+    )
+
+
+def _resume(root: Path, cfg: TrainConfig, d: Dist) -> checkpoint.Loaded | None:
+    """The newest complete checkpoint (pipelines/checkpoint.py), read for this rank, or None to
+    start at step 0, which only `--resume auto` allows: `--resume` without a usable checkpoint is
+    an error, never a silent restart (that restart then pruned the good checkpoints it overwrote).
+
+    Each newer checkpoint that was skipped is one error line naming its file. Under torchrun rank 0
+    chooses and every rank reads the same one."""
+    choice = checkpoint.Choice(None)
+    if d.main:
+        choice = checkpoint.choose(root, d.rank, d.world)
+    if d.world > 1:
+        box = [choice.path.name if choice.path else None, choice.skipped]
+        dist.broadcast_object_list(box, src=0)
+        if not d.main and box[0] is not None:
+            choice = checkpoint.Choice(checkpoint.read(root / box[0], d.rank, d.world), box[1])
+        choice.skipped = box[1]
+    if d.main:
+        for name, why in choice.skipped:
+            log.error("checkpoint %s/%s is unusable: %s; trying an older one", root, name, why)
+    if choice.loaded is not None:
+        if d.main and choice.skipped:
+            newer = ", ".join(name for name, _ in choice.skipped)
+            log.warning("resuming from %s: the newer %s were skipped (above)", choice.path, newer)
+        return choice.loaded
+    if cfg.run.resume == "auto":
+        log.warning("--resume auto: no usable checkpoint in %s, starting at step 0", root)
+        return None
+    found = f" ({len(choice.skipped)} unusable, see above)" if choice.skipped else ""
+    raise SystemExit(
+        f"m3w train: --resume: no usable checkpoint in {root}{found}; "
+        "use --resume auto to start at step 0 when there is none"
     )
 
 
@@ -694,6 +733,12 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _resume_flag(value: str) -> str:
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', not {value!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML TrainConfig (model/data/optim/run sections)")
     p.add_argument("--shards", nargs="*", help="shard pattern(s); several make an equal mixture")
@@ -717,7 +762,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--log-every", type=int)
-    p.add_argument("--resume", action="store_true", default=None)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_resume_flag,
+        metavar="auto",
+        help="continue from the newest complete checkpoint (an error if there is none); "
+        "`--resume auto`: continue if there is one, else start at step 0",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     p.add_argument("--strategy", choices=["ddp", "fsdp"])
@@ -726,9 +780,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
 
 
+_DISK_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except OSError as e:  # a read-only or full --out: one line, not a traceback
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        raise SystemExit(f"m3w train: {e.strerror or e}{where} (--out {cfg.run.out})") from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"m3w train: {cfg.run.out}")
         print_summary(summary)

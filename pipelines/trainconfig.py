@@ -63,7 +63,9 @@ class RunSection:
     checkpoint_every: int = 500  # also at the end and on SIGTERM/SIGINT
     keep_checkpoints: int = 2
     log_every: int = 10
-    resume: bool = False  # continue from out/checkpoints/latest when present
+    # True: continue from the newest complete checkpoint, an error if there is none; "auto":
+    # continue if there is one, else start at step 0; False: start at step 0
+    resume: bool | str = False
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU | bf16 | fp32
     strategy: str = "ddp"  # ddp | fsdp (for LMs that do not fit one GPU)
@@ -74,6 +76,8 @@ class RunSection:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        if self.resume not in (True, False, "auto"):
+            raise ValueError(f"run.resume must be true, false or auto, got {self.resume!r}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"run.strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.precision not in ("auto", "bf16", "fp32"):

@@ -438,18 +438,33 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _killed_session(driver_pid: int):
+    """The local Ray session folder the m3w driver `driver_pid` started (its owner file)."""
+    from pipelines.ray_stale import OWNER_FILE, STOPPED_FILE, ray_temp_root
+
+    for name in (OWNER_FILE, STOPPED_FILE):
+        for marker in ray_temp_root().glob(f"session_*/{name}"):
+            if json.loads(marker.read_text()).get("pid") == driver_pid:
+                return marker.parent
+    return None
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("kill", ["group", "driver"])
 def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_documents(
-    site, site_build, tmp_path
+    site, site_build, tmp_path, kill
 ):
-    """SIGKILL the whole driver process group (driver and the local Ray it started) once the first
-    unit is done, then rerun the same command: same keys, no duplicates, same bytes."""
+    """SIGKILL the whole driver process group (driver and the local Ray it started), or the driver
+    alone (as `kill -9` or the OOM killer do: the raylet's agents outlived it), once the first unit is
+    done, then rerun the same command: same keys, no duplicates, same bytes, and nothing of the
+    killed run's local Ray is left running."""
     import os
     import signal
     import subprocess
     import sys
 
     from pipelines.build import run_build
+    from pipelines.ray_stale import session_pids
 
     out = tmp_path / "killed"
     command = [
@@ -469,10 +484,16 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_documents(
             "the first finished unit",
         )
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if kill == "group":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "manifest.jsonl").exists()  # killed before the end
+    session = _killed_session(proc.pid)
+    assert session is not None, "the killed driver's local Ray left no owner file"
     report = run_build([site["urls"]], _site_config(), _site_options(out))
+    assert session_pids(session) == [], f"processes of {session} still running"
     reference, _ = site_build
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == report["documents"]
@@ -514,6 +535,9 @@ def test_worker_killed_mid_task_is_retried_by_ray(site, site_build, tmp_path):
         done.set()
         thread.join()
     assert killed, "no task was caught running (the site's delay should make tasks last > 0.1 s)"
+    from pipelines.ray_stale import is_running
+
+    assert not is_running(killed[0])  # nothing of the killed worker is left running
     reference, _ = site_build
     assert [m["sha256"] for m in _manifest(tmp_path / "out")] == [
         m["sha256"] for m in _manifest(reference)
