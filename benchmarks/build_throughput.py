@@ -61,6 +61,7 @@ def library_loop(warcs: list[str], out: Path) -> tuple[int, int]:
     archive = ArchiveIndex.build(warcs, counts)
     pages = docs = 0
     batch = []
+    keys: set[str] = set()  # a URL captured twice is one document (a shard holds a key once)
     with RollingShardWriter(out, docs_per_shard=100, max_shard_bytes=10**9) as writer:
 
         def flush() -> int:
@@ -75,9 +76,13 @@ def library_loop(warcs: list[str], out: Path) -> tuple[int, int]:
             for page in iter_pages(path, counts, c.sources):
                 pages += 1
                 try:
-                    batch.append(page_to_document(page, c))
+                    doc = page_to_document(page, c)
                 except Skip:
                     continue
+                if doc.key in keys:
+                    continue
+                keys.add(doc.key)
+                batch.append(doc)
                 if len(batch) == 32:
                     docs += flush()
         docs += flush()

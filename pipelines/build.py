@@ -88,6 +88,7 @@ def run_build(
     )
     parts = options.partitions or partitions_for(_input_bytes(units))
     _check_or_record_job(job, inputs, config, options, units, parts)
+    stages.remove_stale_attempts(job)
     extract_options = stages.ExtractOptions(
         run_id=uuid.uuid4().hex,
         page_kill_timeout_s=(

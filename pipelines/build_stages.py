@@ -117,6 +117,34 @@ def attempt_tmp(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
+STALE_ATTEMPT_S = 600.0  # an attempt's temporary file untouched this long belongs to a dead task
+
+
+def remove_stale_attempts(job: JobDir, older_than_s: float = STALE_ATTEMPT_S) -> int:
+    """Remove the temporary files and part folders (`*.tmp`, attempt_tmp) that killed attempts
+    left under `_work/` — a write attempt killed with its node leaves a partial tar of tens of MB.
+    Only leftovers untouched for `older_than_s` go: a live attempt (of this run, or of another
+    build on the same `--out`) writes its file continuously. Returns how many were removed."""
+    if not job.work.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for path in list(job.work.rglob("*.tmp")):
+        try:
+            paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+            newest = max(p.stat().st_mtime for p in paths)
+        except OSError:
+            continue
+        if now - newest < older_than_s:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+        log.info("removed a stale attempt's leftover %s", path)
+    return removed
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write-then-rename: readers see the old file or the whole new one, never a torn write."""
     path.parent.mkdir(parents=True, exist_ok=True)

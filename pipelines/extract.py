@@ -110,7 +110,10 @@ def _html_page(path: Path, url: str | None, config: BuildConfig) -> RawPage | di
     page = read_html_file(str(path), counts, config.sources)
     page_url = url or path.resolve().as_uri()
     if page is None:
-        code = next(iter(counts), "html.unreadable")
+        from m3w_builder.reasons import reason
+
+        drops = [c for c in counts if reason(c).kind == "drop"]
+        code = drops[0] if drops else "html.unreadable"
         return {"url": page_url, "dropped": code, "detail": f"{path}: {code}"}
     return dataclasses.replace(page, url=page_url)
 

@@ -52,11 +52,15 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = attempt_tmp(path)
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temporary file behind
+        raise
 
 
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:

@@ -665,3 +665,24 @@ def test_max_docs_reads_only_the_shortest_prefix_of_units_that_holds_n_documents
         use_ray=False,
     )  # fmt: skip
     assert again["pages"] == 8 and _keys(tmp_path / "cap_local") == keys
+
+
+def test_a_rerun_removes_what_killed_attempts_left_but_not_live_ones(tmp_path):
+    import os
+    import time
+
+    job = stages.JobDir(tmp_path)
+    stale = job.write_dir(3).with_name("00003.4242-deadbeef.tmp")
+    (stale / "000000.tar.tmp").parent.mkdir(parents=True)
+    (stale / "000000.tar").write_bytes(b"x" * 1000)  # the partial part shard of a dead attempt
+    stale_file = job.extract_docs(1).with_name("00001.docs.jsonl.gz.77-abc.tmp")
+    stale_file.parent.mkdir(parents=True)
+    stale_file.write_bytes(b"partial")
+    live = job.write_dir(4).with_name("00004.99-cafe.tmp")
+    live.mkdir()
+    (live / "000000.tar").write_bytes(b"being written")
+    old = time.time() - 2 * stages.STALE_ATTEMPT_S
+    for p in (stale, stale / "000000.tar", stale_file):
+        os.utime(p, (old, old))
+    assert stages.remove_stale_attempts(job) == 2
+    assert not stale.exists() and not stale_file.exists() and live.exists()
