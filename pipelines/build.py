@@ -420,7 +420,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build",
         help="build WebDataset shards from WARC/HTML/URL inputs on Ray",
-        description="Build m3w/1 shards from WARC/ARC files, HTML files or folders, and URL lists "
+        description="Build m3w/2 WebDataset shards from WARC/ARC files, HTML files or folders, and URL lists "
         "(local paths, globs, or fsspec URLs). Running it again on the same --out resumes.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")

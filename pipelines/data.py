@@ -20,7 +20,7 @@ Every random choice (window start, resampled attachment draw, shuffle buffer) is
 position sees exactly the batches of an uninterrupted one (tests/test_train.py checks the losses).
 
 Drops are counted with reason codes `data.<why>` and never stop the stream: a shard that cannot be
-opened or is truncated, a record that is not JSON or not schema m3w/1, a document with no text, an image
+opened or is truncated, a record that is not JSON or not schema m3w/1 or m3w/2, a document with no text, an image
 that does not decode (that image becomes an invalid slot; its text stays).
 """
 
@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from m3w_builder.document import READABLE_SCHEMAS, RecordError, read_shard_sample
 from m3w_builder.reasons import Counts
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ class DocSample:
 
 
 def decode(sample: RawSample, counts: Counts) -> DocSample | None:
-    """m3w/1 record → nodes; a LAION-style pair (`jpg` + `txt`) → [image, caption] (Flamingo trains
+    """m3w/1 or m3w/2 record → nodes; a LAION-style pair (`jpg` + `txt`) → [image, caption] (Flamingo trains
     image-text pairs as the one-image case `<image> caption <EOC>`)."""
     members = sample.members
     if "json" in members and isinstance(members["json"], bytes | str):
@@ -318,7 +319,7 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
         except (ValueError, UnicodeDecodeError):
             counts["data.bad_json"] += 1
             return None
-        if record.get("schema") == "m3w/1":
+        if record.get("schema") in READABLE_SCHEMAS:
             return _decode_m3w(sample, record, counts)
     image_ext = next((e for e in IMAGE_EXTS if e in members), None)
     caption_ext = next((e for e in CAPTION_EXTS if e in members), None)
@@ -332,7 +333,24 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
     return None
 
 
+def _read_m3w(
+    sample: RawSample, record: dict[str, Any], counts: Counts
+) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """m3w/1 or m3w/2 sample → the m3w/1-shaped record and its images by member name; one
+    reader (`m3w_builder.document.read_shard_sample`) for the loader, inspect and the writer."""
+    try:
+        return read_shard_sample(record, sample.members)
+    except RecordError as e:
+        counts["data.bad_record"] += 1
+        log.warning("sample %s of %s: %s", sample.key, sample.url, e)
+        return None
+
+
 def _decode_m3w(sample: RawSample, record: dict[str, Any], counts: Counts) -> DocSample | None:
+    read = _read_m3w(sample, record, counts)
+    if read is None:
+        return None
+    record, members = read
     texts, images = record.get("texts") or [], record.get("images") or []
     if len(texts) != len(images):
         counts["data.bad_record"] += 1
@@ -344,7 +362,7 @@ def _decode_m3w(sample: RawSample, record: dict[str, Any], counts: Counts) -> Do
                 nodes.append(text)
         elif image is not None:
             member = (image.get("member") or "").lower()
-            data = sample.members.get(member)
+            data = members.get(member)
             if data is None:
                 counts["data.missing_image"] += 1
             nodes.append(ImageRef(data, image.get("attach") == "preceding"))

@@ -158,7 +158,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, help="the N-th document of the target (from 0)")
     p.add_argument("--images", metavar="DIR", help="also write the document's images to DIR")
     p.add_argument("--width", type=int, help="wrap width (default: the terminal's)")
-    p.add_argument("--json", action="store_true", help="print the shard record (schema m3w/1)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the shard record as stored (schema m3w/2 or m3w/1)",
+    )
 
     p = add("verify", cmd_verify, "schema, members, images, manifest and tar integrity")
     p.add_argument("--jobs", type=int, default=1, help="verify shards in N processes")
