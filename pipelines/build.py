@@ -31,6 +31,7 @@ from typing import Any
 
 from m3w_builder.config import PROFILES, BuildConfig
 from pipelines import build_stages as stages
+from pipelines.cli_help import DefaultsFormatter
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def run_build(
     `use_ray=False` runs the very same stages one after another in this process (the benchmark's
     baseline, and a debugging aid): the output is byte-identical to a Ray build."""
     started = time.perf_counter()
+    _check_out(options.out)
+    stages.check_inputs(inputs)
     job = stages.JobDir(options.out)
     units = stages.plan_units(
         inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
@@ -86,7 +89,7 @@ def run_build(
         not use_ray
     ):  # a watchdog _exit() would take the whole driver down: no retry to skip the page
         extract_options.page_kill_timeout_s = 0.0
-    progress = _Progress(len(units), enabled=options.progress)
+    progress = _Progress(len(units), enabled=options.progress)  # phase 1 of 2: extract
     limit = _PrefixLimit(options.max_docs, len(units)) if options.max_docs else None
     with _RayExecutor(options) if use_ray else _LocalExecutor() as executor:
         # stage 1: extract (and index archives)
@@ -108,7 +111,7 @@ def run_build(
         archive = stages.load_archive_index(job, extract_stats)
         # stage 3: write part shards, one task per shard's worth of documents
         groups = stages.plan_write_groups(extract_stats, decisions, config.shards.docs_per_shard)
-        progress.bar.total = progress.bar.n + len(groups)
+        progress.phase("write", len(groups))  # a new bar: each phase's total is known at its start
         write_stats = executor.map(
             stages.write_unit,
             groups,
@@ -120,21 +123,57 @@ def run_build(
     progress.close()
     # stage 4: contiguous shard names, manifest, report
     infos = stages.finalize(job, write_stats)
+    run_seconds = time.perf_counter() - started
+    earlier = _earlier_runs_seconds(job)
+    tasks = len(units) + len(groups)
+    run_pages = sum(st["pages"] for st in extract_stats) - progress.resumed_pages
     report = stages.build_report(
         extract_stats,
         write_stats,
         infos,
-        seconds=time.perf_counter() - started,
+        seconds=earlier + run_seconds,  # the job's: every run that finished, this one included
         extra={
             "units": len(units),
             "write_groups": len(groups),
-            "tasks_resumed": progress.resumed,  # >0: pages/s mixes this run with an earlier one
+            "tasks_resumed": progress.resumed,
+            "last_run": {
+                "seconds": round(run_seconds, 3),
+                "tasks_done": tasks - progress.resumed,
+                "tasks_already_done": progress.resumed,
+                "pages": run_pages,
+                "pages_per_s": round(run_pages / run_seconds, 2) if run_seconds > 0 else None,
+            },
             "seed": config.seed,
             "profile": config.profile,
         },
     )
+    _record_run(job, run_seconds)
     stages.atomic_write_json(job.report, report)
     return report
+
+
+def _earlier_runs_seconds(job: stages.JobDir) -> float:
+    """Wall seconds of the earlier runs that finished this job's folder (`_work/runs.json`)."""
+    path = job.work / "runs.json"
+    return sum(stages.read_json(path)) if path.exists() else 0.0
+
+
+def _record_run(job: stages.JobDir, seconds: float) -> None:
+    path = job.work / "runs.json"
+    runs = stages.read_json(path) if path.exists() else []
+    stages.atomic_write_json(path, [*runs, round(seconds, 3)])
+
+
+def _check_out(out: str) -> None:
+    """`--out` must be a folder (new, or a job of this build to resume): never a file."""
+    from m3w_builder.errors import OutputError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder for the job")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--out {out}: {parent} is a file, not a folder")
 
 
 class _PrefixLimit:
@@ -354,18 +393,29 @@ def _check_or_record_job(
 
 
 class _Progress:
-    """One live bar over the job's tasks with the running totals the issue asks for."""
+    """One live bar per phase (extract, then write) with the running totals; each bar's total is
+    the phase's task count, known when the phase starts, so it never changes mid-run."""
 
     def __init__(self, n_units: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=2 * n_units, unit="task", desc="build", disable=not enabled)
+        self.enabled = enabled
         self.totals = {"pages": 0, "docs": 0, "images": 0, "shards": 0}
         self.resumed = 0  # tasks read back from an earlier run's markers
+        self.resumed_pages = 0  # pages of the extract tasks read back
+        self.bar = self._bar("extract", n_units)
+
+    def _bar(self, desc: str, total: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="task", desc=desc, disable=not self.enabled)
+
+    def phase(self, desc: str, total: int) -> None:
+        self.bar.close()
+        self.bar = self._bar(desc, total)
 
     def extracted(self, stats: dict[str, Any], resumed: bool) -> None:
         self.totals["pages"] += stats["pages"]
         self.resumed += resumed
+        self.resumed_pages += stats["pages"] if resumed else 0
         self._tick()
 
     def written(self, stats: dict[str, Any], resumed: bool) -> None:
@@ -384,6 +434,12 @@ class _Progress:
 
 
 def summary_table(report: dict[str, Any], top: int = 15) -> str:
+    """The end-of-build table: the job's totals (all runs), then what this run did."""
+    last = report.get("last_run") or {}
+    head: list[str] = []
+    if last and last.get("tasks_done") == 0:
+        n = last["tasks_already_done"]
+        head = [f"{n}/{n} units already done: nothing to build. The job's totals:", ""]
     rows = [
         ("pages read", report["pages"]),
         ("documents extracted", report["documents_extracted"]),
@@ -395,12 +451,21 @@ def summary_table(report: dict[str, Any], top: int = 15) -> str:
         ("pages/s", report["pages_per_s"]),
         ("documents/s", report["docs_per_s"]),
     ]
+    if last and last.get("tasks_already_done"):  # a resumed job: this run apart from the totals
+        rows += [
+            ("this run: seconds", last["seconds"]),
+            (
+                "this run: tasks done",
+                f"{last['tasks_done']} (+{last['tasks_already_done']} before)",
+            ),
+            ("this run: pages/s", last["pages_per_s"]),
+        ]
     from pipelines.funnel import format_funnel
 
     counts = report.get("drops", report["counts"])  # drop reasons only (older reports: all)
     drops = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     width = max(len(k) for k, _ in rows + drops) if drops else 20
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines = head + [f"{k:<{width}}  {v}" for k, v in rows]
     if report.get("funnel"):
         lines += ["", format_funnel(report["funnel"])]
     if drops:
@@ -420,21 +485,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build",
         help="build WebDataset shards from WARC/HTML/URL inputs on Ray",
+        formatter_class=DefaultsFormatter,
         description="Build m3w/2 WebDataset shards from WARC/ARC files, HTML files or folders, and URL lists "
         "(local paths, globs, or fsspec URLs). Running it again on the same --out resumes.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="WARC/ARC files, HTML files or folders, URL lists (.txt/.urls); globs and fsspec URLs",
+    )
     p.add_argument("--out", required=True, help="job folder: shards/, manifest.jsonl, report.json")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--profile", choices=PROFILES, help="threshold profile (default m3w)")
     p.add_argument("--config", help="YAML file overriding any BuildConfig field")
     p.add_argument("--seed", type=int, help="seed of the attachment draw (default 0)")
-    p.add_argument("--attach", choices=("per-document", "per-image"), help="attachment draw")
-    p.add_argument("--p-next", type=float, help="probability an image attaches to the next text")
-    p.add_argument("--max-docs", type=int, help="keep at most N documents (first in input order)")
-    p.add_argument("--docs-per-shard", type=int)
-    p.add_argument("--max-shard-bytes", type=int)
+    p.add_argument(
+        "--attach",
+        choices=("per-document", "per-image"),
+        help="attachment draw (default: per-document, Flamingo's)",
+    )
+    p.add_argument(
+        "--p-next", type=float, help="probability an image attaches to the next text (default 0.5)"
+    )
+    p.add_argument(
+        "--limit",
+        "--max-docs",
+        dest="max_docs",
+        metavar="N",
+        type=int,
+        help="keep at most N documents, the first in input order (default: all)",
+    )
+    p.add_argument("--docs-per-shard", type=int, help="documents per shard (default 1000)")
+    p.add_argument("--max-shard-bytes", type=int, help="bytes per shard, about (default 500000000)")
     p.add_argument(
         "--allow-private-hosts",
         action="store_true",

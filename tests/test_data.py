@@ -380,12 +380,15 @@ def test_an_m3w_2_images_member_that_does_not_match_is_a_counted_skip(
 ):
     import msgpack
 
-    doc = tiny.synthetic_document(0, 3, max_images=2)
+    doc, good = (tiny.synthetic_document(i, 3, max_images=2) for i in range(2))
     record, _ = doc.to_shard()
+    good_record, good_images = good.to_shard()
     with tarfile.open(tmp_path / "000000.tar", "w") as tar:
         for name, payload in (
             (f"{doc.key}.json", json.dumps(record).encode()),
             (f"{doc.key}.images.mp", msgpack.packb([None])),  # one entry for many positions
+            (f"{good.key}.json", json.dumps(good_record).encode()),  # a batch to carry the counts
+            (f"{good.key}.images.mp", good_images),
         ):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
