@@ -55,6 +55,7 @@ class JobOptions:
     urls_per_unit: int = 256
     progress: bool = True
     loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
+    log_level: int | None = None  # the workers' (None: this process's root logger level)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -304,7 +305,12 @@ class _RayExecutor(_LocalExecutor):
 
     def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None):  # noqa: D102
         ray = self.ray
-        remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(fn)
+        remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.run_logged)
+        level = self.options.log_level
+        level = logging.getLogger().getEffectiveLevel() if level is None else level
+        log_dir = str(Path(self.options.out) / "_work" / "logs")
+        stage = fn.__name__.removesuffix("_unit")
+        head = [ray.put(fn), stage, level, log_dir]
         shared_refs = [ray.put(arg) for arg in shared]
         results: dict[int, Any] = {}
         pending: dict[Any, stages.WorkUnit] = {}
@@ -336,7 +342,7 @@ class _RayExecutor(_LocalExecutor):
             while len(pending) >= self.max_in_flight:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 collect(ready)
-            pending[remote.remote(unit, *shared_refs)] = unit
+            pending[remote.remote(*head, unit, *shared_refs)] = unit
         if stopped:
             for ref in pending:  # their outputs are temporary files until complete: harmless
                 ray.cancel(ref)

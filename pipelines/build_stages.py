@@ -129,6 +129,38 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def run_logged(
+    fn: Any, stage: str, log_level: int, log_dir: str, unit: WorkUnit, *shared: Any
+) -> Any:
+    """Run one task with the job's logging: records at `log_level` and above go to the console
+    (a Ray worker's stderr, which Ray forwards to the driver) and to the task's own file,
+    `_work/logs/{stage}-{unit:05d}.log`, so why page X was skipped can be looked up afterwards.
+
+    Why here and not once per worker: Ray workers are separate processes that never ran the
+    CLI's `logging.basicConfig`, and a worker runs many tasks; each task attaches its file
+    handler for its own duration. An earlier attempt's file is appended to, not replaced."""
+    root = logging.getLogger()
+    root.setLevel(log_level)
+    if not any(getattr(h, "_m3w_console", False) for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        console._m3w_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    for handler in root.handlers:
+        if getattr(handler, "_m3w_console", False):
+            handler.setLevel(log_level)
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(Path(log_dir) / f"{stage}-{unit.index:05d}.log")
+    file_handler.setLevel(log_level)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    try:
+        return fn(unit, *shared)
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # plan
 

@@ -186,3 +186,26 @@ def test_ctrl_c_during_a_build_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "m3w build: interrupted; run the same command again to resume" in err
+
+
+@pytest.mark.slow
+def test_log_level_reaches_the_ray_workers_and_piped_output_is_plain(tmp_path):
+    """--log-level DEBUG: the workers' per-record skip lines reach the console and the task log
+    files under _work/logs/; piped output carries no ANSI colour; at the default level Ray's
+    "token authentication is enabled" note is not printed for m3w's local Ray."""
+    from test_report_counts import write_archive
+
+    write_archive(tmp_path / "c.warc.gz")
+    debug = m3w(
+        "--log-level", "DEBUG", "build", "c.warc.gz", "--out", "job", "--num-cpus", "1",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert debug.returncode == 0, debug.stderr[-2000:]
+    assert "warc.not_html c.warc.gz@" in debug.stderr  # a worker's line, on the driver's console
+    assert "\x1b[" not in debug.stderr + debug.stdout
+    logs = tmp_path / "job" / "_work" / "logs"
+    assert "warc.not_html" in (logs / "extract-00000.log").read_text()
+    quiet = m3w("build", "c.warc.gz", "--out", "job2", "--num-cpus", "1", cwd=tmp_path, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "Token authentication is enabled" not in quiet.stderr
+    assert "DEBUG" not in quiet.stderr
