@@ -306,6 +306,7 @@ class _RayExecutor(_LocalExecutor):
     def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None):  # noqa: D102
         ray = self.ray
         remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.run_logged)
+        remote = remote.options(name=fn.__name__)  # the worker's title: ray::extract_unit, ...
         level = self.options.log_level
         level = logging.getLogger().getEffectiveLevel() if level is None else level
         log_dir = str(Path(self.options.out) / "_work" / "logs")
