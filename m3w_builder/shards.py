@@ -160,14 +160,21 @@ class ShardSample:
     """One sample read back from a shard: the JSON record and its image members by member name."""
 
     key: str
-    record: dict[str, Any]
-    members: dict[str, bytes]
+    record: dict[str, Any]  # the m3w/1-shaped view (`member` names), whatever the schema
+    members: dict[str, bytes]  # image bytes by member name ("1.jpg"), whatever the schema
     offset: int  # byte offset of the sample's first tar header in the shard
+    stored: dict[str, Any] | None = None  # an m3w/2 record as stored
 
     def document(self) -> Document:
-        """The Document of a sample of either schema (m3w/1 or m3w/2)."""
-        record, members = read_shard_sample(self.record, self.members)
-        return Document.from_json(record, members)
+        return Document.from_json(self.record, self.members)
+
+
+def _view(sample: ShardSample) -> ShardSample:
+    """Readers see one shape: an m3w/2 sample becomes the m3w/1-shaped view (read_shard_sample)."""
+    if sample.record.get("schema") == SCHEMA:
+        sample.stored = sample.record
+        sample.record, sample.members = read_shard_sample(sample.record, sample.members)
+    return sample
 
 
 def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]:
@@ -189,14 +196,14 @@ def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]
             data = tar.extractfile(info).read()  # type: ignore[union-attr]
             if current is None or key != current.key:
                 if current is not None:
-                    yield current
+                    yield _view(current)
                 current = ShardSample(key=key, record={}, members={}, offset=info.offset)
             if suffix == "json":
                 current.record = json.loads(data)
             else:
                 current.members[suffix] = data
     if current is not None:
-        yield current
+        yield _view(current)
 
 
 def estimated_bytes(doc: Document, schema: str = SCHEMA) -> int:
