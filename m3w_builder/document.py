@@ -1,19 +1,35 @@
-"""Records that flow through the build: RawPage in, Document out, and the shard JSON of schema m3w/1.
+"""Records that flow through the build: RawPage in, Document out, and the shard records of schemas
+m3w/1 and m3w/2.
 
 A Document is an ordered list of nodes (text chunks and images) in DOM reading order. On disk it becomes
 the OBELICS-style parallel lists `texts` / `images` (DESIGN §3): at each position exactly one of the two
 is non-null. Keeping one ordered node list in memory (instead of two parallel lists) makes it impossible
 to build a document whose lists disagree in length.
+
+`Document.to_json()` is the m3w/1-shaped record: the extract stage's working files and `m3w extract`
+use it, and it is the one view every reader works on. The shard writer writes m3w/2 (`to_shard()`):
+the same content with one fixed set of members per sample and one JSON type per field, so that
+Hugging Face `datasets`, which infers a table schema from a shard's first samples, can read the shards
+(docs/format.md § Why m3w/2). `read_shard_sample` turns a sample of either schema back into the
+m3w/1-shaped view, so readers never branch on the schema.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = "m3w/1"
+SCHEMA = "m3w/2"  # what the shard writer writes
+SCHEMA_V1 = "m3w/1"  # the extract-stage record, and shards written before m3w/2
+READABLE_SCHEMAS = (SCHEMA_V1, SCHEMA)
+IMAGES_MEMBER = "images.mp"  # m3w/2: one msgpack list of every image's bytes, parallel to texts
+
+
+class RecordError(ValueError):
+    """A shard sample that does not hold a readable m3w record (names what is wrong)."""
 
 
 @dataclass(slots=True)
@@ -136,9 +152,10 @@ class Document:
         return sep.join(n.text for n in self.nodes if isinstance(n, TextNode))
 
     def to_json(self) -> dict[str, Any]:
-        """The shard record `{key}.json` (DESIGN §3)."""
+        """The m3w/1-shaped record (DESIGN §3): extract-stage files, `m3w extract`, and the view
+        `read_shard_sample` gives of a shard sample of any schema."""
         return {
-            "schema": SCHEMA,
+            "schema": SCHEMA_V1,
             "key": self.key,
             "url": self.url,
             "source": {"warc": self.source_file, "offset": self.source_offset},
@@ -157,10 +174,9 @@ class Document:
     @classmethod
     def from_json(cls, record: dict[str, Any], members: dict[str, bytes] | None = None) -> Document:
         """Inverse of to_json; `members` maps "{pos}.{ext}" to image bytes when they are at hand.
-        Raises RecordError (a ValueError) for anything `check_record` refuses."""
+        The record is m3w/1-shaped (an m3w/2 shard sample goes through `read_shard_sample`
+        first). Raises RecordError (a ValueError) for anything `check_record` refuses."""
         check_record(record)
-        if record.get("schema") != SCHEMA:
-            raise ValueError(f"unsupported schema {record.get('schema')!r}, expected {SCHEMA!r}")
         texts, images = record["texts"], record["images"]
         if len(texts) != len(images):
             raise ValueError(f"texts ({len(texts)}) and images ({len(images)}) differ in length")
@@ -201,14 +217,139 @@ class Document:
             stats=record.get("stats") or {},
         )
 
+    def to_shard(self) -> tuple[dict[str, Any], bytes]:
+        """The m3w/2 sample: (`{key}.json` record, `{key}.images.mp` bytes), docs/format.md."""
+        return self.shard_record(), self.packed_images()
+
+    def shard_record(self) -> dict[str, Any]:
+        """The m3w/2 record. Why its rules: `datasets.load_dataset("webdataset", ...)` infers one
+        Arrow type per field from a shard's first five samples and casts every later sample to
+        it. Members named `{key}.{pos}.jpg` give samples different columns (an error); a field
+        null in those five and a string later fails the cast; a key first seen later is lost. So
+        every sample has the same two members, every key is always present, no scalar is ever
+        null (the empty string means unknown, a score is 0.0 when its label is empty, p_next is
+        -1 when no draw was made), and the free-form `stats` is a JSON string."""
+        images: list[dict[str, Any] | None] = []
+        for pos, node in enumerate(self.nodes):
+            if not isinstance(node, ImageNode):
+                images.append(None)
+                continue
+            if node.data is None or not node.ext:
+                raise ValueError(f"{self.url}: image at position {pos} has no stored bytes")
+            images.append(
+                {
+                    "ext": node.ext,
+                    "src": node.src,
+                    "alt": node.alt or "",
+                    "width": int(node.width or 0),
+                    "height": int(node.height or 0),
+                    "sha256": node.sha256 or "",
+                    "phash": node.phash or "",
+                    "src_page": node.src_page or "",
+                    "attach": node.attach or "",
+                }
+            )
+        return {
+            "schema": SCHEMA,
+            "key": self.key,
+            "url": self.url,
+            "source": {"warc": self.source_file or "", "offset": int(self.source_offset or 0)},
+            "fetched": self.fetched or "",
+            "lang": self.lang or "",
+            "lang_score": float(self.lang_score or 0.0),
+            "texts": self.texts,
+            "images": images,
+            "p_next": float(self.p_next if self.p_next is not None else -1.0),
+            "stats": json.dumps(self.stats, ensure_ascii=False, sort_keys=True),
+        }
+
+    def packed_images(self) -> bytes:
+        """`{key}.images.mp`: a msgpack array parallel to `texts`, the image bytes at image
+        positions and nil elsewhere (`datasets` and `webdataset` decode `.mp` members)."""
+        import msgpack
+
+        return msgpack.packb(
+            [n.data if isinstance(n, ImageNode) else None for n in self.nodes], use_bin_type=True
+        )
+
+
+def _v2_to_v1(record: dict[str, Any], packed: bytes | None) -> tuple[dict[str, Any], dict]:
+    """An m3w/2 record and its images member → (m3w/1-shaped record, {"{pos}.{ext}": bytes})."""
+    import msgpack
+
+    texts, images = record.get("texts"), record.get("images")
+    if not isinstance(texts, list) or not isinstance(images, list):
+        raise RecordError("texts and images must both be lists")
+    members: dict[str, bytes] = {}
+    if packed is not None:
+        try:
+            blobs = msgpack.unpackb(packed, raw=False)
+        except Exception as e:  # noqa: BLE001 - any unpacking failure is the finding
+            raise RecordError(f"{IMAGES_MEMBER} is not msgpack: {type(e).__name__}: {e}") from e
+        if not isinstance(blobs, list) or len(blobs) != len(images):
+            n = len(blobs) if isinstance(blobs, list) else type(blobs).__name__
+            raise RecordError(f"{IMAGES_MEMBER} holds {n} entries for {len(images)} positions")
+    else:
+        blobs = [None] * len(images)
+    v1_images: list[dict[str, Any] | None] = []
+    for pos, (image, blob) in enumerate(zip(images, blobs)):
+        if not isinstance(image, dict):
+            if blob is not None:
+                raise RecordError(f"{IMAGES_MEMBER} has bytes at text position {pos}")
+            v1_images.append(image)
+            continue
+        member = f"{pos}.{image.get('ext')}" if image.get("ext") else None
+        if member is not None and isinstance(blob, bytes):
+            members[member] = blob
+        entry = {
+            "member": member,
+            "src": image.get("src"),
+            "alt": image.get("alt"),
+            "width": image.get("width") or None,
+            "height": image.get("height") or None,
+            "sha256": image.get("sha256") or None,
+            "attach": image.get("attach") or None,
+        }
+        for optional in ("phash", "src_page"):
+            if image.get(optional):
+                entry[optional] = image[optional]
+        v1_images.append(entry)
+    stats = record.get("stats")
+    try:
+        stats = json.loads(stats) if isinstance(stats, str) else (stats or {})
+    except json.JSONDecodeError as e:
+        raise RecordError(f"stats is not a JSON string ({e.msg})") from e
+    p_next = record.get("p_next")
+    view = {
+        **record,
+        "fetched": record.get("fetched") or None,
+        "lang": record.get("lang") or None,
+        "lang_score": record.get("lang_score") if record.get("lang") else None,
+        "images": v1_images,
+        "p_next": None if p_next is None or p_next < 0 else p_next,
+        "stats": stats,
+    }
+    return view, members
+
+
+def read_shard_sample(
+    record: dict[str, Any], members: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One shard sample of either schema → (m3w/1-shaped record, {"{pos}.{ext}": bytes}).
+
+    `members` maps the member suffixes after the key ("1.jpg", or "images.mp") to their bytes.
+    The record keeps its own `schema` value, so a reader can still tell where it came from."""
+    schema = record.get("schema")
+    if schema == SCHEMA_V1:
+        return record, {k: v for k, v in members.items() if k != "json"}
+    if schema == SCHEMA:
+        return _v2_to_v1(record, members.get(IMAGES_MEMBER))
+    raise RecordError(f"schema is {schema!r}, expected one of {READABLE_SCHEMAS}")
+
 
 # --------------------------------------------------------------------------------------------------
-# The record check: one place that knows what an m3w/1 record may hold
+# The record check: one place that knows what an m3w/1-shaped record may hold
 # --------------------------------------------------------------------------------------------------
-
-
-class RecordError(ValueError):
-    """A shard record that is not schema m3w/1; the message says which field and position."""
 
 
 _ATTACH = (None, "following", "preceding")
@@ -231,8 +372,10 @@ def check_record(record: Any) -> dict[str, Any]:
     """
     if not isinstance(record, dict):
         raise RecordError(f"record is a JSON {_json_type(record)}, not an object")
-    if record.get("schema") != SCHEMA:
-        raise RecordError(f"unsupported schema {record.get('schema')!r}, expected {SCHEMA!r}")
+    if record.get("schema") not in READABLE_SCHEMAS:
+        raise RecordError(
+            f"unsupported schema {record.get('schema')!r}, expected one of {READABLE_SCHEMAS}"
+        )
     if not isinstance(record.get("url"), str):
         raise RecordError(f"url is {_json_type(record.get('url'))}, not a string")
     texts, images = record.get("texts"), record.get("images")

@@ -65,6 +65,7 @@ STEPS = (
     "image_resolve",  # an image whose bytes could not be had
     "image_filter",  # an image whose bytes failed a guard or filter
     "paragraph",  # a paragraph removed from a kept document
+    "loader",  # the training loader's skips (no funnel step of the build)
 )
 
 _FETCH_FAILURES = {
@@ -167,6 +168,15 @@ _ENTRIES: list[Reason] = [
     Reason("dedup.paragraph_repeat", "drop", "paragraph", "boilerplate repeated across a domain"),
     Reason("text.link_dense", "drop", "paragraph", "a paragraph that is mostly link text"),
     Reason("text.duplicate_caption", "drop", "paragraph", "a caption already shown once"),
+    # --- the training loader (pipelines/data.py): counted in the trainer's logs, not report.json
+    Reason("data.shard_open", "drop", "loader", "a shard that cannot be opened (skipped)"),
+    Reason("data.shard_truncated", "drop", "loader", "a shard cut short or corrupt (rest skipped)"),
+    Reason("data.bad_json", "drop", "loader", "a sample whose .json is not JSON"),
+    Reason("data.bad_record", "drop", "loader", "a record whose lists or images member disagree"),
+    Reason("data.no_text", "drop", "loader", "a sample with no text to train on"),
+    Reason("data.unknown_sample", "drop", "loader", "neither an m3w record nor an image-text pair"),
+    Reason("data.missing_image", "drop", "loader", "an image the record names is not in the shard"),
+    Reason("data.image_decode", "drop", "loader", "an image that does not decode (slot invalid)"),
 ]
 for _why, _meaning in _FETCH_FAILURES.items():
     _ENTRIES.append(Reason(f"image.{_why}", "drop", "image_resolve", _meaning))
@@ -244,3 +254,35 @@ def split_counts(counts: dict[str, int]) -> dict[str, dict[str, int]]:
     for code in sorted(counts):
         out[section[reason(code).kind]][code] = counts[code]
     return out
+
+
+# Families matched by pattern rather than listed one by one (shown by `m3w inspect codes`).
+FAMILIES: tuple[Reason, ...] = (
+    Reason("text.para_<rule>", "drop", "paragraph", "a paragraph removed by a paragraph text rule"),
+    Reason("text.<rule>", "drop", "text", "the document fails a document-level text rule"),
+)
+
+
+def format_registry(kind: str | None = None) -> str:
+    """The registry as a text table (kind, funnel step, code, meaning), grouped by kind in the
+    order input → progress → drop, for `m3w inspect codes` and docs/build.md."""
+    kinds = ("input", "progress", "drop") if kind is None else (kind,)
+    text_rules = [
+        Reason(f"text.{rule}", "drop", "text", reason(f"text.{rule}").meaning)
+        for rule in sorted(_TEXT_MEANINGS)
+    ]
+    entries = [*REASONS.values(), *FAMILIES, *text_rules]
+    rows = [
+        (r.kind, r.step or "-", r.code, r.meaning)
+        for k in kinds
+        for r in sorted(
+            (e for e in entries if e.kind == k),
+            key=lambda e: (STEPS.index(e.step) if e.step in STEPS else -1, e.code),
+        )
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    head = ("kind", "step", "code", "meaning")
+    widths = [max(w, len(h)) for w, h in zip(widths, head)]
+    lines = [f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:<{widths[2]}}  {head[3]}"]
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows]
+    return "\n".join(lines)

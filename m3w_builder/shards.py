@@ -1,4 +1,7 @@
-"""WebDataset tar shards of schema m3w/1 (DESIGN §3): writer and streaming reader.
+"""WebDataset tar shards of schemas m3w/2 (written) and m3w/1 (still read): writer and streaming reader.
+
+An m3w/2 sample is always the same two members, `{key}.json` and `{key}.images.mp`; an m3w/1 sample
+is `{key}.json` plus one `{key}.{pos}.{ext}` member per image (docs/format.md says why it changed).
 
 Why our own writer rather than `webdataset.TarWriter`: wds does not reject keys with dots (a dot splits a
 sample at read time), does not write atomically, and stamps the current time into every member, which
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from m3w_builder.document import Document
+from m3w_builder.document import IMAGES_MEMBER, SCHEMA, SCHEMA_V1, Document, read_shard_sample
 
 KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -56,6 +59,10 @@ class _HashingFile(io.RawIOBase):
         return self.raw.write(b)
 
 
+def _dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
+
+
 class ShardWriter:
     """Write documents into one tar shard; the shard appears under its final name only on `close()`.
 
@@ -63,7 +70,10 @@ class ShardWriter:
     attempt never leaves a shard with partial work behind.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, schema: str = SCHEMA) -> None:
+        if schema not in (SCHEMA, SCHEMA_V1):
+            raise ValueError(f"cannot write schema {schema!r}")
+        self.schema = schema  # m3w/1 only for tests and tools that read the old layout
         self.path = Path(path)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +91,14 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate key {key} ({doc.url}) in shard {self.path.name}")
         self._keys.add(key)
+        if self.schema == SCHEMA:
+            self._add(f"{key}.json", _dumps(doc.shard_record()))
+            self._add(f"{key}.{IMAGES_MEMBER}", doc.packed_images())
+            self.images += len(doc.image_nodes)
+            self.docs += 1
+            return
         record = doc.to_json()
-        self._add(f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+        self._add(f"{key}.json", _dumps(record))
         for pos, node in enumerate(doc.nodes):
             image = record["images"][pos]
             if image is None:
@@ -152,12 +168,21 @@ class ShardSample:
     """One sample read back from a shard: the JSON record and its image members by member name."""
 
     key: str
-    record: dict[str, Any]
-    members: dict[str, bytes]
+    record: dict[str, Any]  # the m3w/1-shaped view (`member` names), whatever the schema
+    members: dict[str, bytes]  # image bytes by member name ("1.jpg"), whatever the schema
     offset: int  # byte offset of the sample's first tar header in the shard
+    stored: dict[str, Any] | None = None  # an m3w/2 record as stored
 
     def document(self) -> Document:
         return Document.from_json(self.record, self.members)
+
+
+def _view(sample: ShardSample) -> ShardSample:
+    """Readers see one shape: an m3w/2 sample becomes the m3w/1-shaped view (read_shard_sample)."""
+    if sample.record.get("schema") == SCHEMA:
+        sample.stored = sample.record
+        sample.record, sample.members = read_shard_sample(sample.record, sample.members)
+    return sample
 
 
 def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]:
@@ -179,23 +204,28 @@ def iter_shard(fileobj_or_path: str | Path | IO[bytes]) -> Iterator[ShardSample]
             data = tar.extractfile(info).read()  # type: ignore[union-attr]
             if current is None or key != current.key:
                 if current is not None:
-                    yield current
+                    yield _view(current)
                 current = ShardSample(key=key, record={}, members={}, offset=info.offset)
             if suffix == "json":
                 current.record = json.loads(data)
             else:
                 current.members[suffix] = data
     if current is not None:
-        yield current
+        yield _view(current)
 
 
-def estimated_bytes(doc: Document) -> int:
+def estimated_bytes(doc: Document, schema: str = SCHEMA) -> int:
     """Upper estimate of a document's size in a shard: tar headers and 512-byte padding included.
 
-    Used to roll a shard *before* it would cross `max_shard_bytes`, so no shard is rewritten."""
-    members = [len(json.dumps(doc.to_json(), ensure_ascii=False).encode())]
-    members += [len(n.data or b"") for n in doc.image_nodes]
-    return sum(512 + (size + 511) // 512 * 512 for size in members)
+    Used to roll a shard *before* it would cross `max_shard_bytes`, so no shard is rewritten. The
+    record is measured; m3w/2's images member is bounded by the image bytes plus msgpack's at most
+    5 bytes per position and array header."""
+    data = [len(n.data or b"") for n in doc.image_nodes]
+    if schema == SCHEMA:
+        members = [len(_dumps(doc.shard_record())), sum(data) + 5 * (len(doc.nodes) + 1)]
+    else:
+        members = [len(_dumps(doc.to_json())), *data]
+    return sum(512 + -(-size // 512) * 512 for size in members)
 
 
 def _tar_size(member_bytes: int) -> int:
@@ -220,6 +250,7 @@ class RollingShardWriter:
         docs_per_shard: int,
         max_shard_bytes: int,
         first_index: int = 0,
+        schema: str = SCHEMA,
     ) -> None:
         if docs_per_shard < 1 or max_shard_bytes < 1:
             raise ValueError("docs_per_shard and max_shard_bytes must be positive")
@@ -227,19 +258,20 @@ class RollingShardWriter:
         self.docs_per_shard = docs_per_shard
         self.max_shard_bytes = max_shard_bytes
         self.next_index = first_index
+        self.schema = schema
         self.infos: list[ShardInfo] = []
         self._writer: ShardWriter | None = None
         self._estimate = 0
 
     def write(self, doc: Document) -> None:
-        size = estimated_bytes(doc)
+        size = estimated_bytes(doc, self.schema)
         if self._writer is not None and (
             self._writer.docs >= self.docs_per_shard
             or _tar_size(self._estimate + size) > self.max_shard_bytes
         ):
             self._roll()
         if self._writer is None:
-            self._writer = ShardWriter(self.directory / f"{self.next_index:06d}.tar")
+            self._writer = ShardWriter(self.directory / f"{self.next_index:06d}.tar", self.schema)
             self.next_index += 1
             self._estimate = 0
         self._writer.write(doc)

@@ -36,6 +36,7 @@ import numpy as np
 from m3w_builder.config import PROFILES, BuildConfig
 from m3w_builder.reasons import Counts
 from pipelines import build_stages as stages
+from pipelines.cli_help import DefaultsFormatter
 from pipelines.tables import partitions_for
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class JobOptions:
     keep_work: bool = False  # keep the bulky intermediate files of `_work/` after the build
     progress: bool = True
     loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
+    log_level: int | None = None  # the workers' (None: this process's root logger level)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +84,8 @@ def run_build(
     frequency counts, decisions) lives in partitioned files under `_work/` that Ray tasks write
     and read (pipelines/build_decide.py, pipelines/archive_parts.py)."""
     started = time.perf_counter()
+    _check_out(options.out)
+    stages.check_inputs(inputs)
     job = stages.JobDir(options.out)
     units = stages.plan_units(
         inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
@@ -103,7 +107,7 @@ def run_build(
         not use_ray
     ):  # a watchdog _exit() would take the whole driver down: no retry to skip the page
         extract_options.page_kill_timeout_s = 0.0
-    progress = _Progress(len(units), enabled=options.progress)
+    progress = _Progress(len(units), enabled=options.progress)  # phase 1 of 2: extract
     summary = _ExtractSummary(len(units))
     limit = _PrefixLimit(options.max_docs, job, summary) if options.max_docs else None
     phases: dict[str, float] = {}
@@ -137,7 +141,7 @@ def run_build(
         # stage 3: write part shards, one task per shard's worth of documents
         clock = time.perf_counter()
         groups = stages.plan_write_groups(decisions.survivors, config.shards.docs_per_shard)
-        progress.bar.total = progress.bar.n + len(groups)
+        progress.phase("write", len(groups))  # a new bar: each phase's total is known at its start
         write_stats = executor.map(
             stages.write_unit,
             groups,
@@ -153,24 +157,36 @@ def run_build(
     infos = stages.finalize(job, write_stats)
     phases["finalize"] = time.perf_counter() - clock
     counts = summary.counts.copy()
+    run_seconds = time.perf_counter() - started
+    earlier = _earlier_runs_seconds(job)
+    tasks = len(units) + len(groups)
+    run_pages = summary.pages - progress.resumed_pages
     report = stages.build_report(
         counts,
         summary.pages,
         summary.docs_extracted,
         write_stats,
         infos,
-        seconds=time.perf_counter() - started,
+        seconds=earlier + run_seconds,  # the job's: every run that finished, this one included
         extra={
             "units": len(units),
             "write_groups": len(groups),
             "partitions": parts,
-            "tasks_resumed": progress.resumed,  # >0: pages/s mixes this run with an earlier one
+            "tasks_resumed": progress.resumed,
+            "last_run": {
+                "seconds": round(run_seconds, 3),
+                "tasks_done": tasks - progress.resumed,
+                "tasks_already_done": progress.resumed,
+                "pages": run_pages,
+                "pages_per_s": round(run_pages / run_seconds, 2) if run_seconds > 0 else None,
+            },
             "seed": config.seed,
             "profile": config.profile,
             "phases_s": {k: round(v, 3) for k, v in phases.items()},
             "near_duplicates": (decisions.near_stats or {}) if decisions.near else None,
         },
     )
+    _record_run(job, run_seconds)
     stages.atomic_write_json(job.report, report)
     if not options.keep_work:
         stages.clean_work(job)
@@ -259,6 +275,30 @@ class _ExtractSummary:
             left[unit] = min(left[unit], k)
             left[unit + 1 :] = 0
         return left
+
+
+def _earlier_runs_seconds(job: stages.JobDir) -> float:
+    """Wall seconds of the earlier runs that finished this job's folder (`_work/runs.json`)."""
+    path = job.work / "runs.json"
+    return sum(stages.read_json(path)) if path.exists() else 0.0
+
+
+def _record_run(job: stages.JobDir, seconds: float) -> None:
+    path = job.work / "runs.json"
+    runs = stages.read_json(path) if path.exists() else []
+    stages.atomic_write_json(path, [*runs, round(seconds, 3)])
+
+
+def _check_out(out: str) -> None:
+    """`--out` must be a folder (new, or a job of this build to resume): never a file."""
+    from m3w_builder.errors import OutputError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder for the job")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--out {out}: {parent} is a file, not a folder")
 
 
 class _PrefixLimit:
@@ -497,7 +537,13 @@ class _RayExecutor(_LocalExecutor):
 
     def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None, keep=True):  # noqa: D102
         ray = self.ray
-        remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(fn)
+        remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.run_logged)
+        remote = remote.options(name=fn.__name__)  # the worker's title: ray::extract_unit, ...
+        level = self.options.log_level
+        level = logging.getLogger().getEffectiveLevel() if level is None else level
+        log_dir = str(Path(self.options.out) / "_work" / "logs")
+        stage = fn.__name__.removesuffix("_unit")
+        head = [ray.put(fn), stage, level, log_dir]
         shared_refs = [ray.put(arg) for arg in shared]
         results: dict[int, Any] = {}
         pending: dict[Any, stages.WorkUnit] = {}
@@ -533,7 +579,7 @@ class _RayExecutor(_LocalExecutor):
             while len(pending) >= self.max_in_flight:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 collect(ready)
-            pending[remote.remote(unit, *shared_refs)] = unit
+            pending[remote.remote(*head, unit, *shared_refs)] = unit
         if stopped:
             for ref in pending:  # their outputs are temporary files until complete: harmless
                 ray.cancel(ref)
@@ -592,18 +638,29 @@ def _check_or_record_job(
 
 
 class _Progress:
-    """One live bar over the job's tasks with the running totals the issue asks for."""
+    """One live bar per phase (extract, then write) with the running totals; each bar's total is
+    the phase's task count, known when the phase starts, so it never changes mid-run."""
 
     def __init__(self, n_units: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=2 * n_units, unit="task", desc="build", disable=not enabled)
+        self.enabled = enabled
         self.totals = {"pages": 0, "docs": 0, "images": 0, "shards": 0}
         self.resumed = 0  # tasks read back from an earlier run's markers
+        self.resumed_pages = 0  # pages of the extract tasks read back
+        self.bar = self._bar("extract", n_units)
+
+    def _bar(self, desc: str, total: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="task", desc=desc, disable=not self.enabled)
+
+    def phase(self, desc: str, total: int) -> None:
+        self.bar.close()
+        self.bar = self._bar(desc, total)
 
     def extracted(self, stats: dict[str, Any], resumed: bool) -> None:
         self.totals["pages"] += stats["pages"]
         self.resumed += resumed
+        self.resumed_pages += stats["pages"] if resumed else 0
         self._tick()
 
     def written(self, stats: dict[str, Any], resumed: bool) -> None:
@@ -622,6 +679,12 @@ class _Progress:
 
 
 def summary_table(report: dict[str, Any], top: int = 15) -> str:
+    """The end-of-build table: the job's totals (all runs), then what this run did."""
+    last = report.get("last_run") or {}
+    head: list[str] = []
+    if last and last.get("tasks_done") == 0:
+        n = last["tasks_already_done"]
+        head = [f"{n}/{n} units already done: nothing to build. The job's totals:", ""]
     rows = [
         ("pages read", report["pages"]),
         ("documents extracted", report["documents_extracted"]),
@@ -633,12 +696,21 @@ def summary_table(report: dict[str, Any], top: int = 15) -> str:
         ("pages/s", report["pages_per_s"]),
         ("documents/s", report["docs_per_s"]),
     ]
+    if last and last.get("tasks_already_done"):  # a resumed job: this run apart from the totals
+        rows += [
+            ("this run: seconds", last["seconds"]),
+            (
+                "this run: tasks done",
+                f"{last['tasks_done']} (+{last['tasks_already_done']} before)",
+            ),
+            ("this run: pages/s", last["pages_per_s"]),
+        ]
     from pipelines.funnel import format_funnel
 
     counts = report.get("drops", report["counts"])  # drop reasons only (older reports: all)
     drops = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     width = max(len(k) for k, _ in rows + drops) if drops else 20
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines = head + [f"{k:<{width}}  {v}" for k, v in rows]
     if report.get("funnel"):
         lines += ["", format_funnel(report["funnel"])]
     if drops:
@@ -658,21 +730,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build",
         help="build WebDataset shards from WARC/HTML/URL inputs on Ray",
-        description="Build m3w/1 shards from WARC/ARC files, HTML files or folders, and URL lists "
+        formatter_class=DefaultsFormatter,
+        description="Build m3w/2 WebDataset shards from WARC/ARC files, HTML files or folders, and URL lists "
         "(local paths, globs, or fsspec URLs). Running it again on the same --out resumes.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="WARC/ARC files, HTML files or folders, URL lists (.txt/.urls); globs and fsspec URLs",
+    )
     p.add_argument("--out", required=True, help="job folder: shards/, manifest.jsonl, report.json")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--profile", choices=PROFILES, help="threshold profile (default m3w)")
     p.add_argument("--config", help="YAML file overriding any BuildConfig field")
     p.add_argument("--seed", type=int, help="seed of the attachment draw (default 0)")
-    p.add_argument("--attach", choices=("per-document", "per-image"), help="attachment draw")
-    p.add_argument("--p-next", type=float, help="probability an image attaches to the next text")
-    p.add_argument("--max-docs", type=int, help="keep at most N documents (first in input order)")
-    p.add_argument("--docs-per-shard", type=int)
-    p.add_argument("--max-shard-bytes", type=int)
+    p.add_argument(
+        "--attach",
+        choices=("per-document", "per-image"),
+        help="attachment draw (default: per-document, Flamingo's)",
+    )
+    p.add_argument(
+        "--p-next", type=float, help="probability an image attaches to the next text (default 0.5)"
+    )
+    p.add_argument(
+        "--limit",
+        "--max-docs",
+        dest="max_docs",
+        metavar="N",
+        type=int,
+        help="keep at most N documents, the first in input order (default: all)",
+    )
+    p.add_argument("--docs-per-shard", type=int, help="documents per shard (default 1000)")
+    p.add_argument("--max-shard-bytes", type=int, help="bytes per shard, about (default 500000000)")
     p.add_argument(
         "--allow-private-hosts",
         action="store_true",

@@ -168,6 +168,38 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def run_logged(
+    fn: Any, stage: str, log_level: int, log_dir: str, unit: WorkUnit, *shared: Any
+) -> Any:
+    """Run one task with the job's logging: records at `log_level` and above go to the console
+    (a Ray worker's stderr, which Ray forwards to the driver) and to the task's own file,
+    `_work/logs/{stage}-{unit:05d}.log`, so why page X was skipped can be looked up afterwards.
+
+    Why here and not once per worker: Ray workers are separate processes that never ran the
+    CLI's `logging.basicConfig`, and a worker runs many tasks; each task attaches its file
+    handler for its own duration. An earlier attempt's file is appended to, not replaced."""
+    root = logging.getLogger()
+    root.setLevel(log_level)
+    if not any(getattr(h, "_m3w_console", False) for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        console._m3w_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    for handler in root.handlers:
+        if getattr(handler, "_m3w_console", False):
+            handler.setLevel(log_level)
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(Path(log_dir) / f"{stage}-{unit.index:05d}.log")
+    file_handler.setLevel(log_level)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    try:
+        return fn(unit, *shared)
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # plan
 
@@ -230,6 +262,80 @@ def plan_units(
     if html_group:
         add("pages", html_group)
     return units
+
+
+_SNIFF_IN_DIR = 32  # files of a folder sniffed when none has a known suffix
+
+
+def check_inputs(inputs: list[str]) -> list[str]:
+    """The expanded inputs, or an InputError naming the first one that can never yield a document:
+    a path that matches nothing, an empty folder, a folder with no archive/HTML/URL-list file, a
+    file that is none of those (a PNG, a PDF), a URL list with no http(s) URL in it (a text file
+    holding one word would otherwise be fetched as a URL and dropped as page.ssrf_blocked).
+
+    Files *inside* a folder that are none of these stay counted skips (input.unsupported): one
+    stray file does not fail a crawl. Remote (fsspec) inputs are left to the readers."""
+    from m3w_builder.errors import InputError
+    from m3w_builder.sources import ARCHIVE_SUFFIXES, HTML_SUFFIXES, expand_inputs, sniff_format
+
+    try:
+        paths = expand_inputs(inputs)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+    def known(name: str) -> bool:
+        low = name.lower()
+        return bool(ARCHIVE_RE.search(low) or URL_LIST_RE.search(low)) or low.endswith(
+            HTML_SUFFIXES
+        )
+
+    for path in paths:
+        if "://" in path:
+            continue
+        if os.path.isdir(path):
+            files = list(_expand_dirs([path]))
+            if not files:
+                raise InputError(f"{path} is an empty folder: nothing to build from")
+            if not any(known(f) for f in files) and not any(
+                sniff_format(f) != "unknown" for f in files[:_SNIFF_IN_DIR]
+            ):
+                raise InputError(
+                    f"{path} holds no WARC/ARC, HTML or URL-list file ({len(files)} other files)"
+                )
+            continue
+        if is_url_list(path):
+            if not any("://" in url for url in _read_url_lines(path)):
+                raise InputError(
+                    f"{path} is read as a URL list (by its name) but holds no http(s) URL"
+                )
+            continue
+        if path.lower().endswith(ARCHIVE_SUFFIXES + HTML_SUFFIXES):
+            continue
+        kind = sniff_format(path)
+        if kind == "unknown":
+            raise InputError(
+                f"{path} is neither a WARC/ARC file, an HTML file nor a URL list "
+                f"({_describe_bytes(path)}); give .warc[.gz], .arc[.gz], .html or .txt/.urls inputs"
+            )
+    return paths
+
+
+def _describe_bytes(path: str) -> str:
+    """A few words on what a file looks like, for the error message."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for magic, name in (
+        (b"\x89PNG", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"GIF8", "a GIF image"),
+        (b"%PDF", "a PDF"),
+        (b"PK\x03\x04", "a zip archive"),
+    ):
+        if head.startswith(magic):
+            return f"it looks like {name}"
+    if not head:
+        return "it is empty"
+    return "its first bytes are no HTML"
 
 
 def _expand_dirs(paths: list[str]) -> Iterator[str]:

@@ -20,7 +20,7 @@ Every random choice (window start, resampled attachment draw, shuffle buffer) is
 position sees exactly the batches of an uninterrupted one (tests/test_train.py checks the losses).
 
 Drops are counted with reason codes `data.<why>` and never stop the stream: a shard that cannot be
-opened or is truncated, a record that is not JSON or not schema m3w/1, a document with no text, an image
+opened or is truncated, a record that is not JSON or not schema m3w/1 or m3w/2, a document with no text, an image
 that does not decode (that image becomes an invalid slot; its text stays).
 """
 
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from m3w_builder.document import RecordError, check_record
+from m3w_builder.document import READABLE_SCHEMAS, RecordError, check_record, read_shard_sample
 from m3w_builder.reasons import Counts
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class DocSample:
 
 
 def decode(sample: RawSample, counts: Counts) -> DocSample | None:
-    """m3w/1 record → nodes; a LAION-style pair (`jpg` + `txt`) → [image, caption] (Flamingo trains
+    """m3w/1 or m3w/2 record → nodes; a LAION-style pair (`jpg` + `txt`) → [image, caption] (Flamingo trains
     image-text pairs as the one-image case `<image> caption <EOC>`)."""
     members = sample.members
     if "json" in members and isinstance(members["json"], bytes | str):
@@ -327,7 +327,7 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
             counts["data.bad_record"] += 1
             log.warning("%s: %s: the json member is not an object", sample.url, sample.key)
             return None
-        if record.get("schema") == "m3w/1":
+        if record.get("schema") in READABLE_SCHEMAS:
             return _decode_m3w(sample, record, counts)
     image_ext = next((e for e in IMAGE_EXTS if e in members), None)
     caption_ext = next((e for e in CAPTION_EXTS if e in members), None)
@@ -341,14 +341,32 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
     return None
 
 
+def _read_m3w(
+    sample: RawSample, record: dict[str, Any], counts: Counts
+) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """m3w/1 or m3w/2 sample → the m3w/1-shaped record and its images by member name; one
+    reader (`m3w_builder.document.read_shard_sample`) for the loader, inspect and the writer."""
+    try:
+        return read_shard_sample(record, sample.members)
+    except RecordError as e:
+        counts["data.bad_record"] += 1
+        log.warning("sample %s of %s: %s", sample.key, sample.url, e)
+        return None
+
+
 def _decode_m3w(sample: RawSample, record: dict[str, Any], counts: Counts) -> DocSample | None:
-    """Nodes of a record that `m3w_builder.document.check_record` accepts (the one m3w/1 check the
-    build's Document.from_json uses too); any other record is `data.bad_record`, logged, skipped."""
+    """Nodes of a record of either schema, read through `read_shard_sample` and then checked by
+    `m3w_builder.document.check_record` (the one record check the build's Document.from_json uses
+    too); any other record is `data.bad_record`, logged, skipped."""
+    read = _read_m3w(sample, record, counts)
+    if read is None:
+        return None
+    record, members = read
     try:
         check_record(record)
     except RecordError as e:
         counts["data.bad_record"] += 1
-        log.warning("%s: %s: bad m3w/1 record: %s", sample.url, sample.key, e)
+        log.warning("%s: %s: bad m3w record: %s", sample.url, sample.key, e)
         return None
     texts, images = record["texts"], record["images"]
     nodes: list[str | ImageRef] = []
@@ -358,7 +376,7 @@ def _decode_m3w(sample: RawSample, record: dict[str, Any], counts: Counts) -> Do
                 nodes.append(text)
         elif image is not None:
             member = (image.get("member") or "").lower()
-            data = sample.members.get(member)
+            data = members.get(member)
             if data is None:
                 counts["data.missing_image"] += 1
             nodes.append(ImageRef(data, image.get("attach") == "preceding"))

@@ -24,23 +24,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli_help import DefaultsFormatter
+
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "demo", help="build, inspect and train a tiny model end to end on CPU"
+        "demo",
+        help="build, inspect and train a tiny model end to end on CPU",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", help="keep everything here (default: a temporary folder, removed)")
     p.add_argument("--pages", type=int, default=24, help="pages of the generated site (>10)")
     p.add_argument("--steps", type=int, default=300, help="training steps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=8, help="documents per training batch")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate")
     p.add_argument("--lm", help="a real causal LM id/path instead of the tiny random one")
     p.add_argument("--vision", help="a real vision model id/path instead of the tiny random one")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the site, the build and training")
     p.set_defaults(func=main)
 
 

@@ -26,6 +26,7 @@ from m3w_builder.config import PROFILES, BuildConfig
 from m3w_builder.document import Document, RawPage
 from m3w_builder.extract import page_to_document
 from m3w_builder.reasons import Counts, Skip
+from pipelines.cli_help import DefaultsFormatter
 
 _ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
@@ -35,10 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract",
         help="show the Document m3w makes of an HTML page or WARC file",
         description=__doc__.splitlines()[0],
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("file", help="an .html/.htm (optionally .gz) file, or a .warc[.gz]/.arc[.gz]")
     p.add_argument("--url", help="page URL for an HTML file (default: its file:// URL)")
-    p.add_argument("--profile", choices=PROFILES, default="m3w")
+    p.add_argument("--profile", choices=PROFILES, default="m3w", help="threshold profile")
     p.add_argument("--config", help="a build.yaml overriding the profile")
     p.add_argument(
         "--no-filter",

@@ -1,4 +1,5 @@
-"""`m3w inspect stats|show|verify|grep|html TARGET`: look inside shards before spending GPU days on them.
+"""`m3w inspect stats|show|verify|grep|html TARGET`, `m3w inspect codes`: look inside shards before
+spending GPU days on them, and read what each reason code of a report means.
 
 TARGET is a shard file, a brace pattern (`shards/{000000..000099}.tar`) or a job directory (DESIGN §3).
 Everything streams: about one sample's bytes in memory at a time. Each handler below parses its arguments and
@@ -14,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from m3w_builder.errors import OutputError, UserError
+from pipelines.cli_help import DefaultsFormatter
 from pipelines.inspect_read import Target, resolve_target
 
 
@@ -33,6 +36,8 @@ def _progress(args: argparse.Namespace) -> bool:
 def cmd_stats(args: argparse.Namespace) -> int:
     from pipelines.inspect_stats import compute_stats, format_table, plot_histograms
 
+    if args.plot:
+        _require_matplotlib()  # before the whole read, not after it
     target = _target(args)
     if target is None:
         return 2
@@ -46,6 +51,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
         plot_histograms(stats, args.plot)
         print(f"histograms written to {args.plot}", file=sys.stderr)
     return 1 if stats.errors else 0
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--plot needs matplotlib, which is not installed: pip install 'm3w[plot]'"
+        ) from None
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    from m3w_builder.reasons import format_registry
+
+    print(format_registry(kind=args.kind))
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -120,6 +141,13 @@ def cmd_grep(args: argparse.Namespace) -> int:
 def cmd_html(args: argparse.Namespace) -> int:
     from pipelines.inspect_html import write_gallery
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise OutputError(
+            f"{out} is a folder; give the gallery's file name, e.g. {out / 'gallery.html'}"
+        )
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent} does not exist; create it or write the gallery elsewhere")
     target = _target(args)
     if target is None:
         return 2
@@ -137,12 +165,17 @@ def cmd_html(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="stats | show | verify | grep | html over shards"
+        "inspect", help="stats | show | verify | grep | html | codes over shards"
     )
     sub = parser.add_subparsers(dest="inspect_command", metavar="SUBCOMMAND", required=True)
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=DefaultsFormatter,
+        )
         p.add_argument("target", help="a shard, a brace pattern or a job directory")
         p.set_defaults(func=func)
         return p
@@ -151,14 +184,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="a transformers tokenizer id or path (default: whitespace)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", metavar="FILE.png", help="write histograms (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("show", cmd_show, "one document in reading order, images as placeholders")
     p.add_argument("key", nargs="?", help="the document key (32 hex chars)")
     p.add_argument("--index", type=int, help="the N-th document of the target (from 0)")
     p.add_argument("--images", metavar="DIR", help="also write the document's images to DIR")
     p.add_argument("--width", type=int, help="wrap width (default: the terminal's)")
-    p.add_argument("--json", action="store_true", help="print the shard record (schema m3w/1)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the shard record as stored (schema m3w/2 or m3w/1)",
+    )
 
     p = add("verify", cmd_verify, "schema, members, images, manifest and tar integrity")
     p.add_argument("--jobs", type=int, default=1, help="verify shards in N processes")
@@ -169,17 +206,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--max-problems", type=int, default=50, help="problems listed (all counted)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("grep", cmd_grep, "documents whose URL or text matches a regex")
     p.add_argument("pattern", help="a Python regular expression")
-    p.add_argument("-i", "--ignore-case", action="store_true")
+    p.add_argument("-i", "--ignore-case", action="store_true", help="match case-insensitively")
     p.add_argument("--url-only", action="store_true", help="match URLs only")
-    p.add_argument("--max", type=int, default=0, help="stop after N documents (0: all)")
+    p.add_argument(
+        "--limit", "--max", dest="max", type=int, default=0, help="stop after N documents (0: all)"
+    )
 
     p = add("html", cmd_html, "a self-contained HTML gallery of documents and stats")
-    p.add_argument("out", metavar="OUT.html")
-    p.add_argument("--n", type=int, default=50, help="documents to include")
+    p.add_argument("out", metavar="OUT.html", help="the gallery file to write")
+    p.add_argument("--limit", "--n", dest="n", type=int, default=50, help="documents to include")
     p.add_argument("--sample", action="store_true", help="a uniform random sample, not the first N")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "codes",
+        help="every reason code a report can hold: kind, funnel step, meaning",
+        description="The registry of reason codes (m3w_builder/reasons.py): input counters, "
+        "progress counters and drop reasons, each with its funnel step and one-line meaning.",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("--kind", choices=("input", "progress", "drop"), help="only codes of this kind")
+    p.set_defaults(func=cmd_codes)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from m3w_builder.document import IMAGES_MEMBER, SCHEMA, RecordError, read_shard_sample
+
 BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")  # ustar typeflags of regular files (7: contiguous file)
 # `{000000..000099}` (zero-padded numeric range, as webdataset/braceexpand accept) or `{a,b,c}`.
@@ -218,6 +220,17 @@ class Member:
     size: int
     data: bytes | None
     type: bytes = b"0"
+    # an m3w/2 images member read with PackedHeads: (size, head) per array element, None for nil
+    parts: list[tuple[int, bytes] | None] | None = None
+    parts_error: str | None = None
+
+
+class PackedHeads(int):
+    """Asked of `want` for an m3w/2 `images.mp` member: read the first N bytes of each image in the
+    msgpack array and seek past the rest, so `stats` still costs one header per image."""
+
+
+_BIN_LEN = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin8/16/32: bytes of the big-endian length
 
 
 # No file can hold a member past this (it is what a signed 64-bit seek can reach): a larger size is a
@@ -401,9 +414,15 @@ class TarReader:
             regular = kind in REGULAR
             what = f"member {name!r} (header at byte {start:,}, {size:,} bytes)"
             wanted = want(name) if regular else False
+            parts: list[tuple[int, bytes] | None] | None = None
+            parts_error = None
             if wanted is True:
                 data: bytes | None = self._read(size, what)
                 self._skip(padded, what)
+            elif isinstance(wanted, PackedHeads):
+                data = None
+                parts, parts_error, used = self._packed_heads(size, int(wanted), what)
+                self._skip(size - used + padded, what)
             elif wanted:
                 head = min(int(wanted), size)
                 data = self._read(head, what)
@@ -411,7 +430,49 @@ class TarReader:
             else:
                 data = None
                 self._skip(size + padded, what)
-            yield Member(name=name, offset=start, size=size, data=data, type=kind)
+            yield Member(name, start, size, data, kind, parts, parts_error)
+
+    def _packed_heads(
+        self, size: int, head: int, what: str
+    ) -> tuple[list[tuple[int, bytes] | None] | None, str | None, int]:
+        """Walk a msgpack array of nil/bin elements (what `Document.packed_images` writes) inside
+        a member of `size` bytes: ([(size, head bytes) | None per element] or None, an error,
+        bytes consumed)."""
+        used = 0
+
+        def take(n: int) -> bytes:
+            nonlocal used
+            if used + n > size:
+                raise ValueError("the array runs past the member")
+            used += n
+            return self._read(n, what)
+
+        try:
+            first = take(1)[0]
+            if 0x90 <= first <= 0x9F:
+                count = first & 0x0F
+            elif first in (0xDC, 0xDD):
+                count = int.from_bytes(take(2 if first == 0xDC else 4), "big")
+            else:
+                raise ValueError(f"starts with byte 0x{first:02x}, not an array")
+            parts: list[tuple[int, bytes] | None] = []
+            for _ in range(count):
+                tag = take(1)[0]
+                if tag == 0xC0:
+                    parts.append(None)
+                    continue
+                if tag not in _BIN_LEN:
+                    raise ValueError(f"element of type 0x{tag:02x}, not bytes or nil")
+                n = int.from_bytes(take(_BIN_LEN[tag]), "big")
+                if used + n > size:
+                    raise ValueError("an element runs past the member")
+                data = take(min(head, n))
+                self._skip(n - len(data), what)
+                used += n - len(data)
+                parts.append((n, data))
+            return parts, None, used
+        except ValueError as e:
+            return None, str(e), used
 
 
 # ------------------------------------------------------------------------------------------- samples
@@ -426,6 +487,8 @@ class Sample:
 
     `members` maps the suffix after the key ("1.jpg") to what was read (whole bytes or a head);
     `sizes` maps it to the full member size, so `stats` knows image bytes without reading them.
+    An m3w/2 sample is shown in the same m3w/1-shaped view (`read_shard_sample`): `record` has
+    `member` names and `members`/`sizes` one entry per image; `stored` is the record as stored.
     """
 
     shard: str
@@ -436,6 +499,9 @@ class Sample:
     members: dict[str, bytes | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     extra: list[tuple[str, str]] = field(default_factory=list)  # (code, message): odd entries
+    stored: dict[str, Any] | None = None  # the record as stored (m3w/2), when it differs
+    # m3w/2 images member read as heads: ([(size, head) | None per position] | None, error)
+    packed_parts: tuple[list[tuple[int, bytes] | None] | None, str | None] | None = None
 
     @property
     def url(self) -> str:
@@ -528,11 +594,21 @@ def iter_samples(
     caller can decide from the record or its own state which images to read and which to seek past.
     """
     name = shard_name(path)
+    packed_mode: dict[str, bool | int] = {}  # key → what was asked for its m3w/2 images member
 
     def want(member: str) -> bool | int:
         if member.endswith(".json"):
             return True
-        return images(member) if callable(images) else images
+        wanted = images(member) if callable(images) else images
+        if member.endswith("." + IMAGES_MEMBER):  # all images in one member
+            packed_mode[member.partition(".")[0]] = wanted
+            return wanted if type(wanted) is bool else PackedHeads(wanted)
+        return wanted
+
+    def done(sample: Sample) -> Sample:
+        if sample.record is not None and sample.record.get("schema") == SCHEMA:
+            _unpack_v2(sample, packed_mode.pop(sample.key, False))
+        return sample
 
     def run(f: IO[bytes]) -> Iterator[Sample]:
         current: Sample | None = None
@@ -540,7 +616,7 @@ def iter_samples(
             key, _, suffix = m.name.partition(".")
             if current is None or key != current.key:
                 if current is not None:
-                    yield current
+                    yield done(current)
                 current = Sample(shard=name, key=key, offset=m.offset)
             if m.type not in REGULAR:  # webdataset ignores these; a shard should not have them
                 kind = m.type.decode("ascii", "replace")
@@ -560,14 +636,62 @@ def iter_samples(
                 current.record, current.json_error = parse_record(m.data or b"")
             else:
                 current.members[suffix] = m.data
+                if m.parts is not None or m.parts_error is not None:
+                    current.packed_parts = (m.parts, m.parts_error)
         if current is not None:
-            yield current
+            yield done(current)
 
     if fileobj is not None:
         yield from run(fileobj)
         return
     with open_shard(path) as f:
         yield from run(f)
+
+
+def _unpack_v2(sample: Sample, mode: bool | int) -> None:
+    """Replace an m3w/2 sample's record and images member by the m3w/1-shaped view, in place.
+
+    `mode` is what the caller asked for the images: their bytes (True), heads of N bytes (then
+    the member was walked, `packed_parts`), or none (False: the member was skipped, so per-image
+    sizes are unknown and reported as 0)."""
+    stored = sample.record
+    assert stored is not None
+    packed = sample.members.pop(IMAGES_MEMBER, None)
+    total = sample.sizes.pop(IMAGES_MEMBER, None)
+    if total is None:
+        sample.extra.append(("member.missing", f"no {sample.key}.{IMAGES_MEMBER} in the shard"))
+    sizes: dict[int, int] = {}
+    if sample.packed_parts is not None:  # heads: rebuild a small member from them to parse
+        parts, error = sample.packed_parts
+        if error is not None or parts is None:
+            sample.extra.append(("member.images", f"{sample.key}.{IMAGES_MEMBER}: {error}"))
+        else:
+            import msgpack
+
+            sizes = {i: p[0] for i, p in enumerate(parts) if p is not None}
+            packed = msgpack.packb([p[1] if p else None for p in parts], use_bin_type=True)
+    try:
+        view, blobs = read_shard_sample(stored, {IMAGES_MEMBER: packed} if packed else {})
+    except RecordError as e:  # a bad images member: report it, and check the record without it
+        sample.extra.append(("member.images", f"{sample.key}.{IMAGES_MEMBER}: {e}"))
+        try:
+            view, blobs = read_shard_sample(stored, {})
+        except RecordError as e2:
+            sample.record, sample.stored, sample.json_error = None, stored, str(e2)
+            return
+        packed = None
+    sample.stored = stored
+    sample.record = view
+    for pos, image in enumerate(view.get("images") or []):
+        member = image.get("member") if isinstance(image, dict) else None
+        if not member:
+            continue
+        data = blobs.get(member)
+        if data is None and packed is not None:
+            continue  # absent from the member itself: verify reports member.missing
+        sample.sizes[member] = sizes.get(pos, len(data) if data is not None else 0)
+        if packed is not None and mode is not False:
+            sample.members[member] = data  # type: ignore[assignment]
 
 
 def iter_target(

@@ -143,7 +143,7 @@ def show(
 ) -> bool:
     """Print one document (by key, or the index-th of the target); False if there is no such one.
 
-    `as_json` prints the shard record itself (schema m3w/1) instead of the reading-order view."""
+    `as_json` prints the shard record as stored (m3w/2 or m3w/1) instead of the reading-order view."""
     if (key is None) == (index is None):
         raise ValueError("give exactly one of a key or an index")
     sample = _find(target, key, index, images=True if images_dir else False)
@@ -152,7 +152,7 @@ def show(
     width = width or max(40, shutil.get_terminal_size((100, 24)).columns)
     if as_json:
         try:
-            text = json.dumps(sample.record, indent=1, ensure_ascii=False) + "\n"
+            text = json.dumps(sample.stored or sample.record, indent=1, ensure_ascii=False) + "\n"
         except RecursionError:  # json.loads took it; a deeper stack here may not
             text = f"(record of {sample.key!r} is nested too deeply to print)\n"
     else:

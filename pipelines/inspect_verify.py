@@ -3,7 +3,7 @@
 Checked per shard, in one streaming read (the file's sha256 is computed from the same bytes):
 - tar integrity: header checksums, no truncated header or payload, the two-zero-block end marker, nothing
   but zero padding after it (TarFormatError names the shard and the byte offset);
-- each sample: a parsable `{key}.json` of schema m3w/1 whose lists obey the one-non-null rule, a key of 32
+- each sample: a parsable `{key}.json` of schema m3w/2 (or m3w/1) whose lists obey the one-non-null rule, a key of 32
   hex chars (a dot would split the sample in webdataset, docs/format.md), every referenced image member
   present, matching its recorded sha256 and
   decodable by Pillow in the format its extension says, no stray members, no key twice;
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from PIL import Image
 
-from m3w_builder.document import SCHEMA
+from m3w_builder.document import READABLE_SCHEMAS, SCHEMA
 from pipelines.inspect_read import (
     Sample,
     Shard,
@@ -93,10 +93,18 @@ class _HashingReader(io.RawIOBase):
 
 
 def check_record(sample: Sample) -> Iterator[tuple[str, str]]:
-    """(code, message) for each way the record breaks schema m3w/1 (docs/format.md)."""
+    """(code, message) for each way the record breaks its schema, m3w/1 or m3w/2 (docs/format.md).
+
+    Checked on the m3w/1-shaped view; an m3w/2 record is also checked for its one-type-per-field
+    rule (`check_v2_types`), which is what keeps it readable by `datasets`."""
     rec = sample.record or {}
-    if rec.get("schema") != SCHEMA:
-        yield "schema.version", f"schema is {rec.get('schema')!r}, expected {SCHEMA!r}"
+    if rec.get("schema") not in READABLE_SCHEMAS:
+        yield (
+            "schema.version",
+            f"schema is {rec.get('schema')!r}, expected one of {', '.join(READABLE_SCHEMAS)}",
+        )
+    if rec.get("schema") == SCHEMA and sample.stored is not None:
+        yield from check_v2_types(sample.stored)
     if "key" in rec and rec["key"] != sample.key:
         yield "schema.key", f"record key {rec['key']!r} differs from member key {sample.key!r}"
     if not isinstance(rec.get("url"), str) or not rec.get("url"):
@@ -164,6 +172,65 @@ def _decode(data: bytes, ext: str, full: bool = True) -> str | None:
     except Exception as e:  # noqa: BLE001 - any decoder failure is the finding itself
         return f"not decodable: {type(e).__name__}: {e}"
     return None
+
+
+# m3w/2: every key present, with this JSON type (docs/format.md § Why m3w/2)
+V2_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema": str,
+    "key": str,
+    "url": str,
+    "source": dict,
+    "fetched": str,
+    "lang": str,
+    "lang_score": (int, float),
+    "texts": list,
+    "images": list,
+    "p_next": (int, float),
+    "stats": str,
+}
+V2_IMAGE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "ext": str,
+    "src": str,
+    "alt": str,
+    "width": int,
+    "height": int,
+    "sha256": str,
+    "phash": str,
+    "src_page": str,
+    "attach": str,
+}
+
+
+def check_v2_types(stored: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """An m3w/2 record whose fields do not all have their one type (a null, a missing key) would
+    break `datasets`' schema inference on another user's machine: report it as schema.type."""
+    for name, kind in V2_FIELDS.items():
+        if (
+            name not in stored
+            or isinstance(stored[name], bool)
+            or not isinstance(stored[name], kind)
+        ):
+            yield "schema.type", f"field {name!r} is {stored.get(name)!r}, not {_type_name(kind)}"
+    extra = sorted(set(stored) - set(V2_FIELDS))
+    if extra:
+        yield "schema.type", f"unknown fields {extra} (m3w/2 has one fixed set of keys)"
+    for pos, image in enumerate(stored.get("images") or []):
+        if image is None:
+            continue
+        if not isinstance(image, dict) or set(image) != set(V2_IMAGE_FIELDS):
+            keys = sorted(image) if isinstance(image, dict) else type(image).__name__
+            yield "schema.type", f"position {pos}: image keys {keys}, not {sorted(V2_IMAGE_FIELDS)}"
+            continue
+        for name, kind in V2_IMAGE_FIELDS.items():
+            if isinstance(image[name], bool) or not isinstance(image[name], kind):
+                yield (
+                    "schema.type",
+                    f"position {pos}: {name} is {image[name]!r}, not {_type_name(kind)}",
+                )
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return "a number" if isinstance(kind, tuple) else f"a {kind.__name__}"
 
 
 def check_sample(sample: Sample, decode: bool = True) -> Iterator[tuple[str, str]]:

@@ -22,6 +22,12 @@ still listen on every interface, and the token is what guards them.
 
 Before a local Ray starts, what a SIGKILLed m3w driver left of its own local Ray (the raylet's agents
 outlive it) is stopped, and the new session gets an owner file for the next time: pipelines/ray_stale.py.
+
+Noise: Ray announces at every local start that token authentication is on ("Set RAY_AUTH_MODE=
+disabled to opt out"). For m3w's own local Ray that is the expected state, so the note is shown
+only at `--log-level INFO` or below; Ray's warning that authentication is *off* is never hidden.
+Ray prefixes forwarded worker lines with ANSI colours; they are kept only when stderr is a
+terminal (`RAY_COLOR_PREFIX=0` otherwise; a user's own setting wins).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,7 +78,12 @@ def init_ray(
         stop_stale_local_rays()
     if ray.is_initialized():
         return False
-    with _single_node_env(enabled=not address, proxies=loopback_only):
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read per forwarded line, so kept
+    with (
+        _single_node_env(enabled=not address, proxies=loopback_only),
+        _quiet_auth_note(enabled=not address),
+    ):
         kwargs: dict[str, Any] = {"log_to_driver": log_to_driver, "include_dashboard": False}
         if address:
             kwargs["address"] = address
@@ -104,6 +116,31 @@ def local_ray_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
     return kwargs
+
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _AuthEnabledNote(logging.Filter):
+    """Drops Ray's "Token authentication is enabled" note below INFO (the secure default)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        note = "Token authentication is enabled for this Ray cluster" in record.getMessage()
+        return not note or logging.getLogger().getEffectiveLevel() <= logging.INFO
+
+
+@contextlib.contextmanager
+def _quiet_auth_note(*, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    note = _AuthEnabledNote()
+    logger = logging.getLogger(_AUTH_LOGGER)
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@
   hand, with `<image>` and `<|endofchunk|>` already special tokens.
 - `tiny_lm` / `tiny_vision` / `tiny_image_processor`: a GPT-2-style causal LM and a CLIP-style vision
   tower built from small configs, plus the matching `CLIPImageProcessor`.
-- `write_synthetic_shards`: m3w/1 shards of generated documents with Pillow-drawn images whose colour is
+- `write_synthetic_shards`: m3w/2 shards of generated documents with Pillow-drawn images whose colour is
   named in the following text, so a model that looks at the image can lower its loss.
 """
 

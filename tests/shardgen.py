@@ -1,4 +1,4 @@
-"""Generate small, valid m3w/1 job directories for inspect tests and benchmarks.
+"""Generate small, valid m3w/2 (or m3w/1) job directories for inspect tests and benchmarks.
 
 Images are drawn with Pillow (shapes and a label, so a screenshot shows which is which), texts are drawn
 from a small multilingual word list, and everything is seeded: the same arguments give the same bytes.
@@ -106,15 +106,17 @@ def make_job(
     max_images: int = 3,
     seed: int = 0,
     text_words: int = 40,
+    schema: str = "m3w/2",
 ) -> Job:
-    """Write `root/shards/NNNNNN.tar`, `root/manifest.jsonl` and `root/report.json` (DESIGN §3)."""
+    """Write `root/shards/NNNNNN.tar`, `root/manifest.jsonl` and `root/report.json` (DESIGN §3), in
+    the writer's schema (m3w/2) or the older m3w/1 layout that readers still accept."""
     rng = random.Random(seed)
     root = Path(root)
     job = Job(root=root)
     manifest = []
     for s in range(n_shards):
         path = root / "shards" / f"{s:06d}.tar"
-        writer = ShardWriter(path)
+        writer = ShardWriter(path, schema)
         try:
             for d in range(docs_per_shard):
                 url = f"https://example.org/s{s}/page{d}"

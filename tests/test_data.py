@@ -353,3 +353,47 @@ def test_pipe_urls_stream_shards(shard_dir, tokenizer, processor):
     assert len(urls) == 6 and urls[0] == f"pipe:cat {shard_dir}/000000.tar"
     keys = _keys_of(_stream(pattern, tokenizer, processor, num_workers=1))
     assert sorted(keys) == sorted(_keys_of(_stream(shard_dir, tokenizer, processor, num_workers=1)))
+
+
+def test_m3w_1_and_m3w_2_shards_give_the_same_batches(tmp_path, tokenizer, processor):
+    """The loader reads both layouts (one member per image, and m3w/2's one images member) into
+    the same tensors: the same documents written both ways give equal batches."""
+    docs = [tiny.synthetic_document(i, 3, max_images=3) for i in range(6)]
+    for schema in ("m3w/1", "m3w/2"):
+        with ShardWriter(tmp_path / schema.replace("/", "_") / "000000.tar", schema) as w:
+            for doc in docs:
+                w.write(doc)
+    old, new = (
+        list(_stream(tmp_path / name, tokenizer, processor, num_workers=1, batch_size=3))
+        for name in ("m3w_1", "m3w_2")
+    )
+    assert len(old) == len(new) == 2
+    for a, b in zip(old, new):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(a["images"], b["images"]) and bool(a["image_valid"].any())
+        assert torch.equal(a["image_valid"], b["image_valid"])
+        assert a["_counts"] == b["_counts"]
+
+
+def test_an_m3w_2_images_member_that_does_not_match_is_a_counted_skip(
+    tmp_path, tokenizer, processor
+):
+    import msgpack
+
+    doc, good = (tiny.synthetic_document(i, 3, max_images=2) for i in range(2))
+    record, _ = doc.to_shard()
+    good_record, good_images = good.to_shard()
+    with tarfile.open(tmp_path / "000000.tar", "w") as tar:
+        for name, payload in (
+            (f"{doc.key}.json", json.dumps(record).encode()),
+            (f"{doc.key}.images.mp", msgpack.packb([None])),  # one entry for many positions
+            (f"{good.key}.json", json.dumps(good_record).encode()),  # a batch to carry the counts
+            (f"{good.key}.images.mp", good_images),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    counts = data.Counts()
+    for batch in _stream(tmp_path, tokenizer, processor, num_workers=1, batch_size=1):
+        counts.update(batch["_counts"])
+    assert counts["data.bad_record"] == 1

@@ -28,9 +28,10 @@ def _doc(url: str) -> Document:
     )
 
 
-def test_write_then_read_round_trip(tmp_path):
+@pytest.mark.parametrize("schema", ["m3w/2", "m3w/1"])
+def test_write_then_read_round_trip(tmp_path, schema):
     path = tmp_path / "000000.tar"
-    with ShardWriter(path) as writer:
+    with ShardWriter(path, schema) as writer:
         writer.write(_doc("http://example.com/1"))
         writer.write(_doc("http://example.com/2"))
     assert path.exists() and not (tmp_path / "000000.tar.tmp").exists()
@@ -41,7 +42,44 @@ def test_write_then_read_round_trip(tmp_path):
     assert doc.image_nodes[0].data == b"JPEGDATA" and doc.image_nodes[0].attach == "following"
     with tarfile.open(path) as tar:
         names = tar.getnames()
-    assert names[1] == f"{doc.key}.1.jpg"
+    second = "images.mp" if schema == "m3w/2" else "1.jpg"
+    assert names[:2] == [f"{doc.key}.json", f"{doc.key}.{second}"]
+    assert samples[0].record["schema"] == schema
+
+
+def test_v2_samples_share_one_member_set_and_one_type_per_field(tmp_path):
+    """What makes `datasets` able to read the shards: the same suffixes in every sample, and no
+    field whose JSON type changes between samples (a null here, a string there)."""
+    import json
+
+    path = tmp_path / "000000.tar"
+    docs = [_doc("http://example.com/1"), _doc("http://example.com/2")]
+    docs[1].nodes.append(
+        ImageNode("http://x/b.png", data=b"PNG", ext="png", width=9, height=9, attach="preceding")
+    )
+    docs[1].fetched, docs[1].stats = "2026-01-01T00:00:00Z", {"dom": {"removed_nav": 2}}
+    with ShardWriter(path) as writer:
+        for doc in docs:
+            writer.write(doc)
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        records = [json.loads(tar.extractfile(n).read()) for n in names if n.endswith(".json")]
+    assert {n.split(".", 1)[1] for n in names} == {"json", "images.mp"}
+    assert len(names) == 4
+
+    def types(value):
+        if isinstance(value, dict):
+            return {k: types(v) for k, v in sorted(value.items())}
+        if isinstance(value, list):
+            return sorted({json.dumps(types(v)) for v in value if v is not None})
+        return type(value).__name__
+
+    assert types(records[0]) == types(records[1])
+    assert records[0]["fetched"] == "" and records[0]["images"][1]["src_page"] == ""
+    doc = list(iter_shard(path))[1].document()
+    assert doc.fetched == "2026-01-01T00:00:00Z" and doc.stats == {"dom": {"removed_nav": 2}}
+    assert [n.data for n in doc.image_nodes] == [b"JPEGDATA", b"PNG"]
+    assert doc.image_nodes[0].src_page is None and doc.image_nodes[1].ext == "png"
 
 
 def test_identical_input_gives_identical_bytes(tmp_path):
@@ -73,9 +111,10 @@ def test_reads_with_plain_webdataset(tmp_path):
     path = tmp_path / "000000.tar"
     with ShardWriter(path) as writer:
         writer.write(_doc("http://example.com/1"))
-    samples = list(wds.WebDataset(str(path), shardshuffle=False))
+    samples = list(wds.WebDataset(str(path), shardshuffle=False).decode())
     assert len(samples) == 1
-    assert "json" in samples[0] and "1.jpg" in samples[0]
+    assert samples[0]["json"]["schema"] == "m3w/2"
+    assert samples[0]["images.mp"] == [None, b"JPEGDATA", None]  # wds decodes .mp (msgpack)
 
 
 def test_document_json_rejects_mismatched_lists():
