@@ -292,7 +292,10 @@ def _record_run(job: stages.JobDir, seconds: float) -> None:
 def _check_out(out: str) -> None:
     """`--out` must be a folder (new, or a job of this build to resume): never a file."""
     from m3w_builder.errors import OutputError
+    from pipelines.storage import is_url
 
+    if is_url(out):
+        return  # object storage: no folders to be confused with files
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder for the job")
@@ -541,7 +544,7 @@ class _RayExecutor(_LocalExecutor):
         remote = remote.options(name=fn.__name__)  # the worker's title: ray::extract_unit, ...
         level = self.options.log_level
         level = logging.getLogger().getEffectiveLevel() if level is None else level
-        log_dir = str(Path(self.options.out) / "_work" / "logs")
+        log_dir = str(stages.JobDir(self.options.out).work / "logs")
         stage = fn.__name__.removesuffix("_unit")
         head = [ray.put(fn), stage, level, log_dir]
         shared_refs = [ray.put(arg) for arg in shared]

@@ -60,6 +60,7 @@ from m3w_builder.config import BuildConfig
 from m3w_builder.document import Document, RawPage
 from m3w_builder.reasons import Counts, Skip, reason, split_counts
 from m3w_builder.shards import RollingShardWriter, ShardInfo
+from pipelines import storage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class JobDir:
     """Paths of one job folder: `shards/`, `manifest.jsonl`, `report.json`, and `_work/` (resume state)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = storage.job_path(root)  # a Path, or a UPath for an fsspec URL (s3://...)
+        self.remote = storage.is_remote(self.root)
         self.shards = self.root / "shards"
         self.manifest = self.root / "manifest.jsonl"
         self.report = self.root / "report.json"
@@ -106,15 +108,7 @@ class JobDir:
         return self.work / "write" / f"{unit:05d}.json"
 
 
-def attempt_tmp(path: Path) -> Path:
-    """A temporary name next to `path` that belongs to this attempt alone.
-
-    Two attempts of one unit can run at once: a driver killed with SIGKILL leaves its local Ray's
-    workers running the tasks it had submitted, and the rerun submits them again. With one shared
-    `NAME.tmp` the first attempt to finish renamed the other's file away under it (a
-    FileNotFoundError in `os.replace`, seen in CI). Outputs are deterministic, so whichever attempt
-    renames last leaves the same bytes."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+attempt_tmp = storage.attempt_tmp
 
 
 STALE_ATTEMPT_S = 600.0  # an attempt's temporary file untouched this long belongs to a dead task
@@ -125,8 +119,8 @@ def remove_stale_attempts(job: JobDir, older_than_s: float = STALE_ATTEMPT_S) ->
     left under `_work/` — a write attempt killed with its node leaves a partial tar of tens of MB.
     Only leftovers untouched for `older_than_s` go: a live attempt (of this run, or of another
     build on the same `--out`) writes its file continuously. Returns how many were removed."""
-    if not job.work.is_dir():
-        return 0
+    if job.remote or not job.work.is_dir():
+        return 0  # object storage: every write is one complete PUT, no temporary names
     now, removed = time.time(), 0
     for path in list(job.work.rglob("*.tmp")):
         try:
@@ -145,19 +139,7 @@ def remove_stale_attempts(job: JobDir, older_than_s: float = STALE_ATTEMPT_S) ->
     return removed
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename: readers see the old file or the whole new one, never a torn write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = attempt_tmp(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # ENOSPC, EDQUOT, EIO: no half-written temporary file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
+atomic_write = storage.atomic_write
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -188,8 +170,11 @@ def run_logged(
     for handler in root.handlers:
         if getattr(handler, "_m3w_console", False):
             handler.setLevel(log_level)
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(Path(log_dir) / f"{stage}-{unit.index:05d}.log")
+    folder = storage.job_path(log_dir)
+    if storage.is_remote(folder):  # a log file is appended to: it stays on the node
+        folder = storage.node_local(folder, "logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(folder / f"{stage}-{unit.index:05d}.log")
     file_handler.setLevel(log_level)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
@@ -444,7 +429,7 @@ def extract_unit(
     if stats_path.exists():
         return read_json(stats_path)
     started = time.perf_counter()
-    journal_path = job.journal(unit.index)
+    journal_path = storage.node_local(job.journal(unit.index), job.journal(unit.index).name)
     previous = read_journal(
         journal_path.read_text(errors="replace") if journal_path.exists() else "", options.run_id
     )
@@ -456,9 +441,11 @@ def extract_unit(
     langs: Counter[str] = Counter()
     pages = 0
     docs_path = job.extract_docs(unit.index)
-    tmp = attempt_tmp(docs_path)
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        with (
+            storage.open_atomic(docs_path) as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out,
+        ):
             for seq, page in enumerate(iter_unit_pages(unit, config, counts, index)):
                 pages += 1
                 counts["yield.html"] += 1
@@ -486,13 +473,7 @@ def extract_unit(
                 record["ord"] = keys.add(doc)
                 out.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
                 langs[doc.lang or "unknown"] += 1
-            out.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, docs_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # this attempt's partial file; a retry writes its own
-        raise
+            out.close()  # open_atomic publishes the file whole, or removes it on an error
     finally:
         journal.close()
     keys.write(job.work, unit.index, options.parts)
@@ -613,7 +594,7 @@ async def _fetch_pages(
 
 
 def iter_extracted(job: JobDir, unit: int) -> Iterator[dict[str, Any]]:
-    with gzip.open(job.extract_docs(unit), "rb") as f:
+    with job.extract_docs(unit).open("rb") as raw, gzip.GzipFile(fileobj=raw) as f:
         for line in f:
             yield json.loads(line)
 
@@ -712,7 +693,14 @@ def write_unit(
         return read_json(stats_path)
     started = time.perf_counter()
     final_dir = job.write_dir(unit.index)
-    tmp_dir = attempt_tmp(final_dir)
+    # parts are written on local disk (a tar is not appended to object storage), then published
+    tmp_dir = (
+        attempt_tmp(final_dir)
+        if not job.remote
+        else storage.node_local(
+            final_dir, f"{final_dir.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        )
+    )
     counts = Counts()
     langs: Counter[str] = Counter()
     images = 0
@@ -741,10 +729,15 @@ def write_unit(
     infos = writer.infos
     if not infos:
         tmp_dir.mkdir(parents=True, exist_ok=True)
-    # A part folder already there is an earlier or concurrent attempt's identical output, or one
-    # whose marker was lost: replace it (a directory cannot be renamed onto a non-empty one).
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp_dir, final_dir)
+    if job.remote:  # each part uploaded whole; the marker below is what makes them count
+        for info in infos:
+            storage.upload(tmp_dir / info.name, final_dir / info.name)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    else:
+        # A part folder already there is an earlier or concurrent attempt's identical output, or
+        # one whose marker was lost: replace it (a directory cannot be renamed onto a non-empty one).
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp_dir, final_dir)
     stats = {
         "unit": unit.index,
         "docs": sum(i.docs for i in infos),
@@ -834,14 +827,14 @@ def finalize(job: JobDir, write_stats: list[dict[str, Any]]) -> list[ShardInfo]:
 
     Idempotent: a part already moved (destination present, source gone) is skipped, so a driver killed
     half-way through renaming finishes the job on the next run."""
-    job.shards.mkdir(parents=True, exist_ok=True)
+    storage.mkdirs(job.shards)
     infos: list[ShardInfo] = []
     for stats in sorted(write_stats, key=lambda s: s["unit"]):
         for part in stats["shards"]:
             src = job.write_dir(stats["unit"]) / part["name"]
             dst = job.shards / f"{len(infos):06d}.tar"
             if src.exists():
-                os.replace(src, dst)
+                storage.move(src, dst)  # a rename; on object storage a server-side copy
             elif not dst.exists():
                 raise FileNotFoundError(f"part shard {src} is missing and {dst} was never written")
             infos.append(ShardInfo(**{**part, "name": f"shards/{dst.name}"}))
@@ -856,10 +849,12 @@ def clean_work(job: JobDir) -> None:
     small markers and stats that let a rerun say "already done" without recomputing anything."""
     work = job.work
     for sub in ("extract/keys", "extract/minhash", "extract/index", "index", "decide/count"):
-        shutil.rmtree(work / sub, ignore_errors=True)
+        storage.remove_tree(work / sub)
     for pattern in ("extract/*.docs.jsonl.gz", "decide/*.npy"):
-        for path in work.glob(pattern):
-            path.unlink(missing_ok=True)
+        for path in list(work.glob(pattern)):
+            storage.remove(path)
+    if job.remote:
+        return
     for part in (work / "write").glob("[0-9]*"):
         if part.is_dir() and not any(part.iterdir()):
             part.rmdir()

@@ -106,9 +106,10 @@ def shard_size(shard: Shard) -> int:
 def open_shard(shard: Shard) -> Iterator[IO[bytes]]:
     """A buffered binary stream: 1 MiB buffer locally, 4 MiB blocks (fewer requests) remotely."""
     if is_url(shard):
-        import fsspec
-
-        with fsspec.open(str(shard), "rb", block_size=4 << 20) as f:
+        # block_size is a file option: given to fsspec.open it reaches the filesystem's
+        # constructor, which s3fs refuses (AioSession got an unexpected keyword 'block_size')
+        fs, path = _url_fs(str(shard))
+        with fs.open(path, "rb", block_size=4 << 20) as f:
             yield f
     else:
         with open(shard, "rb", buffering=1 << 20) as f:

@@ -19,7 +19,6 @@ Keys are 64-bit (`key_hi`, `key_lo` pairs where collisions would matter: the arc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -47,28 +46,34 @@ def _parts_path(path: Path) -> Path:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write-then-rename, so a reader sees the whole array or none (np.save itself is not)."""
-    from pipelines.build_stages import attempt_tmp
+    """The whole array or nothing (np.save itself is not atomic), locally or on object storage."""
+    from pipelines import storage
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = attempt_tmp(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no temporary file behind
-        raise
+    with storage.open_atomic(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    """An array file, memory-mapped (a remote file is fetched into the machine's cache first)."""
+    from pipelines import storage
+
     if not path.exists():
         raise FileNotFoundError(path)
-    if path.stat().st_size <= 128:  # an empty array: np.load cannot map zero bytes
-        return np.load(path, allow_pickle=False)
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    local = storage.local_copy(path)
+    if local.stat().st_size <= 128:  # an empty array: np.load cannot map zero bytes
+        return np.load(local, allow_pickle=False)
+    return np.load(local, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def _header(f) -> tuple[np.dtype, int]:
+    version = np.lib.format.read_magic(f)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else (np.lib.format.read_array_header_2_0)
+    )
+    _, _, dtype = read(f)
+    return dtype, f.tell()
 
 
 def write_partitioned(path: Path, rows: np.ndarray, keys: np.ndarray, parts: int) -> None:
@@ -82,9 +87,17 @@ def write_partitioned(path: Path, rows: np.ndarray, keys: np.ndarray, parts: int
 
 
 def read_partition(path: Path, p: int) -> np.ndarray:
-    """Rows of partition p of one partitioned file (an in-memory copy of that slice only)."""
-    offsets = np.load(_parts_path(path), allow_pickle=False)
-    return np.array(load_npy(path)[int(offsets[p]) : int(offsets[p + 1])])
+    """Rows of partition p of one partitioned file: only that slice's bytes are read (a seek
+    locally, a ranged GET on object storage), never the other partitions."""
+    offsets = np.load(_parts_path(path).open("rb"), allow_pickle=False)
+    start, stop = int(offsets[p]), int(offsets[p + 1])
+    with path.open("rb") as f:
+        dtype, data = _header(f)
+        if stop <= start:
+            return np.zeros(0, dtype=dtype)
+        f.seek(data + start * dtype.itemsize)
+        raw = f.read((stop - start) * dtype.itemsize)
+    return np.frombuffer(raw, dtype=dtype).copy()
 
 
 def gather_partition(
