@@ -1125,6 +1125,7 @@ def iter_records(
     counts: Counts,
     types: frozenset[str] | set[str] = RECORD_TYPES,
     max_body_bytes: int | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[ArchiveRecord]:
     """Response/resource records (or `types`) of one WARC or ARC file, gzipped or not.
 
@@ -1137,6 +1138,11 @@ def iter_records(
 
     A record whose length lies (too long, too short, 10^17, negative, not a number) costs that
     record alone: the reader resyncs from just after its header (`_Reader._block`).
+
+    `byte_range=(start, stop)` reads only the records that *start* in [start, stop) of a
+    `.warc.gz` (one gzip member per record, ISO 28500 annex D): reading begins at the first member
+    at or after `start` whose first bytes are a WARC header, so consecutive ranges read every
+    record exactly once and a large archive can be split into many tasks (`archive_ranges`).
     """
     try:
         raw = open_input(path)
@@ -1147,9 +1153,18 @@ def iter_records(
     with raw:
         head = raw.read(_READ_SIZE)
         raw.seek(0)
-        stream = _Stream(raw, gzipped=_is_gzipped(head))
+        base, stop = 0, None
+        if byte_range is not None:
+            base, stop = byte_range
+            if base > 0:
+                found = _next_warc_member(raw, base, stop)
+                if found is None:
+                    return  # no record starts in this range (a one-member file: range 0 has all)
+                base = found
+            raw.seek(base)
+        stream = _Stream(raw, gzipped=_is_gzipped(head), base=base)
         reader = _Reader(stream, max_block=max_body_bytes)
-        yield from _read_all(reader, path, counts, types)
+        yield from _read_all(reader, path, counts, types, stop)
 
 
 def _is_gzipped(head: bytes) -> bool:
@@ -1162,8 +1177,60 @@ def _is_gzipped(head: bytes) -> bool:
     return GZIP_MAGIC in head
 
 
+def _next_warc_member(raw: BinaryIO, start: int, stop: int) -> int | None:
+    """The raw offset of the first gzip member at or after `start` (and before `stop`) that
+    inflates to a WARC header; None if there is none."""
+    pos = start
+    while pos < stop:
+        raw.seek(pos)
+        block = raw.read(_READ_SIZE + len(GZIP_MAGIC) - 1)  # a magic may straddle two reads
+        if not block:
+            return None
+        i = block.find(GZIP_MAGIC)
+        while 0 <= i and pos + i < stop:
+            if _member_is_warc(raw, pos + i):
+                return pos + i
+            i = block.find(GZIP_MAGIC, i + 1)
+        pos += _READ_SIZE
+    return None
+
+
+def _member_is_warc(raw: BinaryIO, offset: int) -> bool:
+    here = raw.tell()
+    try:
+        raw.seek(offset)
+        head = raw.read(4096)
+        try:
+            text = zlib.decompressobj(31).decompress(head, 64)
+        except zlib.error:
+            return False
+        return bool(_WARC_START.match(text))
+    finally:
+        raw.seek(here)
+
+
+def archive_ranges(path: str, split_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of about `split_bytes` covering a `.warc.gz` of more than that (one range for
+    anything smaller, a plain WARC or an ARC: a record boundary cannot be told from content
+    there). Each range's task reads the records that start in it (`iter_records`)."""
+    if split_bytes <= 0 or not path.lower().endswith(".warc.gz"):
+        return [(0, 1 << 62)]
+    try:
+        size = os.path.getsize(path) if "://" not in path else int(_fs(path)[0].size(_fs(path)[1]))
+    except OSError:
+        return [(0, 1 << 62)]
+    if size <= split_bytes:
+        return [(0, 1 << 62)]
+    cuts = list(range(0, size, split_bytes))
+    return [(a, b) for a, b in zip(cuts, [*cuts[1:], 1 << 62], strict=True)]
+
+
 def _read_all(
-    reader: _Reader, path: str, counts: Counts, types: frozenset[str] | set[str]
+    reader: _Reader,
+    path: str,
+    counts: Counts,
+    types: frozenset[str] | set[str],
+    stop: int | None = None,
 ) -> Iterator[ArchiveRecord]:
     stream = reader.stream
     while True:
@@ -1186,10 +1253,12 @@ def _read_all(
         if record is None:
             _count_gaps(reader, path, counts, final=True)
             return
+        offset = stream.raw_offset(record.stream_pos)
+        if stop is not None and offset >= stop:
+            return  # the next range's first record
         counts["warc.records"] += 1
         if record.record_type not in types:
             continue
-        offset = stream.raw_offset(record.stream_pos)
         try:
             archived = _to_archive_record(record, offset, path)
         except _Corrupt as exc:
@@ -1261,6 +1330,7 @@ def iter_pages(
     counts: Counts,
     config: SourceConfig | None = None,
     on_record: Callable[[ArchiveRecord], object] | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[RawPage]:
     """Every HTML page in `path`: a WARC/ARC file (gzipped or not, told by its bytes), an HTML
     file (.html/.htm/.xhtml, optionally .gz) or a directory (recursively, in sorted order so that
@@ -1277,7 +1347,7 @@ def iter_pages(
     kind = sniff_format(path)
     if kind in ("warc", "arc") or (kind == "unknown" and path.lower().endswith(ARCHIVE_SUFFIXES)):
         # An archive whose first record is damaged still goes to the reader, which resyncs.
-        yield from _archive_pages(path, counts, config, on_record)
+        yield from _archive_pages(path, counts, config, on_record, byte_range)
     elif kind == "html" or path.lower().endswith(HTML_SUFFIXES):
         page = _file_page(path, counts, config)
         if page is not None:
@@ -1295,11 +1365,15 @@ def _archive_pages(
     counts: Counts,
     config: SourceConfig,
     on_record: Callable[[ArchiveRecord], object] | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[RawPage]:
     # Hold at most max_html_bytes (+ room for HTTP headers) of any record: a 2 GB video record
     # is skipped without being read into memory.
     limit = config.max_html_bytes + _MAX_HEADER_BYTES
-    for record in iter_records(path, counts, types=_PAGE_TYPES, max_body_bytes=limit):
+    records = iter_records(
+        path, counts, types=_PAGE_TYPES, max_body_bytes=limit, byte_range=byte_range
+    )
+    for record in records:
         counts["yield.read"] += 1
         if on_record is not None:
             on_record(record)

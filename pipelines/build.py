@@ -61,6 +61,8 @@ class JobOptions:
     urls_per_unit: int = 256
     partitions: int | None = None  # of the job-wide state; None: from the input size
     keep_work: bool = False  # keep the bulky intermediate files of `_work/` after the build
+    # a .warc.gz larger than this is read by several tasks, in byte ranges (0: one task per file)
+    archive_split_bytes: int = 1 << 30
     progress: bool = True
     loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
     log_level: int | None = None  # the workers' (None: this process's root logger level)
@@ -88,7 +90,10 @@ def run_build(
     stages.check_inputs(inputs)
     job = stages.JobDir(options.out)
     units = stages.plan_units(
-        inputs, files_per_unit=options.files_per_unit, urls_per_unit=options.urls_per_unit
+        inputs,
+        files_per_unit=options.files_per_unit,
+        urls_per_unit=options.urls_per_unit,
+        archive_split_bytes=options.archive_split_bytes,
     )
     parts = options.partitions or partitions_for(_input_bytes(units))
     _check_or_record_job(job, inputs, config, options, units, parts)
@@ -783,6 +788,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--urls-per-unit", type=int, default=256, help="URL-list lines per task (default 256)"
     )
+    p.add_argument(
+        "--archive-split-mb",
+        type=int,
+        default=1024,
+        help="a .warc.gz larger than this is read by several tasks, in byte ranges (0: one per file)",
+    )
+    p.add_argument(
+        "--near-dedup",
+        choices=("on", "off"),
+        help="remove near-duplicate documents job-wide (MinHash + LSH; default on)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of the job-wide dedup state (default: from the input size)",
+    )
+    p.add_argument("--keep-work", action="store_true", help="keep _work/'s intermediate files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -805,6 +827,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         config.shards.max_shard_bytes = args.max_shard_bytes
     if args.allow_private_hosts:
         config.fetch.allow_private_hosts = True
+    if getattr(args, "near_dedup", None):
+        config.dedup.near_dedup = args.near_dedup == "on"
     return config
 
 
@@ -835,11 +859,14 @@ def main(args: argparse.Namespace) -> int:
         files_per_unit=args.files_per_unit,
         urls_per_unit=args.urls_per_unit,
         progress=not args.no_progress and sys.stderr.isatty(),
+        archive_split_bytes=max(0, args.archive_split_mb) << 20,
+        partitions=args.partitions,
+        keep_work=args.keep_work,
     )
     try:
         report = run_build(args.inputs, config, options)
     except OSError as e:  # a read-only or full --out: one line, not a traceback
         raise SystemExit(f"m3w build: {describe_os_error(e)}") from None
     print(summary_table(report))
-    print(f"\nshards: {Path(args.out) / 'shards'}  (manifest.jsonl, report.json beside them)")
+    print(f"\nshards: {stages.JobDir(args.out).shards}  (manifest.jsonl, report.json beside them)")
     return 0

@@ -210,6 +210,8 @@ class WorkUnit:
             return f"extract units {self.members[0]}-{self.members[-1]}"
         if self.kind == "urls":
             return f"{self.paths[0]} lines {self.start}-{self.stop}"
+        if self.kind == "range":
+            return f"{self.paths[0]} bytes {self.start}-"
         return (
             self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} (+{len(self.paths) - 1})"
         )
@@ -220,11 +222,17 @@ def is_url_list(path: str) -> bool:
 
 
 def plan_units(
-    inputs: list[str], *, files_per_unit: int = 64, urls_per_unit: int = 256
+    inputs: list[str],
+    *,
+    files_per_unit: int = 64,
+    urls_per_unit: int = 256,
+    archive_split_bytes: int = 0,
 ) -> list[WorkUnit]:
-    """Cut the inputs into units: one per archive (archives do not split), HTML files in groups, URL
-    lists in line ranges. Depends on the inputs only, so the plan is the same on any cluster."""
-    from m3w_builder.sources import expand_inputs
+    """Cut the inputs into units: an archive per unit (a `.warc.gz` larger than
+    `archive_split_bytes`, when set, in byte ranges starting at record boundaries: one unit per WARC
+    would cap a crawl of few large files at as many tasks as files), HTML files in groups, URL lists
+    in line ranges. Depends on the inputs only, so the plan is the same on any cluster."""
+    from m3w_builder.sources import archive_ranges, expand_inputs
 
     units: list[WorkUnit] = []
     html_group: list[str] = []
@@ -238,7 +246,12 @@ def plan_units(
             for start in range(0, n, urls_per_unit):
                 add("urls", [path], start, min(n, start + urls_per_unit))
         elif ARCHIVE_RE.search(path):
-            add("pages", [path])
+            ranges = archive_ranges(path, archive_split_bytes)
+            if len(ranges) == 1:
+                add("pages", [path])
+            else:
+                for start, stop in ranges:
+                    add("range", [path], start, stop)
         else:
             html_group.append(path)
             if len(html_group) == files_per_unit:
@@ -436,7 +449,7 @@ def extract_unit(
     journal = _Journal(journal_path, options.run_id, options.page_kill_timeout_s)
     counts = Counts()
     # Any "pages" unit may hold archives (a directory of WARCs, an archive with an odd name).
-    index = _new_archive_index() if unit.kind == "pages" else None
+    index = _new_archive_index() if unit.kind in ("pages", "range") else None
     keys = UnitKeys(options.near)  # what the decide stage needs of each document
     langs: Counter[str] = Counter()
     pages = 0
@@ -533,9 +546,10 @@ def iter_unit_pages(
     from m3w_builder.sources import iter_pages
 
     on_record = None if index is None else (lambda record: index.add(record, counts))
+    byte_range = (unit.start, unit.stop) if unit.kind == "range" else None
     for path in unit.paths:
         try:
-            yield from iter_pages(path, counts, config.sources, on_record)
+            yield from iter_pages(path, counts, config.sources, on_record, byte_range)
         except Exception as exc:  # noqa: BLE001 - one bad input never stops the job
             counts["input.error"] += 1
             log.error("input.error: %s: %s: %s", path, type(exc).__name__, exc)
