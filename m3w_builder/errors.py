@@ -20,3 +20,8 @@ class InputError(UserError):
 
 class OutputError(UserError):
     """An output path that cannot be used (a file where a folder is needed, a folder not empty)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value that cannot work: an unknown field (a typo), a bad choice, a
+    combination that defeats itself. Also a ValueError, which library callers may catch."""

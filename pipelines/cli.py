@@ -4,8 +4,9 @@ Each command lives in its own module, which exposes `register(subparsers)` (adds
 `func`). Modules are imported only when their command runs, so `m3w extract` never imports Ray or torch.
 
 This is the one place where errors become messages (m3w_builder/errors.py): a `UserError` from any
-command prints one line and exits 2; Ctrl-C exits 130 (a build says how to resume). `--debug`, or
-`--log-level DEBUG`, shows the traceback instead. `m3w train` keeps its own handling for now.
+command prints one line and exits 2; Ctrl-C exits 130 (a build says how to resume; `m3w train`
+saves a checkpoint at the next step boundary and says so itself). `--debug`, or `--log-level DEBUG`,
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 INTERRUPTED = {
     "build": "interrupted; run the same command again to resume",
+    "train": "interrupted before a checkpoint was saved",
 }
-HANDLED = ("build", "extract", "inspect", "export", "demo")  # train: its own SIGINT/errors for now
 
 
 def _version() -> str:
@@ -97,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level, logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command not in HANDLED:
-        return int(args.func(args) or 0)
     from m3w_builder.errors import UserError
 
     debug = args.debug or args.log_level == "DEBUG"

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from m3w_builder.document import READABLE_SCHEMAS, RecordError, check_record, read_shard_sample
+from m3w_builder.errors import ConfigError, InputError
 from m3w_builder.reasons import Counts
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.attach not in ATTACH_MODES:
-            raise ValueError(f"attach must be one of {ATTACH_MODES}, got {self.attach!r}")
+            raise ConfigError(f"attach must be one of {ATTACH_MODES}, got {self.attach!r}")
         if self.seq_len < 8 or self.max_images < 1 or self.batch_size < 1:
-            raise ValueError("seq_len >= 8, max_images >= 1 and batch_size >= 1 are required")
+            raise ConfigError("seq_len >= 8, max_images >= 1 and batch_size >= 1 are required")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(slots=True)
@@ -119,6 +122,62 @@ class TokenIds:
 # --------------------------------------------------------------------------------------------
 # Shard lists and splitting
 # --------------------------------------------------------------------------------------------
+class ShardsError(InputError, ValueError):
+    """A shard spec that names no shard at all, or only shards that do not exist."""
+
+
+@dataclass(slots=True)
+class ShardList:
+    """A spec's shards split into those that exist (or cannot be checked: http, pipe:) and those
+    that do not: a brace pattern over a half-copied dataset names both."""
+
+    present: list[str]
+    missing: list[str]
+
+
+def find_shards(spec: str | Iterable[str]) -> ShardList:
+    """`expand_shards`, then which of them exist: local paths by stat, fsspec URLs (s3://, gs://)
+    by one listing per parent folder. Raises ShardsError when none exists, so that training never
+    starts on a dataset that can only ever warn; the missing ones are the caller's one warning."""
+    urls = expand_shards(spec)
+    listings: dict[str, set[str] | None] = {}
+    present = [u for u in urls if _shard_exists(u, listings)]
+    missing = [u for u in urls if u not in set(present)]
+    if not present:
+        raise ShardsError(
+            f"{_spec_text(spec)}: none of its {len(urls)} shard(s) exists (first: {missing[0]})"
+        )
+    return ShardList(present, missing)
+
+
+def _spec_text(spec: str | Iterable[str]) -> str:
+    return spec if isinstance(spec, str) else " ".join(spec)
+
+
+def _shard_exists(url: str, listings: dict[str, set[str] | None]) -> bool:
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url and not url.startswith("pipe:"):
+        return os.path.isfile(url)
+    scheme = url.split(":", 1)[0]
+    if scheme in ("pipe", "http", "https") or len(listings) > 16:  # cannot list: assume present
+        return True
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(url)
+        parent = fs._parent(path)
+        if parent not in listings:
+            try:
+                listings[parent] = {fs._strip_protocol(p) for p in fs.ls(parent, detail=False)}
+            except FileNotFoundError:
+                listings[parent] = set()
+        listing = listings[parent]
+    except Exception:  # noqa: BLE001 - no fsspec backend or no permission to list: cannot tell
+        return True
+    return listing is None or fs._strip_protocol(path) in listing
+
+
 def expand_shards(spec: str | Iterable[str]) -> list[str]:
     """A brace pattern, `a::b` list, folder of *.tar, text file of urls, or list → the shard urls.
 
@@ -139,7 +198,10 @@ def expand_shards(spec: str | Iterable[str]) -> list[str]:
         else:
             urls.append(url)
     if not urls:
-        raise ValueError(f"no shards match {spec!r}")
+        raise ShardsError(
+            f"{_spec_text(spec)}: matches no shard (give a brace pattern, a folder of .tar files, "
+            "a glob, a .txt list or URLs)"
+        )
     return urls
 
 
@@ -604,7 +666,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.transform = transform
         self.image_shape = image_shape
         self.rank, self.world = rank, world
-        self.urls = expand_shards(cfg.shards)
+        self.urls = find_shards(cfg.shards).present  # the trainer warned once about the others
         self.positions = positions or {}
         self.rotate = rotate
         self.epochs = epochs  # None: forever (the trainer counts steps)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +34,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from m3w_builder.errors import ConfigError, OutputError, UserError
 from pipelines import checkpoint
 from pipelines.data import DataConfig, WorkerPosition, make_loader, pad_images
+from pipelines.train_checks import check_before_loading, check_model_configs, load_or_explain
+from pipelines.train_report import Logger
 from pipelines.trainconfig import TrainConfig, apply_override
 
 log = logging.getLogger(__name__)
@@ -95,19 +100,28 @@ def build_parts(cfg: TrainConfig) -> Parts:
     from model.flamingo import Flamingo, FlamingoConfig
 
     if not cfg.model.lm or not cfg.model.vision:
-        raise ValueError("model.lm and model.vision are required (HF ids or local paths)")
-    fcfg = FlamingoConfig(
-        lm=cfg.model.lm,
-        vision=cfg.model.vision,
-        cross_attn_every_n_layers=cfg.model.cross_attn_every_n_layers,
-        **cfg.model.flamingo,
-    )
+        raise ConfigError("model.lm and model.vision are required (HF ids or local paths)")
+    try:
+        fcfg = FlamingoConfig(
+            lm=cfg.model.lm,
+            vision=cfg.model.vision,
+            cross_attn_every_n_layers=cfg.model.cross_attn_every_n_layers,
+            **cfg.model.flamingo,
+        )
+    except TypeError as e:  # a typo under model.flamingo
+        raise ConfigError(f"model.flamingo: {e}") from None
+    check_model_configs(cfg)
     tokenizer = None
     if cfg.model.tokenizer:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
-    model, tokenizer = Flamingo.from_pretrained(fcfg, tokenizer=tokenizer)
+        ref = cfg.model.tokenizer
+        tokenizer = load_or_explain("--tokenizer", ref, lambda: AutoTokenizer.from_pretrained(ref))
+    model, tokenizer = load_or_explain(
+        "--lm/--vision",
+        f"{cfg.model.lm} {cfg.model.vision}",
+        lambda: Flamingo.from_pretrained(fcfg, tokenizer=tokenizer),
+    )
     return Parts(model, tokenizer, load_image_processor(cfg.model.vision))
 
 
@@ -129,10 +143,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warmup to lr, then constant (Flamingo) or cosine down to min_lr_ratio·lr at the end."""
-    warm, total, floor = cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.min_lr_ratio
+    """Linear warmup to lr, then constant (Flamingo) or cosine down to min_lr_ratio·lr at the end.
+
+    The warm-up length is read at each call (TrainConfig.resolved_warmup): a resumed run sets it
+    from its checkpoint after the scheduler exists."""
+    total, floor = cfg.run.steps, cfg.optim.min_lr_ratio
 
     def factor(step: int) -> float:
+        warm = cfg.resolved_warmup()
         if step < warm:
             return (step + 1) / warm
         if cfg.optim.schedule == "constant":
@@ -410,46 +428,6 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------
-class Logger:
-    """TensorBoard scalars + tqdm on rank 0; a list of step records for the summary."""
-
-    def __init__(self, cfg: TrainConfig, d: Dist, start: int) -> None:
-        self.cfg, self.d = cfg, d
-        self.history: list[dict[str, float]] = []
-        self.tb = self.bar = None
-        if not d.main:
-            return
-        if cfg.run.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(cfg.run.out) / "tb"))
-        if cfg.run.progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=cfg.run.steps, initial=start, desc="train", unit="step")
-
-    def log(self, step: int, s: StepStats, scalars: dict[str, float]) -> None:
-        record = {"step": step, "loss": s.loss, **{f"loss/{k}": v for k, v in s.losses.items()}}
-        record.update(scalars)
-        self.history.append(record)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{s.loss:.3f}", lr=f"{s.lr:.2e}")
-        if self.tb is not None and (step % self.cfg.run.log_every == 0 or step == 1):
-            for k, v in record.items():
-                if k != "step":
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-# --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 class StopFlag:
@@ -458,6 +436,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
@@ -469,8 +448,11 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("received signal %d: checkpointing and stopping after this step", signum)
-        self.raised = True
+        if self.raised and signum == signal.SIGINT:  # a second Ctrl-C: stop now, no checkpoint
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        log.warning("%s: saving a checkpoint after this step, then stopping", name)
+        self.raised, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -489,20 +471,31 @@ def train(
     parts: Parts | None = None,
     on_step: Callable[[int, StepStats], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to OUT/summary-train.json."""
-    if not cfg.data:
-        raise ValueError("no dataset: give --shards or a data: list in the YAML config")
+    """Run (or resume) training; returns the summary written to OUT/summary-train.json.
+
+    A user's mistake (train_checks) raises a UserError before any model is loaded."""
     d = init_distributed(cfg.run.device)
+    if parts is None:
+        check_before_loading(cfg, main=d.main)
+    else:  # tests and the demo hand in their models: only the data and --out need checking
+        cfg.check()
+        if not cfg.data:
+            raise ConfigError("no dataset: give --shards or a data: list in --config")
     torch.manual_seed(cfg.run.seed + d.rank)
     parts = parts or build_parts(cfg)
     model = wrap_model(parts.model, cfg, d)
     optimizer = make_optimizer(model, cfg)
+    explicit_warmup = cfg.optim.warmup_steps is not None
+    cfg.optim.warmup_steps = cfg.resolved_warmup()  # saved with each checkpoint's config
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     root = Path(cfg.run.out) / "checkpoints"
     state: dict[str, Any] = {"step": 0, "data": {}}
     found = _resume(root, cfg, d) if cfg.run.resume else None
     if found is not None:
         state = checkpoint.apply(found, model=model, optimizer=optimizer, scheduler=scheduler)
+        saved = (state.get("config") or {}).get("optim", {}).get("warmup_steps")
+        if not explicit_warmup and isinstance(saved, int):  # a longer --steps keeps its warm-up
+            cfg.optim.warmup_steps = saved
         log.warning("resumed from %s at step %d", found.path, state["step"])
     resumed_from = found.path if found is not None else None
     del found  # the loaded tensors: applied, no longer needed
@@ -512,7 +505,7 @@ def train(
     counts = flop_counts(model)
     patches, latents = _vision_shape(parts), int(cfg.model.flamingo.get("num_latents", 64))
     peak = peak_flops(cfg, d.device)
-    logger = Logger(cfg, d, state["step"])
+    logger = Logger(cfg, d.main, state["step"])
     step, stopped, t_start, first_loss = state["step"], False, time.perf_counter(), None
     last_saved = step
     model.train()
@@ -532,7 +525,8 @@ def train(
             }
             if peak:
                 scalars["mfu"] = flops / s.step_s / (peak * d.world)
-            logger.log(step, s, scalars)
+            losses = {"loss": s.loss, **{f"loss/{k}": v for k, v in s.losses.items()}}
+            logger.log(step, s.loss, s.lr, {**losses, **scalars})
             if on_step is not None:
                 on_step(step, s)
             stopped = flag.agreed(d)
@@ -541,8 +535,9 @@ def train(
                 last_saved = step
             if stopped:
                 break
-    logger.close()
+    logger.close(interrupted=stopped)
     summary = _summary(cfg, logger.history, streams, step, stopped, time.perf_counter() - t_start)
+    summary["stopped_by"] = signal.Signals(flag.signum).name if flag.signum else None
     summary["first_loss_this_run"] = first_loss
     summary["checkpoint_step"] = last_saved
     summary["resumed_from"] = resumed_from.name if resumed_from is not None else None
@@ -594,8 +589,8 @@ def _resume(root: Path, cfg: TrainConfig, d: Dist) -> checkpoint.Loaded | None:
         log.warning("--resume auto: no usable checkpoint in %s, starting at step 0", root)
         return None
     found = f" ({len(choice.skipped)} unusable, see above)" if choice.skipped else ""
-    raise SystemExit(
-        f"m3w train: --resume: no usable checkpoint in {root}{found}; "
+    raise UserError(
+        f"--resume: no usable checkpoint in {root}{found}; "
         "use --resume auto to start at step 0 when there is none"
     )
 
@@ -681,11 +676,16 @@ def print_summary(summary: dict[str, Any]) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """YAML first, then flags, then `--set a.b=c` overrides."""
     cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    if args.shards:
-        cfg.data = [DataConfig(shards=s) for s in args.shards]
-        if len(args.shards) > 1:
-            for i, ds in enumerate(cfg.data):
-                ds.name = f"d{i}"
+    if args.shards:  # the YAML's dataset settings stay: one dataset is the template for each
+        if len(cfg.data) == len(args.shards):
+            for ds, spec in zip(cfg.data, args.shards, strict=True):
+                ds.shards = spec
+        else:
+            template = cfg.data[0] if len(cfg.data) == 1 else DataConfig()
+            cfg.data = [dataclasses.replace(template, shards=s) for s in args.shards]
+            if len(args.shards) > 1:
+                for i, ds in enumerate(cfg.data):
+                    ds.name = f"d{i}"
     for flag, (section, name) in FLAG_FIELDS.items():
         value = getattr(args, flag)
         if value is None:
@@ -730,6 +730,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "strategy": ("run", "strategy"),
     "compile": ("run", "compile"),
     "grad_checkpointing": ("run", "grad_checkpointing"),
+    "report_to": ("run", "report_to"),
 }
 
 
@@ -754,7 +755,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shuffle-buffer", type=int)
     p.add_argument("--resampled", action="store_true", default=None)
     p.add_argument("--lr", type=float)
-    p.add_argument("--warmup", type=int, help="linear warmup steps")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="linear warmup steps (default: 10%% of --steps, at most 5000; must be below --steps)",
+    )
     p.add_argument("--schedule", choices=["constant", "cosine"])
     p.add_argument("--accum", type=int, help="micro-batches per dataset per step")
     p.add_argument("--out")
@@ -777,13 +782,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["ddp", "fsdp"])
     p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--grad-checkpointing", action="store_true", default=None)
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p.add_argument(
+        "--report-to",
+        dest="report_to",
+        metavar="TRACKERS",
+        help="comma-separated experiment trackers: tensorboard, wandb (the wandb extra), "
+        "or none (default: tensorboard)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override any config field, e.g. optim.lr=3e-4, data.num_workers=4 (every dataset), "
+        "data.1.weight=0.2",
+    )
 
 
 _DISK_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CLI entry: 0 when the run reached --steps; 128+signal (130 for Ctrl-C, 143 for SIGTERM)
+    when a signal stopped it, after its checkpoint was saved, saying how to continue."""
     cfg = config_from_args(args)
     try:
         summary = train(cfg)
@@ -791,13 +811,24 @@ def run(args: argparse.Namespace) -> int:
         if e.errno not in _DISK_ERRNOS:
             raise
         where = f": {e.filename}" if e.filename else ""
-        raise SystemExit(f"m3w train: {e.strerror or e}{where} (--out {cfg.run.out})") from None
-    if int(os.environ.get("RANK", "0")) == 0:
+        raise OutputError(f"{e.strerror or e}{where} (--out {cfg.run.out})") from None
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
         print(f"m3w train: {cfg.run.out}")
         print_summary(summary)
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
+    if not summary["interrupted"]:
+        return 0
+    stopped_by = summary.get("stopped_by") or "SIGTERM"
+    if main:
+        print(
+            f"m3w train: interrupted by {stopped_by} at step {summary['steps']} of "
+            f"{cfg.run.steps}; checkpoint saved in {Path(cfg.run.out) / 'checkpoints'}; "
+            "run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+    return 128 + int(getattr(signal, stopped_by, signal.SIGTERM))
 
 
 def register(subparsers: Any) -> None:
@@ -806,8 +837,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-if __name__ == "__main__":  # torchrun -m pipelines.train ...
-    parser = argparse.ArgumentParser(prog="m3w train")
-    add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING)
-    raise SystemExit(run(parser.parse_args()))
+if __name__ == "__main__":  # torchrun -m pipelines.train ...: the same errors and exit codes
+    from pipelines.cli import main as cli_main
+
+    raise SystemExit(cli_main(["train", *sys.argv[1:]]))

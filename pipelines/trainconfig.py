@@ -18,13 +18,19 @@ YAML example (two datasets, Flamingo's accumulate-over-all-datasets mixture):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from m3w_builder.errors import ConfigError
 from pipelines.data import DataConfig
+
+FLAMINGO_WARMUP_STEPS = 5000  # Flamingo appendix B.1.2: linear warmup over 5k steps
+DEFAULT_WARMUP_FRACTION = 0.1  # of run.steps, when optim.warmup_steps is not given
+REPORTERS = ("tensorboard", "wandb")  # run.report_to; "none" for neither
 
 
 @dataclass
@@ -43,7 +49,9 @@ class OptimSection:
     weight_decay: float = 0.1  # Flamingo: 0.1, none on the Perceiver Resampler (model.param_groups)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    warmup_steps: int = 5000  # Flamingo: linear warmup over 5k steps, then constant
+    # linear warmup, then constant (Flamingo) or cosine. None: 10% of run.steps, at most Flamingo's
+    # 5000, so that a short run leaves warm-up (TrainConfig.resolved_warmup)
+    warmup_steps: int | None = None
     schedule: str = "constant"  # constant | cosine
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
     grad_clip: float = 1.0  # Flamingo: global norm 1.0, once per optimiser step
@@ -51,7 +59,9 @@ class OptimSection:
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+            raise ConfigError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
 
@@ -73,15 +83,32 @@ class RunSection:
     grad_checkpointing: bool = False
     peak_tflops: float | None = None  # for MFU; auto-detected for H100/H200/A100 when None
     progress: bool = True
-    tensorboard: bool = True
+    # experiment trackers, comma-separated: tensorboard (OUT/tb), wandb (the `wandb` extra; its
+    # WANDB_* environment applies, e.g. WANDB_MODE=offline), or none
+    report_to: str = "tensorboard"
+    tensorboard: bool = True  # False drops tensorboard from report_to (older configs)
+    wandb_project: str = "m3w"
 
     def __post_init__(self) -> None:
         if self.resume not in (True, False, "auto"):
-            raise ValueError(f"run.resume must be true, false or auto, got {self.resume!r}")
+            raise ConfigError(f"run.resume must be true, false or auto, got {self.resume!r}")
         if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"run.strategy must be ddp or fsdp, got {self.strategy!r}")
+            raise ConfigError(f"run.strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        unknown = [r for r in self.reporters if r not in REPORTERS]
+        if unknown:
+            raise ConfigError(
+                f"run.report_to: unknown tracker {unknown[0]!r}; "
+                f"choose from {', '.join(REPORTERS)} or none"
+            )
+
+    @property
+    def reporters(self) -> list[str]:
+        """The trackers to write to, in order, without duplicates."""
+        names = [r.strip().lower() for r in str(self.report_to or "").split(",") if r.strip()]
+        out = [r for i, r in enumerate(names) if r != "none" and r not in names[:i]]
+        return [r for r in out if r != "tensorboard" or self.tensorboard]
 
 
 @dataclass
@@ -94,16 +121,37 @@ class TrainConfig:
     def __post_init__(self) -> None:
         names = [d.name for d in self.data]
         if len(set(names)) != len(names):
-            raise ValueError(f"dataset names must be unique, got {names}")
+            raise ConfigError(f"dataset names must be unique, got {names}")
+
+    def resolved_warmup(self) -> int:
+        """optim.warmup_steps, or by default 10% of run.steps (at most Flamingo's 5000)."""
+        if self.optim.warmup_steps is not None:
+            return self.optim.warmup_steps
+        return min(FLAMINGO_WARMUP_STEPS, int(self.run.steps * DEFAULT_WARMUP_FRACTION))
+
+    def check(self) -> None:
+        """Combinations across sections that defeat themselves, refused before anything loads."""
+        warm = self.optim.warmup_steps
+        if warm is not None and self.run.steps > 1 and warm >= self.run.steps:
+            raise ConfigError(
+                f"warm-up of {warm} steps (--warmup, optim.warmup_steps) is not shorter than the "
+                f"run of {self.run.steps} steps (--steps): the learning rate would never reach "
+                "--lr; lower it, or leave it unset for 10% of the steps"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        unknown = set(raw) - {"model", "data", "optim", "run"}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig sections: {sorted(unknown)}")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a TrainConfig is a mapping of sections, not {type(raw).__name__}")
+        sections = ["model", "data", "optim", "run"]
+        for name in raw:
+            if name not in sections:
+                raise ConfigError(
+                    f"unknown TrainConfig section {name!r}{_did_you_mean(name, sections)}"
+                )
         data = raw.get("data") or []
         if isinstance(data, dict):  # a single dataset may be written as a mapping
             data = [data]
@@ -116,28 +164,102 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"--config {path}: not valid YAML: {first}") from None
+        try:
+            return cls.from_dict(raw or {})
+        except ConfigError as e:
+            raise ConfigError(f"--config {path}: {e}") from None
+
+
+SECTION_TYPES: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataConfig,
+    "optim": OptimSection,
+    "run": RunSection,
+}
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _field_names(kind: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(kind)]
+
+
+def _unknown_field(section: str, kind: type, name: str) -> ConfigError:
+    names = _field_names(kind)
+    return ConfigError(f"unknown field {section}.{name}{_did_you_mean(name, names)}")
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
-    return kind(**values)
+    section = next(k for k, v in SECTION_TYPES.items() if v is kind)
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping, not {type(values).__name__}")
+    names = _field_names(kind)
+    for name in values:
+        if name not in names:
+            raise _unknown_field(section, kind, name)
+    try:
+        return kind(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"section {section!r}: {e}") from None
 
 
 def apply_override(cfg: TrainConfig, assignment: str) -> None:
-    """`section.field=value` (value parsed as YAML), e.g. `optim.lr=3e-4`, `data.0.batch_size=16`."""
-    path, _, value = assignment.partition("=")
-    if not _:
-        raise ValueError(f"override must look like section.field=value, got {assignment!r}")
+    """`section.field=value` (value parsed as YAML), e.g. `optim.lr=3e-4`, `data.0.batch_size=16`,
+    or `data.batch_size=16` for every dataset of the mixture. A field that does not exist is an
+    error naming the closest one (`data.num_worker` → `num_workers`), never a silent no-op."""
+    path, eq, value = assignment.partition("=")
+    if not eq:
+        raise ConfigError(f"--set must look like section.field=value, got {assignment!r}")
     parts = path.strip().split(".")
-    target: Any = cfg
-    for part in parts[:-1]:
-        target = target[int(part)] if isinstance(target, list) else getattr(target, part)
-    if not hasattr(target, parts[-1]):
-        raise ValueError(f"unknown config field {path!r}")
-    setattr(target, parts[-1], yaml.safe_load(value))
-    if hasattr(target, "__post_init__"):
-        target.__post_init__()
+    section = parts[0]
+    if section not in SECTION_TYPES:
+        raise ConfigError(
+            f"--set {path}: unknown section{_did_you_mean(section, list(SECTION_TYPES))}"
+        )
+    kind = SECTION_TYPES[section]
+    if section == "data":
+        if len(parts) == 3 and parts[1].isdigit():
+            index = int(parts[1])
+            if index >= len(cfg.data):
+                raise ConfigError(f"--set {path}: there are {len(cfg.data)} datasets (data.0...)")
+            targets, name = [cfg.data[index]], parts[2]
+        elif len(parts) == 2:
+            targets, name = list(cfg.data), parts[1]
+        else:
+            raise ConfigError(f"--set {path}: write data.FIELD or data.INDEX.FIELD")
+    elif len(parts) == 2:
+        targets, name = [getattr(cfg, section)], parts[1]
+    elif section == "model" and len(parts) == 3 and parts[1] == "flamingo":
+        cfg.model.flamingo[parts[2]] = yaml.safe_load(value)  # FlamingoConfig checks it at load
+        return
+    else:
+        raise ConfigError(f"--set {path}: write {section}.FIELD")
+    if name not in _field_names(kind):
+        raise _unknown_field(section, kind, name)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {path}: cannot read the value {value!r}") from None
+    for target in targets:
+        setattr(target, name, parsed)
+        if hasattr(target, "__post_init__"):
+            try:
+                target.__post_init__()
+            except ConfigError:
+                raise
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"--set {path}: {e}") from None

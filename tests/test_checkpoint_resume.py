@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from m3w_builder.errors import UserError
 from pipelines import checkpoint, tiny, train
 from pipelines.trainconfig import TrainConfig
 
@@ -153,7 +154,7 @@ def _cfg(shards: Path, out: Path, **run) -> TrainConfig:
         {
             "data": [{"shards": str(shards), "batch_size": 4, "seq_len": 48, "num_workers": 0,
                       "shuffle_buffer": 0}],
-            "optim": {"lr": 3e-3, "warmup_steps": 3},
+            "optim": {"lr": 3e-3, "warmup_steps": min(3, run.get("steps", 8) - 1)},
             "run": {"out": str(out), "steps": 8, "checkpoint_every": 2, "progress": False,
                     "tensorboard": False, **run},
         }
@@ -195,11 +196,11 @@ def test_resume_without_a_usable_checkpoint_is_an_error_and_auto_starts_over(
     tokenizer, shards, tmp_path
 ):
     out = tmp_path / "empty"
-    with pytest.raises(SystemExit, match="no usable checkpoint"):
+    with pytest.raises(UserError, match="no usable checkpoint"):
         train.train(_cfg(shards, out, resume=True, steps=2), _parts(tokenizer))
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step-*"))
     summary = train.train(_cfg(shards, out, resume="auto", steps=2), _parts(tokenizer))
     assert summary["steps_this_run"] == 2 and summary["resumed_from"] is None
     os.remove(out / "checkpoints" / "step-00000002" / "state.json")
-    with pytest.raises(SystemExit, match="1 unusable"):
+    with pytest.raises(UserError, match="1 unusable"):
         train.train(_cfg(shards, out, resume=True, steps=4), _parts(tokenizer))

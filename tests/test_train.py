@@ -49,7 +49,7 @@ def _cfg(shards: Path, out: Path, **run) -> TrainConfig:
                     "shuffle_buffer": 0,
                 }
             ],
-            "optim": {"lr": 3e-3, "warmup_steps": 3},
+            "optim": {"lr": 3e-3, "warmup_steps": min(3, run.get("steps", 10) - 1)},
             "run": {
                 "out": str(out),
                 "steps": 10,
