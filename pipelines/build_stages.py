@@ -112,6 +112,9 @@ attempt_tmp = storage.attempt_tmp
 
 
 STALE_ATTEMPT_S = 600.0  # an attempt's temporary file untouched this long belongs to a dead task
+# After a finished build every attempt of its own is over; a leftover idle this long is a killed
+# one (a concurrent build on the same --out would still be writing its files).
+FINISHED_STALE_S = 60.0
 
 
 def remove_stale_attempts(job: JobDir, older_than_s: float = STALE_ATTEMPT_S) -> int:
@@ -860,8 +863,10 @@ def finalize(job: JobDir, write_stats: list[dict[str, Any]]) -> list[ShardInfo]:
 def clean_work(job: JobDir) -> None:
     """After a finished build, remove what only a running build needs: extracted documents, key
     tables, signatures, index partitions, decide-stage files, emptied part folders. Left are the
-    small markers and stats that let a rerun say "already done" without recomputing anything."""
+    small markers and stats that let a rerun say "already done" without recomputing anything,
+    and no attempt's leftover: a task killed and retried during this run left its temporary file."""
     work = job.work
+    remove_stale_attempts(job, older_than_s=FINISHED_STALE_S)
     for sub in ("extract/keys", "extract/minhash", "extract/index", "index", "decide/count"):
         storage.remove_tree(work / sub)
     for pattern in ("extract/*.docs.jsonl.gz", "decide/*.npy"):

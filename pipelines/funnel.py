@@ -32,6 +32,14 @@ DOC_STEPS = (
     ("documents kept", "yield.docs_kept", ("images", "image_resolve", "image_filter")),
 )
 IMAGE_SOURCES = ("image.from_archive", "image.from_web", "image.from_data_uri")
+# what a reason's count counts, by its step: an image-level code beside a document step (a logo
+# removed from 96,833 pages) must not read as 96,833 documents lost
+COUNTED = {
+    "image_dom": "images",
+    "image_resolve": "images",
+    "image_filter": "images",
+    "paragraph": "paragraphs",
+}
 TOP_REASONS = 5
 
 
@@ -104,13 +112,19 @@ def largest_loss(funnel: dict[str, Any]) -> str:
     return line
 
 
+def _counted(code: str, n: int, table: str) -> str:
+    """`code N`, with what N counts when it is not the table's own unit."""
+    unit = COUNTED.get(reason(code).step, "documents")
+    return f"{code} {n:,}" + ("" if unit == table else f" {unit}")
+
+
 def format_funnel(funnel: dict[str, Any]) -> str:
     """The funnel as a text table: count, share, and the top reasons of each step's loss."""
-    rows = [("step", "count", "share", "top reasons for the loss")]
+    rows = [("step", "count", "share", "reason codes counted at this step")]
     for title, key in (("documents", "documents"), ("images", "images")):
         rows.append((f"[{title}]", "", "", ""))
         for s in funnel[key]:
-            why = ", ".join(f"{c} {n:,}" for c, n in s["reasons"][:3])
+            why = ", ".join(_counted(c, n, key) for c, n in s["reasons"][:3])
             rows.append((s["step"], f"{s['count']:,}", f"{100 * s['share']:.1f}%", why))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [

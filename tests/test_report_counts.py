@@ -198,3 +198,19 @@ def test_a_no_op_rerun_reports_the_jobs_totals_and_says_nothing_was_left(tmp_pat
     table = summary_table(again)
     assert table.startswith(f"{tasks}/{tasks} units already done: nothing to build.")
     assert "this run: tasks done" in table
+
+
+def test_funnel_says_when_a_reason_counts_images_not_documents():
+    """A logo removed from every page is an image count beside a document step: printed bare, it
+    read as every document lost at a step that lost none."""
+    from pipelines.funnel import compute_funnel, format_funnel
+
+    counts = {"yield.read": 10, "yield.html": 10, "yield.extracted": 10, "yield.text_ok": 10}
+    counts |= {"yield.deduped": 10, "yield.with_images": 10, "yield.docs_kept": 10}
+    counts |= {"dedup.image_url_frequent": 10, "yield.image_candidates": 10, "image.kept": 10}
+    counts |= {"image.too_small": 3, "dedup.page_url": 2}
+    text = format_funnel(compute_funnel(counts))
+    assert "dedup.image_url_frequent 10 images" in text
+    assert "dedup.page_url 2" in text and "dedup.page_url 2 " not in text
+    image_rows = text.split("[images]")[1]
+    assert "image.too_small 3" in image_rows and "image.too_small 3 images" not in image_rows
