@@ -229,30 +229,38 @@ class FlamingoLayer(nn.Module):
             return getattr(inner, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Runs ``xattn(hidden_states)`` then the decoder layer with its own arguments unchanged."""
+        """Runs ``xattn(hidden_states)`` then the decoder layer with its own arguments unchanged.
+
+        The block runs whether or not there are images (then only its gated FFW acts), so a
+        text-only sample gives the same logits alone as beside samples with images.
+        """
         in_kwargs = "hidden_states" in kwargs
         hidden = kwargs["hidden_states"] if in_kwargs else args[0]
         media, mask, plan = self._state.media, self._state.mask, self._state.plan
-        if media is not None:
-            if mask is None or mask.shape[:2] != hidden.shape[:2]:
-                raise RuntimeError(
-                    f"media mask {None if mask is None else tuple(mask.shape)} does not match "
-                    f"hidden states {tuple(hidden.shape)}"
-                )
-            dtype = self.xattn.attn_gate.dtype
-            if self.checkpoint_xattn and self.training:
-                # media and mask are passed as arguments so the recompute in backward does not
-                # depend on the (by then cleared) media state
-                out = checkpoint(
-                    self.xattn, hidden.to(dtype), media.to(dtype), mask, plan, use_reentrant=False
-                )
-            else:
-                out = self.xattn(hidden.to(dtype), media.to(dtype), mask, plan)
-            hidden = out.to(hidden.dtype)
+        if media is not None and (mask is None or mask.shape[:2] != hidden.shape[:2]):
+            raise RuntimeError(
+                f"media mask {None if mask is None else tuple(mask.shape)} does not match "
+                f"hidden states {tuple(hidden.shape)}"
+            )
+        hidden = self._run_block(hidden, media, mask, plan)
         if in_kwargs:
             kwargs["hidden_states"] = hidden
             return self.decoder_layer(*args, **kwargs)
         return self.decoder_layer(hidden, *args[1:], **kwargs)
+
+    def _run_block(
+        self, hidden: Tensor, media: Tensor | None, mask: Tensor | None, plan: PairPlan | None
+    ) -> Tensor:
+        """The gated block in its parameters' dtype, checkpointed when asked (training only)."""
+        dtype = self.xattn.attn_gate.dtype
+        media = None if media is None else media.to(dtype)
+        if self.checkpoint_xattn and self.training:
+            # media and mask are passed as arguments so the recompute in backward does not depend
+            # on the (by then cleared) media state
+            out = checkpoint(self.xattn, hidden.to(dtype), media, mask, plan, use_reentrant=False)
+        else:
+            out = self.xattn(hidden.to(dtype), media, mask, plan)
+        return out.to(hidden.dtype)
 
 
 def find_decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -288,6 +296,57 @@ def _vision_hidden_size(vision: nn.Module) -> int:
 def _lm_hidden_size(lm: nn.Module) -> int:
     cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
     return cfg.hidden_size
+
+
+def _max_positions(lm: nn.Module) -> tuple[int, str] | None:
+    """The LM's position limit and the config field that sets it, where its config has one."""
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value, name
+    return None
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (0 without one)."""
+    return 0 if cache is None else int(cache.get_seq_length())
+
+
+def _check_pixel_shape(pixel_values: Tensor) -> None:
+    """Raise a ValueError unless pixel_values is [B, N, C, H, W]: 4-D pixels would be taken for
+    N = C images of H rows each."""
+    if pixel_values.dim() != 5:
+        raise ValueError(
+            f"pixel_values must be [B, N, C, H, W] (N images per sample), got "
+            f"{tuple(pixel_values.shape)}; add the N axis, e.g. pixel_values[:, None] for one image"
+        )
+
+
+def _check_pixels(
+    input_ids: Tensor, pixel_values: Tensor | None, **per_slot: Tensor | None
+) -> None:
+    """Raise a ValueError unless input_ids is [B, T], pixel_values [B, N, C, H, W] with the same B,
+    and each ``per_slot`` tensor (image_valid, preceding) is [B, N].
+
+    Unchecked, a batch-1 pixel_values broadcasts silently over a batch-2 prompt (dense kernel) or
+    fails deep inside the fast kernel."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+    if pixel_values is None:
+        return
+    _check_pixel_shape(pixel_values)
+    if pixel_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: input_ids {tuple(input_ids.shape)} but pixel_values "
+            f"{tuple(pixel_values.shape)}"
+        )
+    for name, tensor in per_slot.items():
+        if tensor is not None and tensor.shape != pixel_values.shape[:2]:
+            raise ValueError(
+                f"{name} must be [B, N] = {tuple(pixel_values.shape[:2])} like pixel_values "
+                f"{tuple(pixel_values.shape)}, got {tuple(tensor.shape)}"
+            )
 
 
 def _shift_loss(logits: Tensor, labels: Tensor, image_token_id: int | None) -> Tensor:
@@ -431,7 +490,10 @@ class Flamingo(nn.Module):
             self._state.set(None, None, False)
 
     def encode_images(self, pixel_values: Tensor, image_valid: Tensor | None = None) -> Tensor:
-        """pixel_values [B, N, C, H, W] → visual tokens [B, N, L, D]; invalid slots skip the tower."""
+        """pixel_values [B, N, C, H, W] → visual tokens [B, N, L, D]; invalid slots skip the tower.
+
+        N may be 0. An invalid slot's pixels are never read, so they may hold anything (NaN)."""
+        _check_pixel_shape(pixel_values)
         bsz, n_img = pixel_values.shape[:2]
         if image_valid is None:
             image_valid = torch.ones(bsz, n_img, dtype=torch.bool, device=pixel_values.device)
@@ -445,10 +507,9 @@ class Flamingo(nn.Module):
                     output_hidden_states=True,
                 )
                 feats = out.hidden_states[self.config.vision_layer]  # (M, P, Dv)
-            else:  # no valid image at all: one tower call for the feature shape, zeros after
-                out = self.vision(
-                    pixel_values=pixel_values[0, :1].to(vision_dtype), output_hidden_states=True
-                )
+            else:  # no valid image (or N = 0): a blank image gives the feature shape, zeros after
+                blank = pixel_values.new_zeros(1, *pixel_values.shape[2:], dtype=vision_dtype)
+                out = self.vision(pixel_values=blank, output_hidden_states=True)
                 feats = out.hidden_states[self.config.vision_layer][:0]
         dtype = self.resampler.latents.dtype
         media = feats.new_zeros(bsz, n_img, *feats.shape[1:])  # (B, N, P, Dv)
@@ -475,22 +536,36 @@ class Flamingo(nn.Module):
         input_ids [B, T] long; pixel_values [B, N, C, H, W] float; image_valid [B, N] bool (default
         all valid); media_mask [B, T, N] bool, computed by ``attachment_mask`` from ``preceding``
         [B, N] bool (default all ``following``) when None; attention_mask [B, T]; labels [B, T] with
-        -100 = ignore, shifted inside. Without pixel_values the model is the bare LM plus the new
-        token rows. Returns a ``CausalLMOutputWithPast`` (loss, logits [B, T, V], cache).
+        -100 = ignore, shifted inside. Without pixel_values every token sees no image: the gated
+        blocks still apply their FFW, so a text-only sample gives the same logits alone as beside
+        samples with images (and the bare LM's with all gates at 0). Images no token sees skip the
+        vision tower. Returns a ``CausalLMOutputWithPast`` (loss, logits [B, T, V], cache).
+
+        Raises a ValueError on inconsistent shapes and on sequences longer than the LM's positions.
         """
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
+        _check_pixels(input_ids, pixel_values, image_valid=image_valid, preceding=preceding)
+        if past_key_values is not None:
+            lm_kwargs["cache"] = past_key_values
+        self._check_length(input_ids.shape[1] + _cache_length(lm_kwargs.get("cache")))
         media = None
         if pixel_values is not None:
             if image_valid is None:
                 image_valid = torch.ones(
                     pixel_values.shape[:2], dtype=torch.bool, device=input_ids.device
                 )
-            media = self.encode_images(pixel_values, image_valid)
             if media_mask is None:
                 media_mask = self.media_mask(input_ids, preceding, image_valid)
-        if past_key_values is not None:
-            lm_kwargs["cache"] = past_key_values
+            expected = (*input_ids.shape, pixel_values.shape[1])
+            if tuple(media_mask.shape) != expected:
+                raise ValueError(
+                    f"media_mask must be [B, T, N] = {expected} for input_ids "
+                    f"{tuple(input_ids.shape)} and pixel_values {tuple(pixel_values.shape)}, "
+                    f"got {tuple(media_mask.shape)}"
+                )
+            # an image nobody sees is never encoded: no tower time, and broken pixels cannot leak
+            media = self.encode_images(pixel_values, image_valid.bool() & media_mask.any(1))
         with self.conditioned(media, media_mask):
             out = self.lm(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **lm_kwargs
@@ -500,6 +575,16 @@ class Flamingo(nn.Module):
         )
         keep = {f.name for f in fields(CausalLMOutputWithPast)} - {"loss"}
         return CausalLMOutputWithPast(loss=loss, **{k: v for k, v in out.items() if k in keep})
+
+    def _check_length(self, length: int) -> None:
+        """Raise a ValueError for a sequence past the LM's positions (GPT-2 would index out of
+        its position table, on a GPU as a device-side assert)."""
+        limit = _max_positions(self.lm)
+        if limit is not None and length > limit[0]:
+            raise ValueError(
+                f"sequence of {length} tokens is longer than the LM's maximum of {limit[0]} "
+                f"positions (config.{limit[1]})"
+            )
 
     def media_mask(
         self, input_ids: Tensor, preceding: Tensor | None, image_valid: Tensor
@@ -529,26 +614,32 @@ class Flamingo(nn.Module):
         Each forward of the LM during decoding sees only the new tokens; a pre-hook keeps the token
         history per sample and recomputes the mask rows of the new tokens from it, so a generated
         token sees the image of its chunk exactly as in a full forward (a generated ``<image>``
-        opens a chunk whose slot has no pixels: nobody sees it). Beam search is not supported: it
-        reorders samples behind the hook's back.
+        opens a chunk whose slot has no pixels: nobody sees it). Without pixel_values the gated
+        FFWs still run on every token, as in ``forward``. Beam search is not supported: it reorders
+        samples behind the hook's back. Raises a ValueError on inconsistent shapes, and as soon as
+        the sequence would outgrow the LM's positions.
         """
         if generate_kwargs.get("num_beams", 1) > 1:
             raise NotImplementedError("Flamingo.generate supports greedy and sampling, not beams")
-        if pixel_values is None:
-            with self.conditioned(None, None):
-                return self.lm.generate(input_ids=input_ids, **generate_kwargs)
-        if image_valid is None:
-            image_valid = torch.ones(
-                pixel_values.shape[:2], dtype=torch.bool, device=input_ids.device
-            )
-        if preceding is None:
-            preceding = torch.zeros_like(image_valid, dtype=torch.bool)
-        media = self.encode_images(pixel_values, image_valid)
+        _check_pixels(input_ids, pixel_values, image_valid=image_valid, preceding=preceding)
+        self._check_length(input_ids.shape[1])
+        media = None
+        if pixel_values is not None:
+            if image_valid is None:
+                image_valid = torch.ones(
+                    pixel_values.shape[:2], dtype=torch.bool, device=input_ids.device
+                )
+            if preceding is None:
+                preceding = torch.zeros_like(image_valid, dtype=torch.bool)
+            media = self.encode_images(pixel_values, image_valid)
         history: list[Tensor] = []
 
-        def update_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        def before_step(module: nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids", args[0] if args else None)
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            self._check_length(_cache_length(cache) + ids.shape[1])
+            if media is None:
+                return
             if cache is None or cache.get_seq_length() == 0:
                 history[:] = [ids]
             else:
@@ -559,7 +650,7 @@ class Flamingo(nn.Module):
             mask = self.media_mask(full, pre, val)[:, -ids.shape[1] :]
             self._state.set(media.repeat_interleave(rep, 0), mask, self.config.xattn_impl == "fast")
 
-        handle = self.lm.register_forward_pre_hook(update_mask, with_kwargs=True)
+        handle = self.lm.register_forward_pre_hook(before_step, with_kwargs=True)
         try:
             with self.conditioned(media, None):
                 return self.lm.generate(input_ids=input_ids, **generate_kwargs)

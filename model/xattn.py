@@ -7,7 +7,11 @@ model is exactly the frozen LM.
 
 Which images a token may attend to comes from ``model.masks.attachment_mask`` as a bool [B, T, N].
 A token that sees no image gets exactly 0 (DESIGN §4): rows are gated explicitly, never left to a
-softmax over an all-masked row (NaN on some SDPA kernels).
+softmax over an all-masked row (NaN on some SDPA kernels). Masked values never leak: a token's output
+depends only on the images its row allows, even when another image holds NaN or inf (a broken
+image), because masking is done with ``torch.where`` and never by multiplying with a 0/1 mask (0 × NaN
+is NaN). Images that no token sees do not reach the gradients either; the fast kernel also keeps
+a seen image out of the other tokens' gradients, the dense reference only out of their outputs.
 
 Two kernels compute the same function:
 
@@ -38,6 +42,8 @@ __all__ = [
     "GatedCrossAttentionBlock",
     "MaskedCrossAttention",
     "PairPlan",
+    "check_attention_shapes",
+    "check_module_shapes",
     "dense_masked_attention",
     "fast_masked_attention",
     "plan_pairs",
@@ -46,17 +52,38 @@ __all__ = [
 XattnImpl = Literal["fast", "dense"]
 
 
+def check_attention_shapes(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> None:
+    """Raise a ValueError unless q [B, T, H, d], k = v [B, N, L, H, d] and mask [B, T, N] agree.
+
+    Without it a batch-1 k would broadcast silently in the dense kernel (and index out of range in
+    the fast one)."""
+    ok = q.dim() == 4 and k.dim() == 5 and v.shape == k.shape and mask.dim() == 3
+    ok = ok and k.shape[0] == q.shape[0] and k.shape[3:] == q.shape[2:]
+    ok = ok and tuple(mask.shape) == (q.shape[0], q.shape[1], k.shape[1])
+    if not ok:
+        raise ValueError(
+            f"masked attention expects q [B, T, H, d], k and v [B, N, L, H, d], mask [B, T, N]; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, mask {tuple(mask.shape)}"
+        )
+
+
 def dense_masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Reference kernel. q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d]."""
-    n_lat = k.shape[2]
+    """Reference kernel. q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d].
+
+    The softmax runs jointly over all N·L latents, but the values are summed per image and the
+    images a token may not see are dropped with ``torch.where``: ``attn @ v`` over all of them would
+    give 0 × NaN = NaN to every token as soon as one image holds NaN.
+    """
+    check_attention_shapes(q, k, v, mask)
+    # images no token sees leave the graph entirely, so they cannot reach the gradients either
+    seen = mask.any(1)[:, :, None, None, None]  # (B, N, 1, 1, 1)
+    k, v = torch.where(seen, k, 0), torch.where(seen, v, 0)
     scores = torch.einsum("bthd,bnlhd->bhtnl", q, k) / math.sqrt(q.shape[-1])
-    scores = rearrange(scores, "b h t n l -> b h t (n l)")  # (B, H, T, N·L)
-    full = mask[:, None, :, :, None].expand(-1, -1, -1, -1, n_lat).flatten(-2)  # (B, 1, T, N·L)
-    # a finite fill keeps all-masked rows finite (uniform); they are zeroed right after
-    scores = scores.masked_fill(~full, torch.finfo(scores.dtype).min)
-    attn = scores.softmax(dim=-1) * mask.any(-1)[:, None, :, None].to(scores.dtype)
-    v = rearrange(v, "b n l h d -> b h (n l) d")
-    return rearrange(attn @ v, "b h t d -> b t h d")
+    # a finite fill keeps all-masked rows finite (uniform); their values are dropped below
+    scores = scores.masked_fill(~mask[:, None, :, :, None], torch.finfo(scores.dtype).min)
+    attn = scores.flatten(-2).softmax(dim=-1).view_as(scores)  # (B, H, T, N, L)
+    per_image = torch.einsum("bhtnl,bnlhd->bthnd", attn, v)  # (B, T, H, N, d)
+    return torch.where(mask[:, :, None, :, None], per_image, 0).sum(-2)
 
 
 @dataclass(slots=True)
@@ -71,6 +98,7 @@ class PairPlan:
     token: Tensor  # (NB, S) flat token index b·T + t of each block slot (padding: any token)
     image: Tensor  # (NB,) flat image index b·N + n of each block
     keep: Tensor  # (P,) flat block slots that hold a real pair
+    real: Tensor  # (NB, S) bool: the slot holds a real pair (padding slots get q = 0)
     idx: Tensor  # (P,) flat token index of each pair
     multi: bool  # some token sees several images: merge by log-sum-exp
     empty: bool  # no token sees any image
@@ -86,7 +114,8 @@ def plan_pairs(mask: Tensor, block: int | None = None) -> PairPlan:
     pairs = mask.transpose(1, 2).nonzero()  # (P, 3): (b, n, t), sorted by b, then n, then t
     if pairs.shape[0] == 0:
         none = mask.new_zeros(0, dtype=torch.long)
-        return PairPlan((bsz, seq, n_img), none[:, None], none, none, none, False, True)
+        real = none[:, None].bool()
+        return PairPlan((bsz, seq, n_img), none[:, None], none, none, real, none, False, True)
     group = pairs[:, 0] * n_img + pairs[:, 1]  # (P,) flat image index
     counts = torch.bincount(group, minlength=bsz * n_img)  # (B·N,) tokens per image
     if block is None:
@@ -103,7 +132,9 @@ def plan_pairs(mask: Tensor, block: int | None = None) -> PairPlan:
     token = pairs[pair, 0] * seq + pairs[pair, 2]  # (NB, S)
     keep = valid.flatten().nonzero().squeeze(1)
     multi = int(mask.sum(-1).max()) > 1
-    return PairPlan((bsz, seq, n_img), token, image, keep, token.flatten()[keep], multi, False)
+    return PairPlan(
+        (bsz, seq, n_img), token, image, keep, valid, token.flatten()[keep], multi, False
+    )
 
 
 def fast_masked_attention(
@@ -118,21 +149,29 @@ def fast_masked_attention(
     """Same function as :func:`dense_masked_attention`, computed per image over blocks of tokens.
 
     q [B, T, H, d]; k, v [B, N, L, H, d]; mask [B, T, N] bool → [B, T, H, d]. ``plan`` is
-    ``plan_pairs(mask)``, built here when not given.
+    ``plan_pairs(mask)``, built here when not given. A block reads only its own image, and its
+    padding slots get q = 0 through ``torch.where``, so no token's output or gradient depends on
+    an image it does not see.
     """
+    check_attention_shapes(q, k, v, mask)
     bsz, seq, heads, dh = q.shape
     plan = plan if plan is not None else plan_pairs(mask, block)
     if plan.shape != tuple(mask.shape):
         raise ValueError(f"plan for a {plan.shape} mask used with a {tuple(mask.shape)} mask")
     if plan.empty:
-        # zeros that keep q, k, v in the graph: DDP expects a gradient for every parameter
-        return q * 0 + (k.sum() + v.sum()) * 0
+        # zeros that keep q, k, v in the graph (DDP expects a gradient for every parameter); empty
+        # slices, not ``x * 0``, so that a NaN anywhere cannot turn the zeros into NaN
+        touch = sum(x.reshape(-1)[:0].sum() for x in (q, k, v))
+        return torch.zeros_like(q) + touch
     out = q.new_zeros(bsz * seq, heads, dh)
     n_blk, size = plan.token.shape
     keep, idx = plan.keep, plan.idx
     # index_select rather than advanced indexing: its backward is an index_add, not a slower
     # accumulating index_put
     q_blk = q.reshape(bsz * seq, heads * dh).index_select(0, plan.token.flatten())
+    # padding slots hold some other token's q: zero it, or a NaN of this block's image would reach
+    # that token's gradient through the padding row (where's backward drops it, 0 × NaN would not)
+    q_blk = torch.where(plan.real.flatten()[:, None], q_blk, 0)
     q_blk = q_blk.view(n_blk, size, heads, dh).transpose(1, 2)  # (NB, H, S, d)
     k_blk = k.flatten(0, 1).index_select(0, plan.image).transpose(1, 2)  # (NB, H, L, d)
     v_blk = v.flatten(0, 1).index_select(0, plan.image).transpose(1, 2)
@@ -155,6 +194,17 @@ def fast_masked_attention(
     weight = (lse - top[idx] - tot[idx].log()).exp()  # (P, H): share of each image in the union
     merged = out.to(acc).index_add(0, idx, weight[..., None] * o.to(acc))
     return merged.to(q.dtype).view(bsz, seq, heads, dh)
+
+
+def check_module_shapes(x: Tensor, media: Tensor, mask: Tensor) -> None:
+    """Raise a ValueError unless x [B, T, D], media [B, N, L, Dv] and mask [B, T, N] agree."""
+    ok = x.dim() == 3 and media.dim() == 4 and mask.dim() == 3
+    ok = ok and tuple(mask.shape) == (x.shape[0], x.shape[1], media.shape[1])
+    if not ok or media.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"cross-attention expects x [B, T, D], media [B, N, L, Dv], mask [B, T, N]; got "
+            f"x {tuple(x.shape)}, media {tuple(media.shape)}, mask {tuple(mask.shape)}"
+        )
 
 
 class MaskedCrossAttention(nn.Module):
@@ -184,6 +234,10 @@ class MaskedCrossAttention(nn.Module):
 
         ``plan`` (``plan_pairs(mask)``) lets the fast kernel skip rebuilding it in every layer.
         """
+        check_module_shapes(x, media, mask)
+        # an image no token sees is zeroed before the projection: a NaN there would otherwise reach
+        # to_kv's weight gradient (dW = dYᵀ·X is 0 × NaN on its rows)
+        media = torch.where(mask.any(1)[:, :, None, None], media, 0)
         q = rearrange(self.to_q(self.norm(x)), "b t (h d) -> b t h d", h=self.heads)
         k, v = rearrange(self.to_kv(media), "b n l (kv h d) -> kv b n l h d", kv=2, h=self.heads)
         if self.impl == "fast":
@@ -191,7 +245,7 @@ class MaskedCrossAttention(nn.Module):
         else:
             attn = dense_masked_attention(q, k, v, mask)
         out = self.to_out(attn.flatten(-2))  # (B, T, D)
-        return out * mask.any(-1, keepdim=True).to(out.dtype)  # explicit: no image → exactly 0
+        return torch.where(mask.any(-1, keepdim=True), out, 0)  # explicit: no image → exactly 0
 
 
 class FeedForward(nn.Sequential):
@@ -210,6 +264,9 @@ class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's GATED XATTN-DENSE (paper Fig. 4): tanh-gated cross-attention, then gated FFW.
 
     Both gates start at 0, so an untrained block is the identity and the wrapped LM is unchanged.
+    The block runs on every token, with or without images: a token that sees no image gets 0 from
+    the cross-attention but still goes through the gated FFW, so a sample's output never depends on
+    whether its batch-mates have images.
     """
 
     def __init__(
@@ -231,9 +288,16 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
     def forward(
-        self, x: Tensor, media: Tensor, mask: Tensor, plan: PairPlan | None = None
+        self,
+        x: Tensor,
+        media: Tensor | None = None,
+        mask: Tensor | None = None,
+        plan: PairPlan | None = None,
     ) -> Tensor:
-        """x [B, T, D], media [B, N, L, Dv], mask [B, T, N] bool → [B, T, D]."""
+        """x [B, T, D], media [B, N, L, Dv] or None (no images), mask [B, T, N] bool → [B, T, D]."""
         # cast the gates so a bf16 LM's residual stream stays bf16
-        x = x + self.attn(x, media, mask, plan) * self.attn_gate.tanh().to(x.dtype)
+        if media is not None:
+            if mask is None:
+                raise ValueError("media given without its [B, T, N] mask")
+            x = x + self.attn(x, media, mask, plan) * self.attn_gate.tanh().to(x.dtype)
         return x + self.ff(x) * self.ff_gate.tanh().to(x.dtype)
