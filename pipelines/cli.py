@@ -1,4 +1,4 @@
-"""`m3w build | extract | inspect | export | train | demo`: a thin dispatcher.
+"""`m3w build | extract | inspect | export | train | eval | demo`: a thin dispatcher.
 
 Each command lives in its own module, which exposes `register(subparsers)` (adds its parser and sets
 `func`). Modules are imported only when their command runs, so `m3w extract` never imports Ray or torch.
@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("pipelines.inspect", "stats | show | verify | grep | html | codes over shards"),
     "export": ("pipelines.export", "write a job as a Hugging Face dataset (parquet or jsonl)"),
     "train": ("pipelines.train", "stream shards into a Flamingo model"),
+    "eval": ("pipelines.eval", "does a trained model use the images? ablations and few-shot"),
     "demo": ("pipelines.demo", "build, inspect and train a tiny model end to end on CPU"),
 }
 
