@@ -209,3 +209,32 @@ def test_log_level_reaches_the_ray_workers_and_piped_output_is_plain(tmp_path):
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "Token authentication is enabled" not in quiet.stderr
     assert "DEBUG" not in quiet.stderr
+
+
+@pytest.mark.slow
+def test_a_build_that_keeps_nothing_exits_0_with_one_warning_naming_its_largest_loss(tmp_path):
+    """§3 "a build that kept 0 documents" (exited 0 silently): the real CLI on pages whose images
+    were never archived, fetching off (`fetch.offline` in a --config YAML; the build has no flag
+    for it): the job is valid, so exit 0, with one WARNING line naming the step and the reason."""
+    from test_report_counts import MORE, PROSE, _page
+
+    from pipelines.crawl_archive import CrawlArchive
+
+    page = _page(f"<p>{PROSE}</p><img src='/img/a.jpg'><p>{MORE}</p><img src='/img/b.jpg'>")
+    with CrawlArchive(tmp_path / "c.warc.gz") as warc:
+        for i in range(3):  # one site each: no paragraph repeats within a domain
+            body = page.replace(b"/img/", f"/img/{i}/".encode())
+            warc.response(f"http://site{i}.example/p.html", body, "text/html")
+    (tmp_path / "offline.yaml").write_text("fetch:\n  offline: true\n")
+    result = m3w(
+        "build", "c.warc.gz", "--out", "job", "--config", "offline.yaml", "--near-dedup", "off",
+        "--num-cpus", "1", "--no-progress", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    warnings = [x for x in output if "0 documents" in x]
+    assert len(warnings) == 1, output
+    [warning] = warnings
+    assert warning.startswith("WARNING: 0 documents: the largest loss is at 'documents kept'")
+    assert "image.not_archived × 6" in warning and "fetching off" in warning

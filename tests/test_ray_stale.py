@@ -97,3 +97,99 @@ def test_an_agent_that_ignores_sigterm_is_killed(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _deny(monkeypatch, pids: set[int]) -> set[int]:
+    """os.kill raises PermissionError for `pids` (as for another user's processes: the tests may
+    run as root, who may signal anything) until the returned set is emptied."""
+    import os
+
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if pid in pids:
+            raise PermissionError(1, "Operation not permitted")
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    return pids
+
+
+def test_an_agent_that_cannot_be_stopped_is_a_one_line_refusal_naming_the_kill(
+    tmp_path, monkeypatch
+):
+    """A stale agent we may not signal (another user's): stop what can be stopped, then refuse
+    with the `kill` command for the rest; the session stays marked, so the next build refuses
+    again until the user has run it, and then goes on."""
+    pid, start = _dead_pid()
+    session = _session(tmp_path, "theirs", {"pid": pid, "start": start})
+    theirs = _holder(session / "logs" / "agent.out")
+    ours = _holder(session / "logs" / "runtime.err")
+    denied = _deny(monkeypatch, {theirs.pid})
+    try:
+        with pytest.raises(SystemExit) as refused:
+            ray_stale.stop_stale_local_rays(tmp_path)
+        message = refused.value.code
+        assert isinstance(message, str) and "\n" not in message
+        assert str(session) in message and message.endswith(f"stop it with: kill {theirs.pid}")
+        assert ours.wait(timeout=10) is not None  # the one we may signal was stopped
+        assert theirs.poll() is None  # the other one was left alone, and named
+        assert (session / ray_stale.OWNER_FILE).exists()
+        assert not (session / ray_stale.STOPPED_FILE).exists()
+        with pytest.raises(SystemExit):  # not forgotten: refused again
+            ray_stale.stop_stale_local_rays(tmp_path)
+        denied.clear()  # the user runs the command (as whoever may)
+        theirs.kill()
+        theirs.wait()
+        assert ray_stale.stop_stale_local_rays(tmp_path) == []
+        assert (session / ray_stale.STOPPED_FILE).exists()
+    finally:
+        denied.clear()
+        for proc in (theirs, ours):
+            proc.kill()
+            proc.wait()
+
+
+def test_m3w_build_refuses_before_starting_a_ray_it_cannot_clean_up_for(tmp_path):
+    """The refusal as the user sees it: `m3w build` (the real CLI, a local Ray) exits non-zero with
+    the one-line refusal last on stderr, no traceback, and no Ray started."""
+    import os
+    import shutil
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    # a short RAY_TMPDIR: were Ray started after all, its socket paths must fit AF_UNIX's 107 bytes
+    ray_tmp = Path(tempfile.mkdtemp(prefix="m3w-", dir="/tmp"))
+    pid, start = _dead_pid()
+    session = _session(ray_tmp / "ray", "theirs", {"pid": pid, "start": start})
+    theirs = _holder(session / "logs" / "agent.out")
+    (tmp_path / "page.html").write_text("<html><body><p>" + "word " * 80 + "</p></body></html>")
+    code = (
+        "import os, sys; real = os.kill\n"
+        "def kill(pid, sig):\n"
+        f"    if pid == {theirs.pid}: raise PermissionError(1, 'Operation not permitted')\n"
+        "    real(pid, sig)\n"
+        "os.kill = kill\n"
+        "from pipelines.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code, "build", "page.html", "--out", "job", "--num-cpus", "1",
+             "--no-progress"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(repo), "RAY_TMPDIR": str(ray_tmp)},
+        )  # fmt: skip
+        assert result.returncode not in (0, None), result.stderr
+        err = result.stderr.strip()
+        assert "Traceback" not in err, err
+        last = err.splitlines()[-1]
+        assert last.startswith("m3w: a local Ray left by a killed m3w process"), err
+        assert str(session) in last and last.endswith(f"stop it with: kill {theirs.pid}")
+        assert "Started a local Ray" not in err
+        assert [p.name for p in (ray_tmp / "ray").iterdir()] == [session.name]  # no new session
+        assert theirs.poll() is None
+    finally:
+        theirs.kill()
+        theirs.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

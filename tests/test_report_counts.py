@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from httpserver import drawn_image
 
 from m3w_builder.config import BuildConfig
@@ -43,6 +44,8 @@ def write_archive(path: Path) -> None:
         '<img src="/img/thumb.jpg">'  # image.too_small (archived, 20×20)
         '<img src="/img/lost.jpg">'  # image.not_archived
         '<img src="/img/photo.jpg">'  # image.duplicate_in_page
+        '<img src="/img/extra-1.jpg">'  # image.too_many: past dom.max_images_per_doc (3)
+        '<img src="/img/extra-2.jpg">'  # image.too_many
         f"<p>{MORE}</p>"
         '<p><a href="/a">one link</a> <a href="/b">another link</a></p>'  # text.link_dense
     )
@@ -61,6 +64,9 @@ def test_every_drop_and_input_is_counted_exactly_once(tmp_path: Path):
     config = BuildConfig.for_profile("m3w")
     config.fetch.offline = True
     config.dom.main_content = False  # every image of the page is a candidate
+    # the DOM walk keeps photo, thumb and lost (3), then drops what comes after as image.too_many
+    # (the duplicate photo before them is image.duplicate_in_page: checked first)
+    config.dom.max_images_per_doc = 3
     report = run_build(
         [str(tmp_path / "crawl.warc.gz")],
         config,
@@ -73,6 +79,7 @@ def test_every_drop_and_input_is_counted_exactly_once(tmp_path: Path):
         "image.tracking_pixel": 1,
         "image.url_rule": 1,
         "image.duplicate_in_page": 1,
+        "image.too_many": 2,
         "image.too_small": 1,
         "image.not_archived": 1,
         "text.link_dense": 1,
@@ -214,3 +221,92 @@ def test_funnel_says_when_a_reason_counts_images_not_documents():
     assert "dedup.page_url 2" in text and "dedup.page_url 2 " not in text
     image_rows = text.split("[images]")[1]
     assert "image.too_small 3" in image_rows and "image.too_small 3 images" not in image_rows
+
+
+def write_arc(path: Path) -> list[int]:
+    """An ARC v1 file: its filedesc, a page, three corrupt records (length -1, "abc", and one that
+    claims more bytes than the file has), then a second page and its image; returns the offsets
+    of the three corrupt records' header lines."""
+    now = "20240101000000"
+
+    def record(url: str, mime: str, block: bytes) -> bytes:
+        return f"{url} 10.0.0.1 {now} {mime} {len(block)}\n".encode() + block + b"\n"
+
+    def http(mime: str, body: bytes) -> bytes:
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: {mime}\r\nContent-Length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+
+    page = _page(f"<p>{PROSE}</p><img src='/img/photo.jpg' alt='photo'><p>{MORE}</p>")
+    desc = b"1 0 m3w test\nURL IP-address Archive-date Content-type Archive-length\n"
+    head = record(f"filedesc://{path.name}", "text/plain", desc)
+    head += record(f"{HOST}/one.html", "text/html", http("text/html", page))
+    corrupt = [
+        f"{HOST}/bad-1.html 10.0.0.1 {now} text/html -1\n\n".encode(),
+        f"{HOST}/bad-2.html 10.0.0.1 {now} text/html abc\n\n".encode(),
+        f"{HOST}/bad-3.html 10.0.0.1 {now} text/html 900000\n<html>cut short</html>\n\n".encode(),
+    ]
+    tail = record(
+        f"{HOST}/two.html", "text/html", http("text/html", page.replace(b"<p>", b"<p>Again: "))
+    )
+    tail += record(
+        f"{HOST}/img/photo.jpg", "image/jpeg", http("image/jpeg", drawn_image(200, 150, seed=1))
+    )
+    offsets, data = [], head
+    for bad in corrupt:
+        offsets.append(len(data))
+        data += bad
+    path.write_bytes(data + tail)
+    return offsets
+
+
+@pytest.mark.slow
+def test_three_corrupt_arc_records_are_counted_three_times_and_warned_once_each(tmp_path: Path):
+    """Issue "Fit the ecosystem" §2: three corrupt records in an ARC file were counted 6 times and
+    each warning printed twice. `m3w extract` and `m3w build` (a real local Ray, workers' log
+    lines forwarded to the console) each count 3 and print each record's warning once."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    arc = tmp_path / "crawl.arc"
+    offsets = write_arc(arc)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def warnings_once(stderr: str) -> None:
+        lines = [
+            x for x in stderr.splitlines() if re.search(r"warc\.corrupt_record \S+\.arc@\d+", x)
+        ]
+        found = [int(re.search(r"\.arc@(\d+)", x).group(1)) for x in lines]
+        assert found == offsets, stderr  # one line per corrupt record, in file order, none twice
+
+    extract = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "extract", str(arc)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert extract.returncode == 0, extract.stderr
+    warnings_once(extract.stderr)
+    line = next(
+        x for x in extract.stderr.splitlines() if x.startswith("m3w extract: reader counts")
+    )
+    counts = json.loads(line.split("reader counts ", 1)[1])
+    assert counts["warc.corrupt_record"] == 3
+    assert counts["warc.records"] == 4  # filedesc, two pages, the image: each read once
+    assert [json.loads(x)["url"] for x in extract.stdout.splitlines()] == [
+        f"{HOST}/one.html", f"{HOST}/two.html"
+    ]  # the records after the damage are read  # fmt: skip
+
+    build = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "build", str(arc), "--out", "job",
+         "--num-cpus", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    warnings_once(build.stderr)
+    report = json.loads((tmp_path / "job" / "report.json").read_text())
+    assert report["drops"]["warc.corrupt_record"] == 3
+    assert report["counts"]["warc.records"] == 4
+    assert report["counts"]["warc.html_pages"] == 2
+    assert report["counts"]["archive.indexed"] == 1
