@@ -1171,8 +1171,11 @@ def _image_node(
     urls: list[str] = []
     rules: list[str] = []
     refused: list[str] = []  # why each refused candidate is not a picture, in order
+    src_url = None  # what `src` names: a URL, or the reason it is none
     for value, rule in raw:
         url = _candidate_url(value, base, config)
+        if rule == "src":
+            src_url = url
         if url.startswith("image."):
             # The preferred URL naming a logo or button makes the image one, whatever else the
             # tag names; a placeholder `src` is only passed over.
@@ -1191,9 +1194,11 @@ def _image_node(
     if (width is not None and width <= 1) or (height is not None and height <= 1):
         drops.append("image.tracking_pixel")
         return None
-    if rules[0] != "src" and any(rule == "src" for _, rule in raw):
-        _bump(stats, "image_src_passed_over")  # a lazy attribute or noscript copy named another
-    _bump(stats, f"image_from_{rules[0]}")
+    # Evidence, recorded: another attribute decided only when it named a URL other than `src`'s
+    # (a lazy attribute repeating `src`, as in a page saved after its lazy loader ran, is none).
+    if src_url is not None and src_url != urls[0]:
+        _bump(stats, "image_src_passed_over")
+    _bump(stats, f"image_from_{'src' if src_url == urls[0] else rules[0]}")
     alt = _WS.sub(" ", img.get("alt") or img.get(_NOSCRIPT_ALT) or "").strip()
     return ImageNode(src=urls[0], alt=alt, width=width, height=height, candidates=urls)
 
