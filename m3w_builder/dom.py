@@ -10,7 +10,8 @@ re-walks the whole tree once per rule and per change). The steps, in order:
 2. `_base_url`: `<base href>` resolved against the page URL (HTML §4.2.3) for every relative URL.
 3. `_clean`: drop non-content elements (script/style/nav/footer/aside/form/...), hidden elements
    (`hidden`, `aria-hidden=true`, inline `display:none`/`visibility:hidden`) and boilerplate
-   containers named by class/id/role (Readability.js's "unlikely candidates" list). `<noscript>` is
+   containers named by class/id/role (Readability.js's "unlikely candidates" list), except a
+   wrapper that is essentially one embedded post (a tweet in `div.social-embed`). `<noscript>` is
    unwrapped when it carries the only copy of a lazy-loaded image, dropped otherwise.
 4. `_select_main`: main-content focus by Readability-style scoring (Mozilla Readability.js,
    `_grabArticle`): paragraphs score by length and commas, pass the score up to their parent and
@@ -19,9 +20,10 @@ re-walks the whole tree once per rule and per change). The steps, in order:
    (galleries, forums) are not emptied.
 5. `_linearise`: one walk in reading order that segments text into paragraphs at block boundaries
    (p, div, li, h1-6, td/th, figcaption, blockquote, pre, two consecutive `<br>`), normalises
-   whitespace, drops link-dense paragraphs (menus, tag clouds, "related" lists) and emits an ImageNode
-   for every `<img>` (src, srcset, lazy-load attributes, `<picture><source>`), dropping tracking
-   pixels, tiny `data:` URIs and URLs matching `config.url_block_rules`.
+   whitespace, drops link-dense paragraphs (menus, tag clouds, "related" lists; not the text of an
+   embedded post, whose links quote it) and emits an ImageNode for every `<img>` (src, srcset,
+   lazy-load attributes, `<picture><source>`), dropping tracking pixels, tiny `data:` URIs and URLs
+   matching `config.url_block_rules`.
 
 Every removed image and paragraph leaves its reason code in `doc.drops`; removed elements are counted
 in `doc.stats["dom"]`.
@@ -90,6 +92,16 @@ _UNLIKELY_ROLES = frozenset(
     "menu menubar complementary navigation alert alertdialog dialog banner contentinfo".split()
 )
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+# Embedded posts: the `<blockquote>` each network's embed code writes into the page (the post's text
+# and attribution, which the network's script turns into a widget; crawlers archive the blockquote).
+# Inside the article it is quoted content: never chrome by its name, its wrapper kept when it is
+# little more than the post (`_clean`), its link text not a menu (`_linearise`).
+_EMBED_CLASS = re.compile(
+    r"(?<![\w-])(?:twitter-tweet|twitter-video|instagram-media|tiktok-embed|reddit-card|"
+    r"reddit-embed-bq|bluesky-embed|mastodon-embed)(?![\w-])"
+)
+# A chrome-named wrapper is kept when its one embedded post holds at least this share of its text.
+_EMBED_WRAPPER_SHARE = 2 / 3
 
 # Readability.js `REGEXPS.positive` / `negative`: class/id words that raise or lower a container's
 # content score.
@@ -294,13 +306,16 @@ _NOT_BOILERPLATE = frozenset(("html", "body", "a", "article", "main"))
 
 
 def _mark(
-    root: etree._Element, comments: _Comments | None = None
+    root: etree._Element,
+    comments: _Comments | None = None,
+    embeds: list[etree._Element] | None = None,
 ) -> list[tuple[etree._Element, str]]:
     """Every element to remove, with its reason, in document order (nested ones included; the
     caller keeps the outermost). One flat `iter()`, reading each element's attributes once via
     `items()` — 2.5× faster than an `iterwalk` asking `get()` per attribute. Elements whose
     class, id or itemprop name a comment, and comment-post markers, go to `comments` in the
-    same pass."""
+    same pass; embedded-post blockquotes (`_EMBED_CLASS`) go to `embeds` and are never marked
+    by their names."""
     marks: list[tuple[etree._Element, str]] = []
     for el in root.iter():
         tag = el.tag
@@ -341,6 +356,9 @@ def _mark(
         if cls is None and id_ is None and itemprop is None:
             if tag not in _NOT_BOILERPLATE and role and role.strip().lower() in _UNLIKELY_ROLES:
                 marks.append((el, "boilerplate"))
+            continue
+        if tag == "blockquote" and cls and embeds is not None and _EMBED_CLASS.search(cls):
+            embeds.append(el)
             continue
         flags = (
             (_name_flags(cls) if cls else 0)
@@ -459,9 +477,15 @@ def _clean(
         _drop_tree(head)
     etree.strip_elements(root, *_CODE_TAGS, with_tail=False)
     _merge_noscript_copies(root, stats)
-    marks = _mark(root, comments)
+    embeds: list[etree._Element] = []
+    marks = _mark(root, comments, embeds)
     if not marks:
         return []
+    # The embedded posts inside each element (few per page: one ancestor walk each).
+    wraps: dict[etree._Element, list[etree._Element]] = {}
+    for embed in embeds:
+        for ancestor in embed.iterancestors():
+            wraps.setdefault(ancestor, []).append(embed)
     body = next(root.iter("body"), root)
     total = _text_len(body)
     spare_at = max(config.spare_text_fraction * total, 200)
@@ -470,15 +494,22 @@ def _clean(
     held: dict[etree._Element, _Held] = {}
     for el, reason in marks:
         nested = protected = False
+        wrapper = reason == "boilerplate" and el in wraps and _embed_wrapper(el, wraps[el])
         for ancestor in el.iterancestors():
             if ancestor in doomed:
                 nested = True
-                if ancestor in held:
+                if ancestor in held and not wrapper:
                     held[ancestor].inner.append((el, reason))
                 break
             if ancestor.tag in _PROTECTING:
                 protected = True
         if nested:
+            continue
+        if wrapper:
+            # `div.social-embed` around a tweet: the post is the content, the name its widget's.
+            # Chrome beside the post (share buttons) is still marked on its own. Whether the post
+            # belongs to the article is main-content selection's call, as for any blockquote.
+            _bump(stats, "spared_embed_wrapper")
             continue
         if protected and reason == "boilerplate":
             # Readability keeps chrome-looking text inside tables (data tables name their cells
@@ -518,6 +549,19 @@ def _comment_named(el: etree._Element) -> bool:
         for value in (el.get("class"), el.get("id"), el.get("itemprop"))
         if value
     )
+
+
+def _embed_wrapper(el: etree._Element, inner: list[etree._Element]) -> bool:
+    """Whether a chrome-named `el` is essentially one embedded post: it holds exactly one, whose
+    text is at least `_EMBED_WRAPPER_SHARE` of its own, and neither an unlikely role nor a comment
+    name says it is chrome anyway. A feed of several posts, or a widget with more of its own text
+    than the post, stays chrome."""
+    if len(inner) != 1 or _comment_named(el):
+        return False
+    if (el.get("role") or "").strip().lower() in _UNLIKELY_ROLES:
+        return False
+    post = _text_len(inner[0])
+    return post > 0 and post >= _EMBED_WRAPPER_SHARE * _text_len(el)
 
 
 def _remove_marks(
@@ -1232,12 +1276,18 @@ def _candidate_url(value: str, base: str, config: DomConfig) -> str:
 _CAPTION_TAGS = frozenset(("figure", "figcaption", "caption"))
 
 
+# What a run of text is, for `_Paragraphs.add`: outside links, in a link, or in a card link of an
+# embedded post (an `<a>` wrapping block elements: the widget's clickable placeholder, whose text
+# is a label such as "View this post on Instagram").
+_NO_LINK, _LINK, _CARD = 0, 1, 2
+
+
 class _Paragraphs:
     """Accumulates inline text into paragraphs; `flush()` at each block boundary."""
 
     __slots__ = (
         "nodes", "parts", "link_chars", "chars", "tag", "config", "drops", "brs", "pre",
-        "caption_depth", "caption", "emitted", "captions",
+        "caption_depth", "caption", "emitted", "captions", "embed_depth", "embedded", "plain",
     )  # fmt: skip
 
     def __init__(self, config: DomConfig, drops: list[str]) -> None:
@@ -1254,17 +1304,25 @@ class _Paragraphs:
         self.caption = False  # the current paragraph started inside one
         self.emitted: set[str] = set()  # normalised text of every paragraph emitted
         self.captions: set[str] = set()  # ... of those that were captions, and image alt texts
+        self.embed_depth = 0  # open embedded-post blockquotes
+        self.embedded = False  # the current paragraph is part of an embedded post
+        self.plain = False  # ... and has visible text outside a card link's label
 
-    def add(self, text: str | None, in_link: bool, tag: str) -> None:
+    def add(self, text: str | None, in_link: int, tag: str) -> None:
+        """Append `text`; `in_link` is `_NO_LINK`, `_LINK` or `_CARD`."""
         if not text:
             return
-        if self.brs >= 2 and text.strip():
+        visible = not text.isspace()
+        if self.brs >= 2 and visible:
             self.flush()
-        if text.strip():
+        if visible:
             self.brs = 0
+            if in_link != _CARD:
+                self.plain = True
         if not self.parts:
             self.tag = tag
             self.caption = self.caption_depth > 0
+            self.embedded = self.embed_depth > 0
         self.parts.append(text)
         n = len(text)
         self.chars += n
@@ -1284,11 +1342,17 @@ class _Paragraphs:
             text = "\n".join(line.rstrip() for line in raw.strip("\n").split("\n")).strip("\n")
         else:
             text = _WS.sub(" ", raw).strip()
-        link_chars, chars = self.link_chars, self.chars
-        self.parts, self.link_chars, self.chars = [], 0, 0
+        link_chars, chars, plain = self.link_chars, self.chars, self.plain
+        self.parts, self.link_chars, self.chars, self.plain = [], 0, 0, False
         if not text:
             return
-        if chars and link_chars / chars > self.config.max_link_density:
+        # An embedded post's links (hashtags, mentions, its permalink around an Instagram caption)
+        # quote the post, they are no menu: its text stays unless all of it is a card's label.
+        if (
+            chars
+            and link_chars / chars > self.config.max_link_density
+            and not (self.embedded and plain)
+        ):
             self.drops.append("text.link_dense")
             return
         key = text.lower()
@@ -1322,8 +1386,10 @@ def _linearise(
     paras = _Paragraphs(config, drops)
     seen: set[str] = set()
     images = 0
+    posts = 0
     for block in blocks:
-        link_depth = 0
+        links: list[int] = []  # per open <a>: _LINK, or _CARD inside an embedded post
+        link = _NO_LINK  # what the innermost open <a> is
         block_tags: list[str] = []
         captions: list[bool] = []  # per open block: does it hold a caption
         for event, el in etree.iterwalk(block, events=("start", "end")):
@@ -1339,8 +1405,12 @@ def _linearise(
                     paras.caption_depth += is_caption
                     if tag == "pre":
                         paras.pre += 1
+                    elif tag == "blockquote" and _EMBED_CLASS.search(el.get("class") or ""):
+                        paras.embed_depth += 1
+                        posts += 1
                 elif tag == "a":
-                    link_depth += 1
+                    link = _CARD if paras.embed_depth and _wraps_blocks(el) else _LINK
+                    links.append(link)
                 elif tag == "br":
                     paras.br()
                 elif tag == "img":
@@ -1355,7 +1425,7 @@ def _linearise(
                             images += 1
                             paras.image(node)
                 current = block_tags[-1] if block_tags else "p"
-                paras.add(el.text, link_depth > 0, "p" if current == "div" else current)
+                paras.add(el.text, link, "p" if current == "div" else current)
                 continue
             if tag in _BLOCK_TAGS:
                 paras.flush()
@@ -1364,12 +1434,24 @@ def _linearise(
                     paras.caption_depth -= captions.pop()
                 if tag == "pre":
                     paras.pre -= 1
-            elif tag == "a":
-                link_depth -= 1
+                elif tag == "blockquote" and paras.embed_depth:
+                    if _EMBED_CLASS.search(el.get("class") or ""):
+                        paras.embed_depth -= 1
+            elif tag == "a" and links:
+                links.pop()
+                link = links[-1] if links else _NO_LINK
             if el is not block:
                 current = block_tags[-1] if block_tags else "p"
-                paras.add(el.tail, link_depth > 0, "p" if current == "div" else current)
+                paras.add(el.tail, link, "p" if current == "div" else current)
         paras.flush()
+        paras.embed_depth = 0
     stats["paragraphs"] = sum(isinstance(n, TextNode) for n in paras.nodes)
     stats["images"] = images
+    if posts:
+        stats["embedded_posts"] = posts
     return paras.nodes
+
+
+def _wraps_blocks(a: etree._Element) -> bool:
+    """A link wrapping block elements: a clickable card, not a link in running text."""
+    return any(isinstance(d.tag, str) and d.tag in _BLOCK_TAGS for d in a.iterdescendants())

@@ -270,33 +270,164 @@ def test_a_page_that_is_only_a_discussion_keeps_it():
     assert prose(40, 3) in text_of(doc)
 
 
+# Embedded posts as their networks' embed codes write them (what a crawler archives: the widget
+# script turns the blockquote into an iframe only in a browser).
+_POST = "The mill wheel turned again this morning after forty years of silence"
+
+
+def tweet(text: str = _POST, n: int = 1) -> str:
+    # Twitter's embed code: the post's own links (media, hashtags) are part of its text
+    return (
+        f'<blockquote class="twitter-tweet"><p lang="en" dir="ltr">{text} '
+        f'<a href="https://twitter.com/hashtag/mill">#mill</a> <a href="https://t.co/x{n}">'
+        f"pic.twitter.com/x{n}</a></p>&mdash; Village Council (@council) "
+        f'<a href="https://twitter.com/council/status/{n}">January 1, 2024</a></blockquote>'
+    )
+
+
+def instagram(caption: str = _POST, *, nested: bool = False) -> str:
+    """Instagram's captioned embed: a card link (a placeholder of divs and a "View this post"
+    label) and the caption, itself a link to the post; in older codes the caption paragraph sits
+    inside the card link (`nested`)."""
+    post = "https://www.instagram.com/p/XYZ/?utm_source=ig_embed"
+    card = (
+        f'<a href="{post}" style="background:#FFFFFF; line-height:0;" target="_blank">'
+        '<div style="display: flex; flex-direction: row;"><div style="height: 40px; width: 40px;">'
+        '</div></div><div style="padding: 19% 0;"></div><div style="padding-top: 8px;">'
+        '<div style="color:#3897f0; font-weight:550;">View this post on Instagram</div></div>'
+    )
+    caption_p = (
+        f'<p style="margin:8px 0 0 0;"><a href="{post}" style="color:#000;" target="_blank">'
+        f"{caption} #mill #village</a></p>"
+    )
+    shared = (
+        '<p style="color:#c9c8cd;">A post shared by <a href="https://www.instagram.com/council/"'
+        ' target="_blank">Village Council</a> (@council) on <time style="font-size:14px;" '
+        'datetime="2024-05-05T16:01:37+00:00">May 5, 2024 at 9:01am PDT</time></p>'
+    )
+    body = f"{card}{caption_p}{shared}</a>" if nested else f"{card}</a>{caption_p}{shared}"
+    return (
+        f'<blockquote class="instagram-media" data-instgrm-captioned data-instgrm-permalink='
+        f'"{post}" data-instgrm-version="12" style="background:#FFF; border:0;">'
+        f'<div style="padding:16px;">{body}</div></blockquote>'
+        '<script async src="//www.instagram.com/embed.js"></script>'
+    )
+
+
+def in_article(embed: str) -> str:
+    return page(f"<article>{article(3)}{embed}{article(3, 9)}</article>")
+
+
 @pytest.mark.parametrize("kind", ["twitter-tweet", "instagram-media"])
 def test_embedded_posts_are_kept_as_text(kind):
-    post = "The mill wheel turned again this morning after forty years of silence"
     body = (
-        f"<article>{article(3)}<blockquote class='{kind}'><p>{post}.</p>— Village Council "
+        f"<article>{article(3)}<blockquote class='{kind}'><p>{_POST}.</p>— Village Council "
         f"(@council) <a href='https://social.example/p/1'>May 5, 2024</a></blockquote>"
         f"{article(3, 9)}</article>"
     )
-    assert post in text_of(ext(page(body)))
+    assert _POST in text_of(ext(page(body)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/build.md): no embed-specific rule; Instagram's captioned embed puts the "
-    "caption in a link, and the paragraph is dropped as text.link_dense",
-)
-def test_instagram_captioned_embed_markup_keeps_its_caption():
-    caption = "The mill wheel turned again this morning after forty years of silence"
-    post = "https://www.instagram.com/p/B123/"
-    embed = (
-        f"<blockquote class='instagram-media' data-instgrm-captioned data-instgrm-permalink='{post}'"
-        f" data-instgrm-version='7'><div><p><a href='{post}' target='_blank'>{caption} #mill</a></p>"
-        "<p>A post shared by <a href='https://www.instagram.com/council/'>Village Council</a> "
-        "(@council) on <time datetime='2024-05-05T16:01:37+00:00'>May 5, 2024</time></p></div>"
-        "</blockquote><script async src='//www.instagram.com/embed.js'></script>"
+def test_a_link_dense_tweet_in_the_article_keeps_its_text_and_attribution():
+    # "Back at work! #mill pic.twitter.com/x1" is mostly link text: the post's own hashtags and
+    # media link, not a menu
+    doc = ext(in_article(tweet("Back at work!")))
+    paras = paragraphs(doc)
+    assert "Back at work! #mill pic.twitter.com/x1" in paras
+    assert "— Village Council (@council) January 1, 2024" in paras
+    assert "text.link_dense" not in doc.drops
+    assert doc.stats["dom"]["embedded_posts"] == 1
+
+
+def test_the_same_link_dense_line_outside_an_embed_is_still_dropped():
+    # the twin: a plain blockquote (or paragraph) that is mostly links is a link list
+    line = (
+        '<blockquote><p>Back at work! <a href="/tag/mill">#mill</a> <a href="/photos/1">'
+        "pic.example.org/photos/1</a></p></blockquote>"
     )
-    assert caption in text_of(ext(page(f"<article>{article(3)}{embed}{article(3, 9)}</article>")))
+    doc = ext(in_article(line))
+    assert "Back at work!" not in text_of(doc)
+    assert "text.link_dense" in doc.drops
+    assert "embedded_posts" not in doc.stats["dom"]
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_instagram_captioned_embed_markup_keeps_its_caption(nested):
+    doc = ext(in_article(instagram(nested=nested)))
+    paras = paragraphs(doc)
+    assert f"{_POST} #mill #village" in paras
+    assert "A post shared by Village Council (@council) on May 5, 2024 at 9:01am PDT" in paras
+    # the placeholder card's label is the widget's, not the post's
+    assert "View this post on Instagram" not in text_of(doc)
+    assert doc.drops.count("text.link_dense") == 1
+
+
+@pytest.mark.parametrize(
+    "embed",
+    [
+        # TikTok: the caption between the author's, the hashtags' and the sound's links
+        '<blockquote class="tiktok-embed" cite="https://www.tiktok.com/@council/video/1" '
+        'data-video-id="1"><section><a target="_blank" title="@council" '
+        'href="https://www.tiktok.com/@council">@council</a> {post} <a title="mill" '
+        'href="https://www.tiktok.com/tag/mill">#mill</a> <a title="♬ original sound" '
+        'href="https://www.tiktok.com/music/1">♬ original sound - council</a></section></blockquote>',
+        # Bluesky
+        '<blockquote class="bluesky-embed" data-bluesky-uri="at://did:plc:x/app.bsky.feed.post/1">'
+        '<p lang="en">{post}<br><br><a href="https://bsky.app/profile/x/post/1">[image or embed]'
+        '</a></p>&mdash; Village Council (<a href="https://bsky.app/profile/x">@council.bsky.social'
+        '</a>) <a href="https://bsky.app/profile/x/post/1">May 5, 2024 at 9:01 AM</a></blockquote>',
+        # Reddit: the post's title is its link
+        '<blockquote class="reddit-embed-bq" data-embed-height="240"><a href="https://www.reddit.com'
+        '/r/mills/comments/1/">{post}</a><br> by <a href="https://www.reddit.com/user/council/">'
+        'u/council</a> in <a href="https://www.reddit.com/r/mills/">r/mills</a></blockquote>',
+    ],
+    ids=["tiktok", "bluesky", "reddit"],
+)
+def test_other_networks_embedded_posts_keep_their_text(embed):
+    assert _POST in text_of(ext(in_article(embed.format(post=_POST))))
+
+
+@pytest.mark.parametrize(
+    "wrapper", ["div class='social-embed'", "figure class='embed embed-social'",
+                "div id='social-post-1' class='embed-container'"]
+)  # fmt: skip
+@pytest.mark.parametrize("embed", ["tweet", "instagram"])
+def test_an_embed_in_a_chrome_named_wrapper_in_the_article_is_kept(wrapper, embed):
+    post = tweet("Back at work!") if embed == "tweet" else instagram()
+    tools = "<div class='share-tools'><a href='/s'>Share</a> <span>Copy the link</span></div>"
+    doc = ext(in_article(f"<{wrapper}>{post}{tools}</{wrapper.split()[0]}>"))
+    got = text_of(doc)
+    assert prose(0) in got and prose(9) in got
+    assert ("Back at work!" if embed == "tweet" else _POST) in got
+    assert "Copy the link" not in got  # chrome beside the post still goes
+    assert doc.stats["dom"]["spared_embed_wrapper"] == 1
+
+
+def test_a_chrome_named_feed_of_posts_or_a_widget_around_one_is_still_removed():
+    # the twins: a wrapper holding several posts (a feed), or more of its own text than the post
+    # (a follow-us widget), is chrome even inside the article
+    feed = "<div class='social-feed'>" + "".join(tweet(f"Feed post {i}", i) for i in range(3))
+    widget = (
+        "<div class='social-widget'><h3>Follow the Village Council everywhere</h3><ul>"
+        + "".join(f"<li>Follow us on network number {i} for daily updates</li>" for i in range(4))
+        + f"</ul>{tweet('Widget post', 9)}</div>"
+    )
+    doc = ext(page(f"<article>{article(3)}{feed}</div>{article(2, 5)}{widget}{article(2, 9)}"
+                   "</article>"))  # fmt: skip
+    got = text_of(doc)
+    assert prose(0) in got and prose(9) in got
+    assert "Feed post" not in got and "Widget post" not in got and "Follow us" not in got
+    assert "spared_embed_wrapper" not in doc.stats["dom"]
+
+
+def test_a_wrapped_embed_outside_the_article_is_not_kept():
+    # the twin of the kept wrapper: the same `div.social-embed` beside the article, not in it
+    body = (
+        f"<article>{article(5)}</article><div class='social-embed'>"
+        f"{tweet('Our reporters are live from the harvest festival')}</div>"
+    )
+    got = text_of(ext(page(body)))
+    assert prose(0) in got and "live from the harvest festival" not in got
 
 
 def test_tweet_markup_outside_the_article_is_not_kept_by_its_class():
