@@ -47,14 +47,23 @@ def sample(
     if not 0.0 <= p_next <= 1.0:
         raise ValueError(f"p_next must be in [0, 1], got {p_next}")
     rng = rng_for(doc.key, seed)
-    page_draw = _draw(rng, p_next)  # always drawn, so per-image streams don't depend on the mode
+    drawn = _draw(rng, p_next)  # always drawn, so per-image streams don't depend on the mode
     nodes = []
     for node in doc.nodes:
         if isinstance(node, ImageNode):
-            attach = page_draw if mode == "per-document" else _draw(rng, p_next)
+            attach = drawn if mode == "per-document" else _draw(rng, p_next)
             node = dataclasses.replace(node, attach=attach)
         nodes.append(node)
     return dataclasses.replace(doc, nodes=nodes, p_next=p_next)
+
+
+def page_draw(key: str, *, seed: int, p_next: float = 0.5) -> str:
+    """The attachment `sample` gives every image of the document `key` in `per-document` mode.
+
+    Known before the page is built, so a generated site can put the words that describe a picture on
+    the side the build will attach it to (the grounded demo world, pipelines/grounded.py).
+    """
+    return _draw(rng_for(key, seed), p_next)
 
 
 def _draw(rng: random.Random, p_next: float) -> str:

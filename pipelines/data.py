@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 EOC_TOKEN = "<|endofchunk|>"
 ATTACH_MODES = ("shard", "resample", "following", "preceding")
+IMAGE_MODES = ("true", "shuffled")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "caption", "text")
 
@@ -80,10 +81,15 @@ class DataConfig:
     epoch_length: int | None = None  # samples per worker per epoch in resampled mode
     num_workers: int = 2
     seed: int = 0
+    # "shuffled": every image of a batch is swapped for one of another document of the batch — the
+    # control run of `m3w eval`'s ablations, which must not learn to use the images
+    images: str = "true"
 
     def __post_init__(self) -> None:
         if self.attach not in ATTACH_MODES:
             raise ConfigError(f"attach must be one of {ATTACH_MODES}, got {self.attach!r}")
+        if self.images not in IMAGE_MODES:
+            raise ConfigError(f"images must be one of {IMAGE_MODES}, got {self.images!r}")
         if self.seq_len < 8 or self.max_images < 1 or self.batch_size < 1:
             raise ConfigError("seq_len >= 8, max_images >= 1 and batch_size >= 1 are required")
         if self.num_workers < 0:
@@ -480,6 +486,21 @@ class Layout:
     images: list[ImageRef]
 
 
+def flow_texts(nodes: list[str | ImageRef]) -> list[str]:
+    """The text of each text node as it reads in the flow: a newline between consecutive blocks, a
+    space after an image. Also what a text-only LM is pretrained on (`m3w demo`), so that it knows
+    the chunks' first tokens as the layout spells them."""
+    texts: list[str] = []
+    seen_image = prev_text = False
+    for node in nodes:
+        if isinstance(node, ImageRef):
+            seen_image, prev_text = True, False
+            continue
+        texts.append(("\n" + node) if prev_text else (" " + node if seen_image else node))
+        prev_text = True
+    return texts
+
+
 def layout(nodes: list[str | ImageRef], tokenizer: Any, tok: TokenIds) -> Layout:
     """`<BOS> text0 <EOC> <image> text1 <EOC> <image> text2 <EOC> <EOS>` (DESIGN §4).
 
@@ -487,14 +508,7 @@ def layout(nodes: list[str | ImageRef], tokenizer: Any, tok: TokenIds) -> Layout
     image gets no empty chunk 0 (`<BOS> <image> caption <EOC> <EOS>`, the pair case). Consecutive text
     nodes are joined with a newline, as they were separate blocks on the page.
     """
-    texts: list[str] = []
-    seen_image = prev_text = False
-    for node in nodes:  # the text of each node as it reads in the flow, tokenised in one call
-        if isinstance(node, ImageRef):
-            seen_image, prev_text = True, False
-            continue
-        texts.append(("\n" + node) if prev_text else (" " + node if seen_image else node))
-        prev_text = True
+    texts = flow_texts(nodes)  # tokenised in one call
     encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     ids = [tok.bos]
     image_pos: list[int] = []
@@ -717,6 +731,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self, batch: list[dict[str, torch.Tensor]], worker: int, pos: WorkerPosition, counts: Counts
     ) -> dict[str, Any]:
         out = collate(batch, self.tok, self.transform, self.image_shape)
+        if self.cfg.images == "shuffled":
+            out["images"] = images_of_other_documents(out["images"], out["image_valid"])
         out["_position"] = {"worker": worker, **pos.to_json()}
         out["_counts"] = counts.as_dict()
         out["_dataset"] = self.cfg.name
@@ -795,6 +811,22 @@ def collate(
     batch["images"] = transform(pil).to(torch.float32) if pil else torch.zeros((0, *image_shape))
     batch["media_mask"] = compute_media_mask(batch, tok)
     return batch
+
+
+def images_of_other_documents(images: torch.Tensor, image_valid: torch.Tensor) -> torch.Tensor:
+    """Packed images [M, C, H, W] (in `image_valid.nonzero()` order) rearranged so that every slot of
+    a document holds an image of the next document of the batch that has images (cyclically): no
+    image stays in its own document whenever two documents of the batch have images."""
+    counts = image_valid.sum(1).tolist()
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    docs = [i for i, c in enumerate(counts) if c]
+    if len(docs) < 2:
+        return images
+    order = []
+    for i, doc in enumerate(docs):
+        donor = docs[(i + 1) % len(docs)]
+        order += [starts[donor] + j % counts[donor] for j in range(counts[doc])]
+    return images[torch.tensor(order, dtype=torch.long)]
 
 
 def compute_media_mask(batch: dict[str, Any], tok: TokenIds) -> torch.Tensor | None:

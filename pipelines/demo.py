@@ -1,21 +1,28 @@
 """`m3w demo`: the whole path on a fresh clone, on CPU, offline, in a few minutes.
 
-1. generate a small website (pages with text and Pillow-drawn images, plus known junk) and serve it
-   on 127.0.0.1 (pipelines/sample_site.py);
+1. generate a small grounded website and serve it on 127.0.0.1 (pipelines/sample_site.py): pictures
+   of counted, coloured shapes whose captions ("... shows two red triangles.") stand on the side the
+   build will attach each picture to, ordinary prose elsewhere, and the usual junk for the filters;
 2. `m3w build` it with a local Ray, exactly as a crawl's URL list is built;
-3. print `m3w inspect stats` of the shards;
-4. train a tiny Flamingo on them: a byte-level BPE tokenizer trained here on the built text, a
-   random-init GPT-2-style LM and CLIP-style vision tower saved as local model folders and loaded by
-   the trainer like hub ids (or real `--lm/--vision` ids for users with hub access);
-5. generate a continuation for one interleaved prompt (an image from the shards plus its first words).
+3. print `m3w inspect stats` of the shards, and hold out the last shards for evaluation;
+4. train a tiny Flamingo on the others: a byte-level BPE tokenizer trained here on the built text, a
+   GPT-2-style LM first trained on that text alone (Flamingo freezes a *pretrained* LM), a random
+   CLIP-style vision tower, saved as local model folders and loaded by the trainer like hub ids (or
+   real `--lm/--vision` ids for users with hub access); both stay frozen;
+5. `m3w eval` on the held-out shards: caption loss with the true, shuffled, no and flipped images,
+   and few-shot captioning of held-out pictures (`fewshot.jsonl`);
+6. generate a continuation for one held-out picture.
 
 `--out DIR` keeps everything (site, shards, models, checkpoints, TensorBoard logs) and `summary.json`
-with the build counts, first/last training loss, steps, wall time and the generated text.
+with the build counts, first/last training loss, steps, wall time, the evaluation under `"eval"` and
+the generated text. `--images shuffled` trains the control run: every image swapped for one of
+another document, so the captions cannot be learnt from the pictures and the gaps must vanish.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -36,11 +43,27 @@ def register(subparsers: Any) -> None:
         formatter_class=DefaultsFormatter,
     )
     p.add_argument("--out", help="keep everything here (default: a temporary folder, removed)")
-    p.add_argument("--pages", type=int, default=24, help="pages of the generated site (>10)")
-    p.add_argument("--steps", type=int, default=300, help="training steps")
+    p.add_argument("--pages", type=int, default=150, help="pages of the generated site (>10)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps")
+    p.add_argument(
+        "--heldout", type=float, default=0.2, help="share of the shards held out for m3w eval"
+    )
+    p.add_argument(
+        "--lm-pretrain-steps",
+        type=int,
+        default=400,
+        help="steps of text-only training of the tiny LM",
+    )
+    p.add_argument(
+        "--images",
+        choices=("true", "shuffled"),
+        default="true",
+        help="shuffled: the control run, images swapped across documents while training",
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip m3w eval of the held-out shards")
     p.add_argument("--batch-size", type=int, default=8, help="documents per training batch")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    p.add_argument("--seq-len", type=int, default=192, help="tokens per training window")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
     p.add_argument("--lm", help="a real causal LM id/path instead of the tiny random one")
     p.add_argument("--vision", help="a real vision model id/path instead of the tiny random one")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
@@ -58,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
         f"\nloss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} in {summary['steps']} "
         f"steps; {summary['wall_s']:.0f} s in all"
     )
+    if summary.get("eval"):
+        print(eval_headline(summary["eval"]))
     print(f"prompt:     {summary['prompt']!r}\ngeneration: {summary['generated']!r}")
     if args.out:
         print(f"everything is in {args.out} (summary.json, build/, run/tb for TensorBoard)")
@@ -66,21 +91,32 @@ def main(args: argparse.Namespace) -> int:
 
 def run_demo(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _share_the_cores()
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    report = build_site_shards(out, args)
+    report, site = build_site_shards(out, args)
     print_stats(out / "build")
-    parts, tokenizer_note = model_parts(out, args)
-    train_summary = train_tiny(out, args, parts)
-    prompt, generated = generate_example(out / "build", parts)
+    train_shards, heldout = split_shards(out / "build", args.heldout)
+    parts, tokenizer_note, pretrain, model_config = model_parts(out, args, train_shards)
+    train_summary = train_tiny(out, args, parts, model_config, train_shards)
+    evaluation = None
+    if not args.no_eval:
+        fewshot = write_fewshot_file(out, site, heldout)
+        evaluation = evaluate_heldout(out, args, parts, heldout, fewshot)
+    prompt, generated = generate_example(heldout, parts)
     summary = {
         "build": {k: report.get(k) for k in ("pages", "documents", "images", "shards", "counts")},
         "tokenizer": tokenizer_note,
+        "lm_pretrain": pretrain,
+        "images": args.images,
+        "train_shards": len(train_shards),
+        "heldout_shards": len(heldout),
         "first_loss": train_summary["first_loss"],
         "last_loss": train_summary["last_loss"],
         "steps": train_summary["steps"],
         "train_wall_s": train_summary["wall_s"],
         "tokens_per_s": train_summary["tokens_per_s"],
+        "eval": evaluation,
         "prompt": prompt,
         "generated": generated,
         "wall_s": time.perf_counter() - started,
@@ -89,61 +125,108 @@ def run_demo(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _share_the_cores() -> None:
+    """One core for the data worker, the rest for torch: two busy intra-op threads beside a
+    decoding worker on a 2-core machine made a training step 15× slower (spin-waiting threads)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
 # --------------------------------------------------------------------------------------------
-# 1-3: site → build → stats
+# 1-3: site → build → stats → split
 # --------------------------------------------------------------------------------------------
-def build_site_shards(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def build_site_shards(out: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The grounded site is written once the server runs: its captions depend on the page URLs."""
     from m3w_builder.config import BuildConfig
     from pipelines.build import JobOptions, run_build, summary_table
     from pipelines.sample_site import make_site, serve_site, write_url_list
 
     site = out / "site"
-    info = make_site(site, pages=args.pages, seed=args.seed)
-    print(f"[1/5] generated {len(info.pages)} pages with {info.good_images} images under {site}")
     config = BuildConfig.for_profile("m3w")
     config.fetch.allow_private_hosts = True  # the demo site is served on 127.0.0.1
     config.shards.docs_per_shard = 8
     config.seed = args.seed
+    if config.attach.mode != "per-document":
+        raise RuntimeError("the grounded site places captions by the per-document draw")
+    site.mkdir(parents=True, exist_ok=True)
     with serve_site(site) as base_url:
+        info = make_site(
+            site,
+            pages=args.pages,
+            seed=args.seed,
+            grounded=True,
+            base_url=base_url,
+            attach_seed=config.seed,
+            p_next=config.attach.p_next,
+        )
+        print(
+            f"[1/6] generated {len(info.pages)} pages with {info.good_images} images under {site}"
+        )
         urls = write_url_list(site, base_url, site / "urls.txt")
-        print(f"[2/5] m3w build {urls} (served at {base_url}) on a local Ray")
+        print(f"[2/6] m3w build {urls} (served at {base_url}) on a local Ray")
         options = JobOptions(
             out=str(out / "build"), num_cpus=args.num_cpus, progress=False, loopback_only=True
         )
         report = run_build([str(urls)], config, options)
     print(summary_table(report))
-    return report
+    return report, info
 
 
 def print_stats(job: Path) -> None:
     from pipelines.inspect_read import resolve_target
     from pipelines.inspect_stats import compute_stats, format_table
 
-    print("[3/5] m3w inspect stats")
+    print("[3/6] m3w inspect stats")
     print(format_table(compute_stats(resolve_target(job))))
+
+
+def split_shards(job: Path, heldout: float) -> tuple[list[Path], list[Path]]:
+    """The last `heldout` share of the shards (at least one) for evaluation, the rest for training."""
+    shards = sorted((job / "shards").glob("*.tar"))
+    if len(shards) < 2:
+        raise RuntimeError(
+            f"the build made {len(shards)} shard(s); the demo needs 2 (more --pages)"
+        )
+    n_out = min(len(shards) - 1, max(1, round(len(shards) * heldout)))
+    print(f"      {len(shards) - n_out} shards for training, {n_out} held out for m3w eval")
+    return shards[:-n_out], shards[-n_out:]
 
 
 # --------------------------------------------------------------------------------------------
 # 4: model and training
 # --------------------------------------------------------------------------------------------
-def shard_texts(job: Path) -> list[str]:
+def shard_documents(shards: list[Path]) -> list[str]:
+    """Each document's text as the trainer lays it out (`pipelines.data.flow_texts`), without the
+    image and end-of-chunk tokens: the text a text-only LM is pretrained on."""
     from m3w_builder.shards import iter_shard
+    from pipelines.data import ImageRef, flow_texts
 
-    texts: list[str] = []
-    for shard in sorted((job / "shards").glob("*.tar")):
+    documents: list[str] = []
+    for shard in shards:
         for sample in iter_shard(shard):
-            texts.extend(t for t in sample.record.get("texts", []) if t)
-    return texts
+            record = sample.record
+            nodes = [
+                text if text is not None else ImageRef(None, False)
+                for text, image in zip(record.get("texts", []), record.get("images", []))
+                if text or image is not None
+            ]
+            if any(isinstance(n, str) for n in nodes):
+                documents.append("".join(flow_texts(nodes)))
+    return documents
 
 
-def model_parts(out: Path, args: argparse.Namespace) -> tuple[Any, str]:
-    """Tiny random models saved as local folders (tokenizer trained on the built text), or the
-    user's `--lm/--vision` ids; loaded through the trainer's own `build_parts`."""
+def model_parts(
+    out: Path, args: argparse.Namespace, train_shards: list[Path]
+) -> tuple[Any, str, dict[str, float] | None, dict[str, Any]]:
+    """Tiny models saved as local folders (tokenizer trained on the training shards' text, the LM
+    pretrained on it), or the user's `--lm/--vision` ids; loaded through the trainer's `build_parts`."""
     from pipelines import tiny
     from pipelines.train import build_parts
     from pipelines.trainconfig import TrainConfig
 
     cfg = TrainConfig()
+    pretrain = None
     if args.lm or args.vision:
         if not (args.lm and args.vision):
             raise SystemExit("m3w demo: give both --lm and --vision, or neither")
@@ -151,35 +234,65 @@ def model_parts(out: Path, args: argparse.Namespace) -> tuple[Any, str]:
         cfg.model.cross_attn_every_n_layers = 4
         note = f"{args.lm}'s own"
     else:
-        texts = shard_texts(out / "build")
-        if not texts:
+        documents = shard_documents(train_shards)
+        if not documents:
             raise SystemExit("m3w demo: the build produced no text to train a tokenizer on")
-        tokenizer = tiny.train_tokenizer(texts, vocab_size=1024)
-        lm, vision = tiny.save_tiny_models(out / "models", tokenizer, seed=args.seed)
+        tokenizer = tiny.train_tokenizer(documents, vocab_size=1024)
+        print(f"[4/6] pretraining the tiny LM on {len(documents)} documents' text")
+        lm, vision = tiny.save_tiny_models(
+            out / "models",
+            tokenizer,
+            image_size=DEMO_IMAGE_SIZE,
+            patch_size=DEMO_PATCH_SIZE,
+            seed=args.seed,
+            pretrain_on=documents,
+            pretrain_steps=args.lm_pretrain_steps,
+        )
+        pretrain = json.loads((out / "models" / "pretrain.json").read_text())
+        pretrain = pretrain["lm"]
+        print(
+            f"      LM text loss {pretrain['first_loss']:.3f} → {pretrain['last_loss']:.3f}; "
+            "it is frozen from here on"
+        )
         cfg.model.lm, cfg.model.vision = str(lm), str(vision)
-        cfg.model.flamingo = dict(tiny.TINY_FLAMINGO)
-        note = f"byte-level BPE, {len(tokenizer)} tokens, trained on {len(texts)} built paragraphs"
-    print(f"[4/5] model: lm={cfg.model.lm} vision={cfg.model.vision} tokenizer: {note}")
-    return build_parts(cfg), note
+        cfg.model.flamingo = {**tiny.TINY_FLAMINGO, **DEMO_FLAMINGO}
+        note = f"byte-level BPE, {len(tokenizer)} tokens, trained on {len(documents)} documents"
+    print(f"      model: lm={cfg.model.lm} vision={cfg.model.vision} tokenizer: {note}")
+    return build_parts(cfg), note, pretrain, dataclasses.asdict(cfg.model)
 
 
-def train_tiny(out: Path, args: argparse.Namespace, parts: Any) -> dict[str, Any]:
+DEMO_IMAGE_SIZE = 64  # the tiny tower's input: counting four shapes needs more than 32 pixels
+DEMO_PATCH_SIZE = 4  # 256 patches: shapes and counts survive a random frozen tower
+DEMO_MAX_IMAGES = 9  # image slots per window: m3w eval's 8-shot prompts hold 9 pictures
+# a little more resampler than the tests' tiny one: counting objects needs more than 8 latents
+DEMO_FLAMINGO = {"max_images": DEMO_MAX_IMAGES, "num_latents": 16, "resampler_depth": 2}
+
+
+def train_tiny(
+    out: Path,
+    args: argparse.Namespace,
+    parts: Any,
+    model_config: dict[str, Any],
+    train_shards: list[Path],
+) -> dict[str, Any]:
     from pipelines.train import print_summary, train
     from pipelines.trainconfig import TrainConfig
 
     cfg = TrainConfig.from_dict(
         {
-            "model": {"flamingo": {}},
+            # the model it trains, so `m3w eval --checkpoint RUN` rebuilds it from the checkpoint
+            "model": model_config,
             "data": [
                 {
                     "name": "m3w",
-                    "shards": str(out / "build" / "shards"),
+                    "shards": "::".join(str(p) for p in train_shards),
                     "batch_size": args.batch_size,
                     "seq_len": args.seq_len,
-                    "max_images": 5,
+                    "max_images": DEMO_MAX_IMAGES,
                     "num_workers": 1,
                     "shuffle_buffer": 64,
                     "seed": args.seed,
+                    "images": args.images,
                 }
             ],
             "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 10)},
@@ -193,16 +306,74 @@ def train_tiny(out: Path, args: argparse.Namespace, parts: Any) -> dict[str, Any
             },
         }
     )
+    print(f"      training the Flamingo parts ({args.images} images) for {args.steps} steps")
     summary = train(cfg, parts)
     print_summary(summary)
     return summary
 
 
 # --------------------------------------------------------------------------------------------
+# 5: evaluation
+# --------------------------------------------------------------------------------------------
+def write_fewshot_file(out: Path, site: Any, heldout: list[Path]) -> Path:
+    """`m3w eval`'s few-shot file from the held-out documents' pictures: image, caption, attributes."""
+    from urllib.parse import urlsplit
+
+    from m3w_builder.shards import iter_shard
+
+    lines = []
+    for shard in heldout:
+        for sample in iter_shard(shard):
+            for image in sample.record.get("images", []):
+                scene = image and site.scenes.get(urlsplit(image.get("src", "")).path)
+                if scene:
+                    path = Path(site.root) / urlsplit(image["src"]).path.lstrip("/")
+                    lines.append(
+                        {
+                            "image": str(path.resolve()),
+                            "caption": scene["caption"],
+                            "attributes": scene["attributes"],
+                        }
+                    )
+    dest = out / "fewshot.jsonl"
+    dest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return dest
+
+
+def evaluate_heldout(
+    out: Path, args: argparse.Namespace, parts: Any, heldout: list[Path], fewshot: Path
+) -> dict[str, Any]:
+    from pipelines.eval import evaluate, format_table
+
+    print(f"[5/6] m3w eval on {len(heldout)} held-out shards, few-shot from {fewshot}")
+    result = evaluate(
+        parts,
+        [str(p) for p in heldout],
+        fewshot=str(fewshot),
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seed=args.seed,
+    )
+    print(format_table(result))
+    return result
+
+
+def eval_headline(result: dict[str, Any]) -> str:
+    acc = result.get("fewshot_accuracy") or {}
+    shots = ", ".join(f"{k}-shot {v:.2f}" for k, v in acc.items())
+    return (
+        f"caption loss: true images {result['loss_true_images']:.3f}, shuffled "
+        f"{result['loss_shuffled_images']:.3f}, none {result['loss_no_images']:.3f}, flipped "
+        f"{result['loss_flipped_attachment']:.3f}; few-shot accuracy {shots or '-'} "
+        f"(chance {result.get('fewshot_chance') or 0:.2f})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # 5: generation
 # --------------------------------------------------------------------------------------------
 def generate_example(
-    job: Path, parts: Any, words: int = 6, new_tokens: int = 24
+    shards: list[Path], parts: Any, words: int = 6, new_tokens: int = 24
 ) -> tuple[str, str]:
     """Prompt `<image> first words of the text after it` with the first image of the first document
     that has one followed by text; greedy continuation."""
@@ -216,7 +387,7 @@ def generate_example(
     from pipelines.data import IMAGE_TOKEN
 
     model, tokenizer = parts.model, parts.tokenizer
-    for shard in sorted((job / "shards").glob("*.tar")):
+    for shard in shards:
         for sample in iter_shard(shard):
             texts, images = sample.record["texts"], sample.record["images"]
             for i, image in enumerate(images[:-1]):
@@ -249,6 +420,6 @@ def generate_example(
                     ],
                 )
                 text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
-                print(f"[5/5] generate: {prompt!r} → {text!r}")
+                print(f"[6/6] generate: {prompt!r} → {text!r}")
                 return prompt, text
     return "", ""

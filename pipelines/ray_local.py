@@ -15,8 +15,8 @@ What this does not stop: Ray's usage-stats module (loaded by the dashboard proce
 `include_dashboard=False`) asks cloud metadata endpoints (169.254.169.254, metadata.google.internal)
 which cloud it runs on, before it reads `RAY_USAGE_STATS_ENABLED`. Only the process environment can
 stop that (proxy variables pointing at a closed loopback port, or a network namespace): see
-docs/build.md § Offline and air-gapped machines. Token authentication stays on: Ray's gRPC servers
-still listen on every interface, and the token is what guards them.
+docs/build.md § The local Ray, the network, and offline machines. Token authentication stays on:
+Ray's gRPC servers still listen on every interface, and the token is what guards them.
 
 `--address` / `RAY_ADDRESS` (a real cluster) is passed to Ray unchanged.
 

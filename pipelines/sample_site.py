@@ -12,6 +12,13 @@ the usual web junk the builder must drop, each with a known reason:
 - a page whose content copies another page (identical-document dedup),
 - a page whose only images are bad (dropped as `doc.no_images`).
 
+`make_site(dir, grounded=True, base_url=URL)` is the grounded world of `m3w demo` (pipelines/grounded.py):
+every good image is a scene of counted, coloured shapes, and its caption ("Figure 2 shows two red
+triangles on a mint ground.") stands on the side of the picture that the build's per-document attachment draw will
+attach it to (the text after it for `following`, before it for `preceding`), computed from the page's
+URL and the build seed exactly as `m3w_builder.attach` draws it. The rest of the page is ordinary prose
+placed where no image is attached (before the first picture, or after the last).
+
 `make_site(dir)` writes the pages and images; `serve_site(dir)` serves them from a threaded
 `http.server` on 127.0.0.1 and yields the base URL; `write_url_list` writes the URL list `m3w build` reads.
 """
@@ -185,6 +192,8 @@ class SiteInfo:
     good_images: int = 0
     duplicate_pages: list[str] = field(default_factory=list)  # copies of an earlier page's content
     no_image_pages: list[str] = field(default_factory=list)  # only bad images: doc.no_images
+    # grounded sites: image path → {"caption", "attributes", "attach", "page"}
+    scenes: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -235,12 +244,15 @@ def _draw_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def _page_html(title: str, body: list[str]) -> str:
+def _page_html(title: str, body: list[str], heading: bool = True) -> str:
+    """`heading` False: no <h1> (a grounded page whose first chunk is a caption keeps its title in
+    <head>, where it is no text the first picture is attached to)."""
+    h1 = f"<h1>{html.escape(title)}</h1>\n" if heading else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title></head>\n<body>\n"
         '<header><nav><a href="/">Home</a></nav></header>\n'
-        f"<article>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n"
+        f"<article>\n{h1}" + "\n".join(body) + "\n"
         # inside the article, so that only the job-wide rules (image-URL frequency, paragraphs
         # repeated within a domain) can remove them
         f'<p><img src="/{SITE_MARK}" alt="" width="120" height="60"></p>\n'
@@ -249,9 +261,24 @@ def _page_html(title: str, body: list[str]) -> str:
     )
 
 
-def make_site(root: str | Path, *, pages: int = 24, seed: int = 0) -> SiteInfo:
+def make_site(
+    root: str | Path,
+    *,
+    pages: int = 24,
+    seed: int = 0,
+    grounded: bool = False,
+    base_url: str | None = None,
+    attach_seed: int = 0,
+    p_next: float = 0.5,
+) -> SiteInfo:
     """Write `pages` HTML pages under root/pages/ and their images under root/img/; deterministic in
-    (pages, seed). Needs pages > 10 for the site mark to cross the image-URL frequency cut-off."""
+    (pages, seed). Needs pages > 10 for the site mark to cross the image-URL frequency cut-off.
+
+    `grounded` pictures are scenes whose captions sit on the attached side; it needs the `base_url`
+    the pages will be built from (their document keys) and the build's `attach_seed` and `p_next`
+    (the per-document attachment mode)."""
+    if grounded and base_url is None:
+        raise ValueError("a grounded site needs the base_url its pages will be built from")
     rng = random.Random(seed)
     root = Path(root)
     (root / "pages").mkdir(parents=True, exist_ok=True)
@@ -262,23 +289,48 @@ def make_site(root: str | Path, *, pages: int = 24, seed: int = 0) -> SiteInfo:
     info = SiteInfo(root=str(root))
     bodies: list[list[str]] = []
     titles: list[str] = []
+    draws: list[str | None] = []
     for i in range(pages):
         rel = f"pages/{i:03d}.html"
+        draw = _page_draw(base_url, rel, attach_seed, p_next) if grounded else None
         topic = rng.choice(_TOPICS)
         title = f"Notes on the {topic}, part {i}"
-        if i == 3 and pages > 3:  # same content as page 2 under another URL
-            body, title = bodies[2], titles[2]
+        source = _duplicate_source(i, pages, draw, draws)
+        if source is not None:  # same content as an earlier page under another URL
+            body, title = bodies[source], titles[source]
             info.duplicate_pages.append(rel)
+        elif grounded:
+            body = _grounded_body(rng, root, i, info, draw, only_bad=(i == 5))
         else:
             body = _page_body(rng, root, i, topic, info, only_bad=(i == 5))
-            if i == 5:
-                info.no_image_pages.append(rel)
+        if source is None and i == 5:
+            info.no_image_pages.append(rel)
         bodies.append(body)
         titles.append(title)
-        (root / rel).write_text(_page_html(title, body), encoding="utf-8")
+        draws.append(draw)
+        heading = draw != "preceding"  # an h1 before the first caption would be attached text
+        (root / rel).write_text(_page_html(title, body, heading), encoding="utf-8")
         info.pages.append(rel)
     (root / "site.json").write_text(json.dumps(info.to_json(), indent=1))
     return info
+
+
+def _page_draw(base_url: str | None, rel: str, attach_seed: int, p_next: float) -> str:
+    from m3w_builder.attach import page_draw
+    from m3w_builder.document import document_key
+
+    return page_draw(document_key(f"{base_url}/{rel}"), seed=attach_seed, p_next=p_next)
+
+
+def _duplicate_source(i: int, pages: int, draw: str | None, draws: list[str | None]) -> int | None:
+    """Page 3 copies page 2 (identical-document dedup). On a grounded site the copy copies the latest
+    earlier page with the same attachment draw, so its captions are right whichever copy survives."""
+    if i != 3 or pages <= 3:
+        return None
+    if draw is None:
+        return 2
+    same = [j for j in range(i) if draws[j] == draw and j != 5]
+    return same[-1] if same else None
 
 
 def _page_body(
@@ -306,6 +358,43 @@ def _page_body(
         body.append(f'<img src="/img/missing-{i}.jpg" alt="gone">')  # the server answers 404
     body.append(f"<p>{html.escape(words.paragraph())}</p>")
     return body
+
+
+def _grounded_body(
+    rng: random.Random, root: Path, i: int, info: SiteInfo, draw: str | None, only_bad: bool
+) -> list[str]:
+    """Prose where no picture is attached, each picture next to its caption on the attached side,
+    and the junk images (a tracking pixel, a dead link) where they were."""
+    from pipelines.grounded import caption, draw_scene, random_scene
+
+    words = _Words(rng)
+    # one paragraph of prose (Gopher's 50-word minimum with the captions) and up to 5 pictures: a
+    # training window of the demo then holds a whole page, so every image slot gets trained
+    prose = [f"<p>{html.escape(words.paragraph())}</p>"]
+    figures: list[str] = []
+    for j in range(0 if only_bad else rng.randint(2, 5)):
+        scene = random_scene(rng)
+        name = f"img/p{i:03d}-{j}.jpg"
+        (root / name).write_bytes(draw_scene(scene, rng))
+        info.good_images += 1
+        text = caption(scene, j + 1)
+        info.scenes[f"/{name}"] = {
+            "caption": text,
+            "attributes": scene.attributes,
+            "attach": draw,
+            "page": f"pages/{i:03d}.html",
+        }
+        picture = f'<p><img src="/{name}" alt=""></p>'
+        said = f"<p>{html.escape(text)}</p>"
+        figures += [picture, said] if draw == "following" else [said, picture]
+    junk = []
+    if only_bad or i % 4 == 1:
+        junk.append('<img src="/img/pixel.gif" width="1" height="1" alt="">')
+    if only_bad or i % 5 == 2:
+        junk.append(f'<img src="/img/missing-{i}.jpg" alt="gone">')  # the server answers 404
+    if draw == "following":
+        return prose + junk + figures
+    return figures + junk + prose
 
 
 def _pixel_gif() -> bytes:

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -205,22 +207,82 @@ def save_tiny_models(
     tokenizer: Any,
     *,
     image_size: int = 32,
+    patch_size: int = 8,
     lm_layers: int = 2,
     seed: int = 0,
+    pretrain_on: list[str] | None = None,
+    pretrain_steps: int = 400,
 ) -> tuple[Path, Path]:
-    """Save a random-init tiny LM (with `tokenizer`) and vision tower (with its image processor) as
-    local model directories, so `m3w train --lm DIR/lm --vision DIR/vision` loads them exactly as it
-    loads hub ids. Returns (lm_dir, vision_dir)."""
+    """Save a tiny LM (with `tokenizer`) and vision tower (with its image processor) as local model
+    directories, so `m3w train --lm DIR/lm --vision DIR/vision` loads them exactly as it loads hub
+    ids. With `pretrain_on` (documents' text) the LM is first trained on it (`pretrain_lm`, scores
+    in DIR/pretrain.json), else it stays random; the tower stays random. Returns (lm_dir, vision_dir)."""
     import torch
 
     torch.manual_seed(seed)
     directory = Path(directory)
     lm_dir, vision_dir = directory / "lm", directory / "vision"
-    tiny_lm(len(tokenizer), n_layer=lm_layers).save_pretrained(lm_dir)
+    lm = tiny_lm(len(tokenizer), n_layer=lm_layers)
+    scores: dict[str, dict[str, float]] = {}
+    if pretrain_on:
+        scores["lm"] = pretrain_lm(lm, tokenizer, pretrain_on, steps=pretrain_steps, seed=seed)
+    lm.save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)
-    tiny_vision(image_size=image_size).save_pretrained(vision_dir)
+    tiny_vision(image_size=image_size, patch_size=patch_size).save_pretrained(vision_dir)
     tiny_image_processor(image_size).save_pretrained(vision_dir)
+    if scores:
+        (directory / "pretrain.json").write_text(json.dumps(scores))
     return lm_dir, vision_dir
+
+
+def pretrain_lm(
+    lm: Any,
+    tokenizer: Any,
+    documents: list[str],
+    *,
+    steps: int = 400,
+    batch_size: int = 16,
+    seq_len: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train a causal LM on plain text, in place: Flamingo freezes a *pretrained* LM, so the demo's
+    tiny LM first learns the language of the built shards (their text alone, no image tokens).
+
+    The documents are one token stream, each closed by EOS; batches are random windows of
+    `seq_len` tokens. AdamW with a linear warm-up over the first tenth, then cosine decay. Returns the
+    mean loss of the first and the last 10% of steps.
+    """
+    import torch
+
+    ids: list[int] = []
+    for text in documents:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    stream = torch.tensor(ids, dtype=torch.long)
+    if len(stream) <= seq_len:
+        raise ValueError(f"{len(stream)} tokens of text cannot fill a {seq_len}-token window")
+    gen = torch.Generator().manual_seed(seed)
+    optim = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
+    )
+    lm.train()
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=gen)
+        batch = torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+        loss = lm(input_ids=batch, labels=batch).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        losses.append(loss.item())
+    lm.eval()
+    tenth = max(1, steps // 10)
+    return {"first_loss": sum(losses[:tenth]) / tenth, "last_loss": sum(losses[-tenth:]) / tenth}
 
 
 # FlamingoConfig fields that keep a tiny model tiny (for `model.flamingo` in a TrainConfig)
