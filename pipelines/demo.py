@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from m3w_builder.errors import UserError
 from pipelines.cli_help import DefaultsFormatter
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def build_site_shards(out: Path, args: argparse.Namespace) -> tuple[dict[str, An
     site = out / "site"
     config = BuildConfig.for_profile("m3w")
     config.fetch.allow_private_hosts = True  # the demo site is served on 127.0.0.1
-    config.shards.docs_per_shard = 8
+    # small sites get small shards, so a held-out split of whole shards still has a few documents
+    config.shards.docs_per_shard = max(2, min(8, args.pages // 12))
     config.seed = args.seed
     if config.attach.mode != "per-document":
         raise RuntimeError("the grounded site places captions by the per-document draw")
@@ -181,14 +183,25 @@ def print_stats(job: Path) -> None:
     print(format_table(compute_stats(resolve_target(job))))
 
 
+MIN_HELDOUT_DOCS = 4  # the shuffled-image ablation swaps pictures between held-out documents
+
+
 def split_shards(job: Path, heldout: float) -> tuple[list[Path], list[Path]]:
-    """The last `heldout` share of the shards (at least one) for evaluation, the rest for training."""
+    """The last shards, holding at least the `heldout` share of the documents (and at least
+    MIN_HELDOUT_DOCS), for evaluation; the others (at least one) for training."""
+    from m3w_builder.shards import iter_shard
+
     shards = sorted((job / "shards").glob("*.tar"))
-    if len(shards) < 2:
-        raise RuntimeError(
-            f"the build made {len(shards)} shard(s); the demo needs 2 (more --pages)"
+    docs = [sum(1 for _ in iter_shard(shard)) for shard in shards]
+    want = max(MIN_HELDOUT_DOCS, round(sum(docs) * heldout))
+    n_out = 0
+    while n_out < len(shards) - 1 and sum(docs[len(shards) - n_out :]) < want:
+        n_out += 1
+    if n_out == 0 or sum(docs[len(shards) - n_out :]) < MIN_HELDOUT_DOCS:
+        raise UserError(
+            f"m3w demo: the build kept {sum(docs)} documents in {len(shards)} shard(s), too few "
+            f"to train on some and hold out {MIN_HELDOUT_DOCS}: give more --pages"
         )
-    n_out = min(len(shards) - 1, max(1, round(len(shards) * heldout)))
     print(f"      {len(shards) - n_out} shards for training, {n_out} held out for m3w eval")
     return shards[:-n_out], shards[-n_out:]
 
