@@ -397,3 +397,27 @@ def test_an_m3w_2_images_member_that_does_not_match_is_a_counted_skip(
     for batch in _stream(tmp_path, tokenizer, processor, num_workers=1, batch_size=1):
         counts.update(batch["_counts"])
     assert counts["data.bad_record"] == 1
+
+
+def test_the_control_gives_every_slot_an_image_of_another_document():
+    """`images: shuffled` (the control run of issue 13): each document's slots hold pictures of another
+    document of the batch (the next one with pictures, cycling through its pictures when it has
+    fewer), and a batch with one picturing document is left as it is."""
+    from pipelines.data import images_of_other_documents
+
+    valid = torch.tensor([[1, 1, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    owner = [d for d, row in enumerate(valid.tolist()) for ok in row if ok]
+    images = torch.arange(len(owner), dtype=torch.float32)[:, None]
+    moved = images_of_other_documents(images, valid)[:, 0].long().tolist()
+    assert all(owner[src] != owner[slot] for slot, src in enumerate(moved))
+    assert len(moved) == len(owner)
+    alone = torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)
+    assert images_of_other_documents(images[:2], alone).equal(images[:2])
+
+
+def test_an_unknown_images_mode_is_a_config_error():
+    from m3w_builder.errors import ConfigError
+    from pipelines.data import DataConfig
+
+    with pytest.raises(ConfigError, match="images must be one of"):
+        DataConfig(shards="x", images="shuffle")
