@@ -189,10 +189,10 @@ MIN_HELDOUT_DOCS = 4  # the shuffled-image ablation swaps pictures between held-
 def split_shards(job: Path, heldout: float) -> tuple[list[Path], list[Path]]:
     """The last shards, holding at least the `heldout` share of the documents (and at least
     MIN_HELDOUT_DOCS), for evaluation; the others (at least one) for training."""
-    from m3w_builder.shards import iter_shard
-
-    shards = sorted((job / "shards").glob("*.tar"))
-    docs = [sum(1 for _ in iter_shard(shard)) for shard in shards]
+    listed = [json.loads(line) for line in (job / "manifest.jsonl").read_text().splitlines()]
+    listed.sort(key=lambda entry: entry["name"])  # the build's manifest: shard names and doc counts
+    shards = [job / entry["name"] for entry in listed]
+    docs = [entry["docs"] for entry in listed]
     want = max(MIN_HELDOUT_DOCS, round(sum(docs) * heldout))
     n_out = 0
     while n_out < len(shards) - 1 and sum(docs[len(shards) - n_out :]) < want:
