@@ -3,7 +3,7 @@
 Each row is the best of `--repeats` runs (the machine is shared: the best run is the least disturbed),
 after one untimed warm-up of the library (imports, the language-id model).
 
-Input: the generated sample site (pipelines/sample_site.py) written as a crawl of gzipped WARC files, pages
+Input: the generated sample site (pipelines/demo/sample_site.py) written as a crawl of gzipped WARC files, pages
 *and* images inside, so the build is CPU-bound (parse, text filters, image decode/re-encode, tar writing)
 with no network. Rows, all over the same WARCs:
 
@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3w_builder.config import BuildConfig  # noqa: E402
-from pipelines.build import JobOptions, run_build  # noqa: E402
-from pipelines.sample_site import make_site, write_warcs  # noqa: E402
+from pipelines.build.job import JobOptions, run_build  # noqa: E402
+from pipelines.demo.sample_site import make_site, write_warcs  # noqa: E402
 
 
 def config() -> BuildConfig:
@@ -124,7 +124,7 @@ def main() -> None:
 
         import ray
 
-        from pipelines.ray_local import init_ray
+        from pipelines.build.ray_local import init_ray
 
         for n in [int(x) for x in args.cpus.split(",")]:
             start = time.perf_counter()

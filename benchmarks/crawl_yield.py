@@ -5,7 +5,7 @@ Inputs, all built offline (`fetch.offline`: 0 network requests) with the local R
 - every WARC/ARC file of the dev corpus (`warc/aut`, `warc/warcio`), one job each;
 - the dev corpus' real readability pages (those with main-content images in `expected.html`) written
   into WARC files with their images archived the way real crawlers archive them
-  (`pipelines/crawl_archive.py`), one job per shape:
+  (`pipelines/demo/crawl_archive.py`), one job per shape:
   `src` (only each `<img src>`), `x1` (only the 1x/smallest `srcset` candidate), `lazy` (the URL a lazy
   loader swaps in), `noscript` (the `<noscript>` copy), `revisit` (the `src` bytes stored once in an
   earlier crawl's file under another URL, and as a revisit record in the pages' file).
@@ -53,9 +53,9 @@ from m3w_builder.fetch import ArchiveIndex  # noqa: E402
 from m3w_builder.images import ImageResolver  # noqa: E402
 from m3w_builder.reasons import Counts, Skip  # noqa: E402
 from m3w_builder.sources import iter_pages  # noqa: E402
-from pipelines.build import JobOptions, run_build  # noqa: E402
-from pipelines.crawl_archive import SHAPES, CrawlArchive, archived_url, image_type  # noqa: E402
-from pipelines.funnel import format_funnel  # noqa: E402
+from pipelines.build.funnel import format_funnel  # noqa: E402
+from pipelines.build.job import JobOptions, run_build  # noqa: E402
+from pipelines.demo.crawl_archive import SHAPES, CrawlArchive, archived_url, image_type  # noqa: E402
 
 _LAZY = ("data-src", "data-original", "data-lazy-src", "data-url", "data-hi-res-src", "data-srcset")
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dev corpus not found at {corpus}", file=sys.stderr)
         return 2
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="m3w-yield-"))
-    from pipelines.ray_local import init_ray
+    from pipelines.build.ray_local import init_ray
 
     init_ray(num_cpus=2, log_to_driver=False)
     results: dict[str, dict] = {}

@@ -106,11 +106,11 @@ def run_image(data: bytes, scratch: Path) -> None:
 
 
 def run_shard(data: bytes, scratch: Path) -> None:
-    from pipelines import data as loader
-    from pipelines.inspect_read import TarFormatError, iter_samples, resolve_target
-    from pipelines.inspect_show import render
-    from pipelines.inspect_stats import compute_stats
-    from pipelines.inspect_verify import verify_shard
+    from pipelines.inspect.read import TarFormatError, iter_samples, resolve_target
+    from pipelines.inspect.show import render
+    from pipelines.inspect.stats import compute_stats
+    from pipelines.inspect.verify import verify_shard
+    from pipelines.train import data as loader
 
     path = scratch / "000000.tar"
     path.write_bytes(data)

@@ -8,9 +8,9 @@ each reader over all shards (best of --repeat):
   tarfile stream   bare `tarfile` stream iteration reading every member: the baseline of the issue
   iter_shard       m3w_builder.shards.iter_shard (tarfile grouped into samples)
   webdataset       webdataset.WebDataset(urls) samples, undecoded: what a training loader pays
-  stats            pipelines.inspect_stats.compute_stats (reads 16-byte image heads, seeks the rest)
+  stats            pipelines.inspect.stats.compute_stats (reads 16-byte image heads, seeks the rest)
   stats (read all) the same aggregation with every image byte read (what a pipe would force)
-  verify -j1/-jN   pipelines.inspect_verify.verify: reads, hashes and fully decodes every image
+  verify -j1/-jN   pipelines.inspect.verify.verify: reads, hashes and fully decodes every image
   verify --no-decode   the same with image headers parsed but pixels not decoded
 
 Usage: python benchmarks/inspect_speed.py [--mb 200] [--dir /tmp/m3w-inspect-bench] [--jobs 2]
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m3w_builder.document import Document, ImageNode, TextNode  # noqa: E402
 from m3w_builder.shards import ShardWriter, iter_shard  # noqa: E402
-from pipelines.inspect_read import iter_target, resolve_target  # noqa: E402
-from pipelines.inspect_stats import Stats, compute_stats, whitespace_tokens  # noqa: E402
-from pipelines.inspect_verify import verify  # noqa: E402
+from pipelines.inspect.read import iter_target, resolve_target  # noqa: E402
+from pipelines.inspect.stats import Stats, compute_stats, whitespace_tokens  # noqa: E402
+from pipelines.inspect.verify import verify  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog while river light falls on stone".split()
 

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3w_builder.minhash import jaccard  # noqa: E402
-from pipelines.crawl_archive import CrawlArchive  # noqa: E402
+from pipelines.demo.crawl_archive import CrawlArchive  # noqa: E402
 
 HOSTS = 500
 PAGES_PER_FILE = 1000
@@ -205,8 +205,8 @@ _CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 from m3w_builder.config import BuildConfig
-from pipelines.build import JobOptions, run_build
-from pipelines.ray_local import init_ray
+from pipelines.build.job import JobOptions, run_build
+from pipelines.build.ray_local import init_ray
 init_ray(num_cpus=2, log_to_driver=False)
 config = BuildConfig.for_profile("m3w")
 config.fetch.offline = True

@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m3w_builder.document import Document, ImageNode, TextNode  # noqa: E402
 from m3w_builder.shards import ShardWriter  # noqa: E402
-from pipelines import data, tiny, train  # noqa: E402
+from pipelines.demo import tiny
+from pipelines.train import data
+from pipelines.train import loop as train  # noqa: E402
 
 H100_BF16_TFLOPS = 989.0
 TARGET_MFU = 0.35
@@ -199,7 +201,7 @@ def cpu_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
 
 
 def cuda_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
-    from pipelines.trainconfig import TrainConfig
+    from pipelines.train.config import TrainConfig
 
     model = build_flamingo(tokenizer, "cpu").to(torch.bfloat16)
     for p in model.parameters():

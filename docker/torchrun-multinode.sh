@@ -7,7 +7,7 @@
 #
 #   NNODES=4 MASTER_ADDR=node0 ./docker/torchrun-multinode.sh
 #
-# Data: each rank reads its own slice of the shard list (pipelines/data.py: split by node, then by
+# Data: each rank reads its own slice of the shard list (pipelines/train/data.py: split by node, then by
 # DataLoader worker), so no shard is read twice within an epoch; `resampled: true` in the YAML draws
 # shards with replacement instead (the usual choice for web-scale data). Shards are streamed with
 # `pipe:` (any CLI that writes a shard to stdout) or an fsspec URL (s3://, gs://; s3fs/gcsfs are in

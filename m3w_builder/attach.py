@@ -61,7 +61,7 @@ def page_draw(key: str, *, seed: int, p_next: float = 0.5) -> str:
     """The attachment `sample` gives every image of the document `key` in `per-document` mode.
 
     Known before the page is built, so a generated site can put the words that describe a picture on
-    the side the build will attach it to (the grounded demo world, pipelines/grounded.py).
+    the side the build will attach it to (the grounded demo world, pipelines/demo/grounded.py).
     """
     return _draw(rng_for(key, seed), p_next)
 

@@ -569,7 +569,7 @@ class ArchiveIndex:
     @staticmethod
     def read_at(path: str, offset: int, max_bytes: int | None = None) -> bytes:
         """The payload of the record at `offset` of `path` (see `read`); shared with the build's
-        partitioned index (pipelines/archive_parts.py)."""
+        partitioned index (pipelines/build/archive_parts.py)."""
         try:
             # bounded before reading: an archived 1 GiB image is never read whole to be refused
             record = read_record_at(path, offset, max_bytes=max_bytes)

@@ -12,7 +12,7 @@ Counter so per-task counts merge with `+` and serialise to report.json as a plai
 - **progress** counters say where things went (`image.from_archive`, `fetch.requests`, the
   `yield.*` steps of the funnel);
 - **drop** codes name why one page, paragraph or image was left out; `step` is the funnel step
-  (`pipelines/funnel.py`) whose loss it explains.
+  (`pipelines/build/funnel.py`) whose loss it explains.
 
 Families share one entry: `image.http_404` and `page.http_503` are `image.http_*`, `page.http_*`;
 every image-fetch code has a `page.` twin for pages fetched from URL lists.
@@ -54,7 +54,7 @@ class Reason:
     meaning: str
 
 
-# Funnel steps a drop can explain, in pipeline order (pipelines/funnel.py names them for people).
+# Funnel steps a drop can explain, in pipeline order (pipelines/build/funnel.py names them for people).
 STEPS = (
     "html",  # a capture that is no HTML page (or could not be read or fetched)
     "extract",  # an HTML page that gave no document
@@ -168,7 +168,7 @@ _ENTRIES: list[Reason] = [
     Reason("dedup.paragraph_repeat", "drop", "paragraph", "boilerplate repeated across a domain"),
     Reason("text.link_dense", "drop", "paragraph", "a paragraph that is mostly link text"),
     Reason("text.duplicate_caption", "drop", "paragraph", "a caption already shown once"),
-    # --- the training loader (pipelines/data.py): counted in the trainer's logs, not report.json
+    # --- the training loader (pipelines/train/data.py): counted in the trainer's logs, not report.json
     Reason("data.shard_open", "drop", "loader", "a shard that cannot be opened (skipped)"),
     Reason("data.shard_truncated", "drop", "loader", "a shard cut short or corrupt (rest skipped)"),
     Reason("data.bad_json", "drop", "loader", "a sample whose .json is not JSON"),

@@ -18,13 +18,16 @@ import sys
 
 # command name → module defining `register(subparsers)`; help text shown without importing the module
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build": ("pipelines.build", "build WebDataset shards from WARC/HTML/URL inputs on Ray"),
+    "build": ("pipelines.build.job", "build WebDataset shards from WARC/HTML/URL inputs on Ray"),
     "extract": ("pipelines.extract", "show the Document m3w makes of an HTML page or WARC file"),
-    "inspect": ("pipelines.inspect", "stats | show | verify | grep | html | codes over shards"),
+    "inspect": (
+        "pipelines.inspect.command",
+        "stats | show | verify | grep | html | codes over shards",
+    ),
     "export": ("pipelines.export", "write a job as a Hugging Face dataset (parquet or jsonl)"),
-    "train": ("pipelines.train", "stream shards into a Flamingo model"),
-    "eval": ("pipelines.eval", "does a trained model use the images? ablations and few-shot"),
-    "demo": ("pipelines.demo", "build, inspect and train a tiny model end to end on CPU"),
+    "train": ("pipelines.train.loop", "stream shards into a Flamingo model"),
+    "eval": ("pipelines.train.eval", "does a trained model use the images? ablations and few-shot"),
+    "demo": ("pipelines.demo.run", "build, inspect and train a tiny model end to end on CPU"),
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from m3w_builder.errors import UserError
 from pipelines.cli_help import DefaultsFormatter
-from pipelines.inspect_read import Sample, Target, iter_samples, resolve_target
+from pipelines.inspect.read import Sample, Target, iter_samples, resolve_target
 
 FORMATS = ("parquet", "jsonl")
 ROWS_PER_GROUP = 64  # documents per parquet row group: a few MB of images, streaming-sized
@@ -290,7 +290,7 @@ def dataset_card(target: Target, fmt: str, summary: ExportSummary) -> str:
 
 
 def _report_lines(report: dict[str, Any]) -> list[str]:
-    from pipelines.funnel import format_funnel
+    from pipelines.build.funnel import format_funnel
 
     keys = ("pages", "documents_extracted", "documents", "images", "shards", "seconds", "seed")
     lines = [f"- {k}: {report[k]:,}" for k in keys if isinstance(report.get(k), int | float)]

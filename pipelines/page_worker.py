@@ -4,7 +4,7 @@ Why a process: libxml2 is C code that holds the GIL, and one call can run for mi
 page (one element with 300,000 attributes: > 300 s), past every cooperative deadline check of
 `m3w_builder.extract` and out of reach of signals, which Python only handles between bytecodes. The
 build kills such a worker with faulthandler's watchdog and lets Ray retry the unit
-(pipelines/build_stages.py); a command with no Ray to retry (`m3w extract`) gets the same protection
+(pipelines/build/stages.py); a command with no Ray to retry (`m3w extract`) gets the same protection
 from this class: the parent sends one page at a time over a pipe, waits at most `kill_timeout_s`
 for the answer, and on silence kills the child (`html.parse_timeout`) or, if the child died on its
 own (a crash in C code, the kernel's OOM killer), reports `html.parse_crash`; either way the next
@@ -24,7 +24,7 @@ _START_TIMEOUT_S = 300  # a cold interpreter importing lxml and friends on a loa
 
 
 def default_kill_timeout(config: BuildConfig) -> float:
-    """The build's per-page hard limit (pipelines/build.py): room for the cooperative deadline."""
+    """The build's per-page hard limit (pipelines/build/job.py): room for the cooperative deadline."""
     return 3 * config.sources.parse_timeout_s + 5
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ray_local import CLOSED_PORT_PROXY_ENV
+from pipelines.build.ray_local import CLOSED_PORT_PROXY_ENV
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

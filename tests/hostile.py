@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.sample_site import _draw_image, _Words
+from pipelines.demo.sample_site import _draw_image, _Words
 
 GiB = 1 << 30
 _BLOCK = 1 << 20

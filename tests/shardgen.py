@@ -157,12 +157,12 @@ def rewrite_shard(path: Path, edit: Callable[[str, bytes], list[tuple[str, bytes
 
 
 def build_sample_job(root: str | Path, pages: int = 12) -> tuple[Path, dict]:
-    """A job made by the real build (`pipelines.build.run_build`, in-process executor) from the
+    """A job made by the real build (`pipelines.build.job.run_build`, in-process executor) from the
     generated sample site served on 127.0.0.1: real extraction, filters, fetching, dedup, attachment
     and shard writing. Returns (job dir, the build's report)."""
     from m3w_builder.config import BuildConfig
-    from pipelines.build import JobOptions, run_build
-    from pipelines.sample_site import make_site, serve_site, write_url_list
+    from pipelines.build.job import JobOptions, run_build
+    from pipelines.demo.sample_site import make_site, serve_site, write_url_list
 
     root = Path(root)
     make_site(root / "site", pages=pages, seed=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from httpserver import drawn_image
 
-from pipelines.crawl_archive import CrawlArchive
+from pipelines.demo.crawl_archive import CrawlArchive
 
 REPO = Path(__file__).resolve().parents[1]
 PROSE = (

@@ -14,8 +14,8 @@ from PIL import Image
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.reasons import Counts
 from m3w_builder.shards import ShardWriter
-from pipelines import build_stages as stages
-from pipelines.sample_site import SITE_MARK, make_site, serve_site, write_url_list
+from pipelines.build import stages
+from pipelines.demo.sample_site import SITE_MARK, make_site, serve_site, write_url_list
 
 # --------------------------------------------------------------------------------------------------
 # journal: pages that crash or hang their worker
@@ -46,7 +46,7 @@ def test_journal_watchdog_kills_a_hanging_parse_and_records_it(tmp_path):
     path = tmp_path / "j"
     code = (
         "import time, pathlib\n"
-        "from pipelines.build_stages import _Journal\n"
+        "from pipelines.build.stages import _Journal\n"
         f"j = _Journal(pathlib.Path({str(path)!r}), 'r', 0.2)\n"
         "with j.page(0):\n    pass\n"
         "with j.page(1):\n    time.sleep(30)\n"
@@ -65,8 +65,8 @@ def _write_keys(work, units: list[list[tuple]], parts: int) -> None:
     import numpy as np
 
     from m3w_builder import dedup
-    from pipelines import tables
-    from pipelines.build_decide import keys_path
+    from pipelines.build import tables
+    from pipelines.build.decide import keys_path
 
     for unit, docs in enumerate(units):
         rows = np.zeros(len(docs), dtype=dedup.DOC_KEYS)
@@ -79,7 +79,7 @@ def _write_keys(work, units: list[list[tuple]], parts: int) -> None:
 
 
 def _decide(work, n_units: int, parts: int):
-    from pipelines import build_decide as dec
+    from pipelines.build import decide as dec
 
     for p in range(parts):
         dec.page_partition(p, work, list(range(n_units)), parts)
@@ -90,7 +90,7 @@ def _decide(work, n_units: int, parts: int):
 
 @pytest.mark.parametrize("parts", [1, 3])
 def test_decide_keeps_newest_capture_then_first_identical_then_max_docs(tmp_path, parts):
-    from pipelines import build_decide as dec
+    from pipelines.build import decide as dec
 
     _write_keys(
         tmp_path,
@@ -119,7 +119,7 @@ def test_decide_keeps_newest_capture_then_first_identical_then_max_docs(tmp_path
 
 
 def test_decide_breaks_date_ties_by_input_order(tmp_path):
-    from pipelines import build_decide as dec
+    from pipelines.build import decide as dec
 
     _write_keys(
         tmp_path, [[(0, 7, "2020-01-01T00:00:00Z", "x")], [(0, 7, "2020-01-01T00:00:00Z", "y")]], 2
@@ -166,8 +166,8 @@ def test_job_dedup_removes_frequent_images_and_boilerplate_paragraphs():
 def test_frequent_keys_uses_more_than_10_images_and_at_least_3_paragraphs(tmp_path, parts):
     import numpy as np
 
-    from pipelines import build_decide as dec
-    from pipelines import tables
+    from pipelines.build import decide as dec
+    from pipelines.build import tables
 
     per_unit = [[(1, 6, 1), (2, 10, 1), (7, 2, 2)], [(1, 5, 1), (8, 3, 2)]]
     for unit, rows in enumerate(per_unit):
@@ -232,7 +232,7 @@ def test_concurrent_attempts_of_one_unit_do_not_clobber_each_other(tmp_path):
     import threading
 
     from m3w_builder.config import BuildConfig
-    from pipelines.sample_site import write_warcs
+    from pipelines.demo.sample_site import write_warcs
 
     site = make_site(tmp_path / "site", pages=16)
     (warc,) = write_warcs(tmp_path / "site", tmp_path / "warc", files=1)
@@ -294,7 +294,7 @@ def test_sample_site_serves_pages_images_and_a_404(tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    from pipelines.ray_local import init_ray
+    from pipelines.build.ray_local import init_ray
 
     started = init_ray(num_cpus=2, log_to_driver=False)
     yield ray
@@ -322,7 +322,7 @@ def _site_config():
 
 
 def _site_options(out, **kw):
-    from pipelines.build import JobOptions
+    from pipelines.build.job import JobOptions
 
     return JobOptions(out=str(out), urls_per_unit=4, progress=False, **kw)
 
@@ -340,7 +340,7 @@ def _keys(out) -> list[str]:
 @pytest.fixture(scope="module")
 def site_build(ray_cluster, site, tmp_path_factory):
     """One uninterrupted Ray build of the site: the reference the other tests compare against."""
-    from pipelines.build import run_build
+    from pipelines.build.job import run_build
 
     out = tmp_path_factory.mktemp("site_build")
     report = run_build([site["urls"]], _site_config(), _site_options(out))
@@ -402,7 +402,7 @@ def test_site_build_reads_back_with_webdataset_and_tar(site, site_build):
 
 @pytest.mark.slow
 def test_two_builds_and_the_in_process_loop_give_identical_shards(site, site_build, tmp_path):
-    from pipelines.build import run_build
+    from pipelines.build.job import run_build
 
     out, _ = site_build
     reference = [m["sha256"] for m in _manifest(out)]
@@ -424,7 +424,7 @@ def test_two_builds_and_the_in_process_loop_give_identical_shards(site, site_bui
 
 @pytest.mark.slow
 def test_rerun_with_other_settings_is_refused(site, site_build):
-    from pipelines.build import run_build
+    from pipelines.build.job import run_build
 
     out, _ = site_build
     config = _site_config()
@@ -445,7 +445,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
 
 def _killed_session(driver_pid: int):
     """The local Ray session folder the m3w driver `driver_pid` started (its owner file)."""
-    from pipelines.ray_stale import OWNER_FILE, STOPPED_FILE, ray_temp_root
+    from pipelines.build.ray_stale import OWNER_FILE, STOPPED_FILE, ray_temp_root
 
     for name in (OWNER_FILE, STOPPED_FILE):
         for marker in ray_temp_root().glob(f"session_*/{name}"):
@@ -468,8 +468,8 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_documents(
     import subprocess
     import sys
 
-    from pipelines.build import run_build
-    from pipelines.ray_stale import session_pids
+    from pipelines.build.job import run_build
+    from pipelines.build.ray_stale import session_pids
 
     out = tmp_path / "killed"
     command = [
@@ -516,7 +516,7 @@ def test_worker_killed_mid_task_is_retried_by_ray(site, site_build, tmp_path):
     import subprocess
     import threading
 
-    from pipelines.build import run_build
+    from pipelines.build.job import run_build
 
     killed: list[int] = []
     done = threading.Event()
@@ -553,7 +553,7 @@ def test_worker_killed_mid_task_is_retried_by_ray(site, site_build, tmp_path):
         done.set()
         thread.join()
     assert killed, "no task was caught running (the site's delay should make tasks last > 0.1 s)"
-    from pipelines.ray_stale import is_running
+    from pipelines.build.ray_stale import is_running
 
     assert not is_running(killed[0])  # nothing of the killed worker is left running
     reference, _ = site_build
@@ -568,7 +568,7 @@ def test_a_page_that_hangs_its_parser_kills_the_worker_once_and_is_skipped(
 ):
     """With a hard per-page limit far below any real parse, the watchdog kills the worker on every
     page; Ray retries the task and each retry skips the page the journal blames. The job finishes."""
-    from pipelines.build import JobOptions, run_build
+    from pipelines.build.job import JobOptions, run_build
 
     pages = sorted((site["root"] / "pages").glob("*.html"))[:2]
     report = run_build(
@@ -633,8 +633,8 @@ def test_generated_crawl_builds_offline_from_the_archives_with_a_corrupt_file_am
     """The site as 3 WARC files plus a corrupt one: every image comes from the archives (offline),
     the bad file is a counted skip, and the per-image draw splits about half/half."""
     from m3w_builder.config import BuildConfig
-    from pipelines.build import JobOptions, run_build
-    from pipelines.sample_site import write_warcs
+    from pipelines.build.job import JobOptions, run_build
+    from pipelines.demo.sample_site import write_warcs
 
     warcs = write_warcs(site["root"], tmp_path / "warc", files=3)
     bad = tmp_path / "warc" / "sample-00001.warc.gz"
@@ -670,7 +670,7 @@ def test_generated_crawl_builds_offline_from_the_archives_with_a_corrupt_file_am
 def test_max_docs_reads_only_the_shortest_prefix_of_units_that_holds_n_documents(
     ray_cluster, site, site_build, tmp_path
 ):
-    from pipelines.build import run_build
+    from pipelines.build.job import run_build
 
     reference, _ = site_build
     report = run_build([site["urls"]], _site_config(), _site_options(tmp_path / "cap", max_docs=6))

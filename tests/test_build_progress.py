@@ -12,8 +12,8 @@ from httpserver import drawn_image
 from test_report_counts import MORE, PROSE, _page
 
 from m3w_builder.config import BuildConfig
-from pipelines.build import JobOptions, run_build
-from pipelines.crawl_archive import CrawlArchive
+from pipelines.build.job import JobOptions, run_build
+from pipelines.demo.crawl_archive import CrawlArchive
 
 # "extract:  33%|███▎      | 1/3 [00:00<00:00, 4.2task/s, pages=1, ...]"
 BAR = re.compile(r"(\w+):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) ")

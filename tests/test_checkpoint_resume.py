@@ -18,8 +18,10 @@ import pytest
 import torch
 
 from m3w_builder.errors import UserError
-from pipelines import checkpoint, tiny, train
-from pipelines.trainconfig import TrainConfig
+from pipelines.demo import tiny
+from pipelines.train import checkpoint
+from pipelines.train import loop as train
+from pipelines.train.config import TrainConfig
 
 pytest.importorskip("model.flamingo")
 
@@ -180,7 +182,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_keeps_it_going(
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004", "step-00000006"]
     _truncate(ckpts / "step-00000006" / "optim.pt")
     (ckpts / "latest").write_text("garbage\n")
-    with caplog.at_level(logging.ERROR, logger="pipelines.train"):
+    with caplog.at_level(logging.ERROR, logger="pipelines.train.loop"):
         second = train.train(_cfg(shards, out, resume=True), _parts(tokenizer))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "step-00000006" in errors[0] and "optim.pt" in errors[0]

@@ -108,7 +108,10 @@ def test_version_and_a_mistyped_flag_shows_the_subcommands_usage(tmp_path):
 def test_every_flag_has_help_and_a_shown_default(tmp_path):
     import argparse
 
-    from pipelines import build, demo, export, extract, inspect
+    from pipelines import export, extract
+    from pipelines.build import job as build
+    from pipelines.demo import run as demo
+    from pipelines.inspect import command as inspect
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -218,7 +221,7 @@ def test_a_build_that_keeps_nothing_exits_0_with_one_warning_naming_its_largest_
     for it): the job is valid, so exit 0, with one WARNING line naming the step and the reason."""
     from test_report_counts import MORE, PROSE, _page
 
-    from pipelines.crawl_archive import CrawlArchive
+    from pipelines.demo.crawl_archive import CrawlArchive
 
     page = _page(f"<p>{PROSE}</p><img src='/img/a.jpg'><p>{MORE}</p><img src='/img/b.jpg'>")
     with CrawlArchive(tmp_path / "c.warc.gz") as warc:

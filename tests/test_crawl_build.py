@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 
 from m3w_builder.config import BuildConfig
-from pipelines.build import JobOptions, run_build
-from pipelines.crawl_archive import CrawlArchive, image_type
-from pipelines.sample_site import make_site
+from pipelines.build.job import JobOptions, run_build
+from pipelines.demo.crawl_archive import CrawlArchive, image_type
+from pipelines.demo.sample_site import make_site
 
 HOST = "http://crawl.example"
 _GOOD_IMG = re.compile(r'<img src="(/img/p\d{3}-\d\.(?:jpg|png))"([^>]*)>')

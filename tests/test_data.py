@@ -1,4 +1,4 @@
-"""pipelines/data.py over real tar shards written with ShardWriter and Pillow-drawn images."""
+"""pipelines/train/data.py over real tar shards written with ShardWriter and Pillow-drawn images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from PIL import Image
 
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.shards import ShardWriter
-from pipelines import data, tiny
+from pipelines.demo import tiny
+from pipelines.train import data
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +325,7 @@ def test_m3w_record_roundtrip_through_loader(tmp_path, tokenizer, processor):
 def test_loader_over_corpus_built_shards(corpus, tmp_path, tokenizer, processor):
     """Real archived pages → `m3w build` (in-process stages, images from the WARC) → the loader."""
     from m3w_builder.config import BuildConfig
-    from pipelines.build import JobOptions, run_build
+    from pipelines.build.job import JobOptions, run_build
 
     config = BuildConfig.for_profile("m3w")
     config.fetch.offline = True  # images only from the archive: no network in tests
@@ -403,7 +404,7 @@ def test_the_control_gives_every_slot_an_image_of_another_document():
     """`images: shuffled` (the control run of issue 13): each document's slots hold pictures of another
     document of the batch (the next one with pictures, cycling through its pictures when it has
     fewer), and a batch with one picturing document is left as it is."""
-    from pipelines.data import images_of_other_documents
+    from pipelines.train.data import images_of_other_documents
 
     valid = torch.tensor([[1, 1, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     owner = [d for d, row in enumerate(valid.tolist()) for ok in row if ok]
@@ -417,7 +418,7 @@ def test_the_control_gives_every_slot_an_image_of_another_document():
 
 def test_an_unknown_images_mode_is_a_config_error():
     from m3w_builder.errors import ConfigError
-    from pipelines.data import DataConfig
+    from pipelines.train.data import DataConfig
 
     with pytest.raises(ConfigError, match="images must be one of"):
         DataConfig(shards="x", images="shuffle")

@@ -11,7 +11,8 @@ import tarfile
 import pytest
 
 from m3w_builder.document import Document
-from pipelines import data, tiny
+from pipelines.demo import tiny
+from pipelines.train import data
 
 
 def _good(i: int) -> dict:

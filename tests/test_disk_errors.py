@@ -51,7 +51,7 @@ def _leftovers(root: Path) -> list[Path]:
 
 
 def test_atomic_write_leaves_no_temporary_file_on_enospc(mount):
-    from pipelines.build_stages import atomic_write
+    from pipelines.build.stages import atomic_write
 
     disk = mount(64)
     with pytest.raises(OSError) as err:
@@ -75,7 +75,7 @@ def test_a_shard_that_fills_the_disk_leaves_no_partial_file(mount):
 
 
 def test_a_checkpoint_that_fills_the_disk_leaves_the_previous_one_alone(mount):
-    from pipelines import checkpoint
+    from pipelines.train import checkpoint
 
     disk = mount(96)
     small = torch.nn.Linear(2, 2)

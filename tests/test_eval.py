@@ -23,9 +23,10 @@ import torch
 import yaml
 
 from m3w_builder.errors import InputError
-from pipelines import eval as m3w_eval
-from pipelines import tiny, train
-from pipelines.data import make_loader, pad_images
+from pipelines.demo import tiny
+from pipelines.train import eval as m3w_eval
+from pipelines.train import loop as train
+from pipelines.train.data import make_loader, pad_images
 
 pytest.importorskip("model.flamingo")
 

@@ -121,7 +121,7 @@ def _avif() -> bytes:
 
     from PIL import Image
 
-    from pipelines.sample_site import _draw_image
+    from pipelines.demo.sample_site import _draw_image
 
     picture = Image.open(io.BytesIO(_draw_image(random.Random(0), 160, 120, "PNG")))
     out = io.BytesIO()

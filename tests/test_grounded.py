@@ -13,8 +13,16 @@ from PIL import Image
 
 from m3w_builder.attach import page_draw, sample
 from m3w_builder.document import Document, ImageNode, TextNode, document_key
-from pipelines.grounded import COUNTS, GROUNDS, SHAPES, Scene, caption, draw_scene, random_scene
-from pipelines.sample_site import make_site
+from pipelines.demo.grounded import (
+    COUNTS,
+    GROUNDS,
+    SHAPES,
+    Scene,
+    caption,
+    draw_scene,
+    random_scene,
+)
+from pipelines.demo.sample_site import make_site
 
 
 def test_scenes_decode_and_differ_with_the_same_attributes():
@@ -101,8 +109,8 @@ def test_the_build_attaches_every_picture_to_its_caption(tmp_path):
     pytest.importorskip("ray")
     from m3w_builder.config import BuildConfig
     from m3w_builder.shards import iter_shard
-    from pipelines.build import JobOptions, run_build
-    from pipelines.sample_site import serve_site, write_url_list
+    from pipelines.build.job import JobOptions, run_build
+    from pipelines.demo.sample_site import serve_site, write_url_list
 
     site = tmp_path / "site"
     site.mkdir()

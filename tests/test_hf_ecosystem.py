@@ -170,7 +170,7 @@ def test_ray_data_read_webdataset_over_the_shards(job):
     (.json) and the images member (.mp, msgpack) of every sample."""
     import ray
 
-    from pipelines.ray_local import init_ray
+    from pipelines.build.ray_local import init_ray
 
     owns = init_ray(num_cpus=2, loopback_only=True)
     try:

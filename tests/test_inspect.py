@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from shardgen import make_job, rewrite_shard
 
 from pipelines.cli import main
-from pipelines.inspect_read import TarFormatError, expand_braces, iter_samples, resolve_target
-from pipelines.inspect_stats import Histogram, compute_stats
-from pipelines.inspect_verify import verify
+from pipelines.inspect.read import TarFormatError, expand_braces, iter_samples, resolve_target
+from pipelines.inspect.stats import Histogram, compute_stats
+from pipelines.inspect.verify import verify
 
 
 @pytest.fixture(scope="module", params=["m3w/2", "m3w/1"])
@@ -713,7 +713,7 @@ def _record(*nodes: str) -> dict:
 
 
 def test_layout_joins_each_image_to_the_chunk_that_sees_it():
-    from pipelines.inspect_html import assign_columns, layout
+    from pipelines.inspect.html import assign_columns, layout
 
     # per-document draw, following: image k with the text after it; one gutter column suffices
     rows, spans = layout(_record("t", "f", "t", "t", "f", "t"))
@@ -732,8 +732,8 @@ def test_layout_joins_each_image_to_the_chunk_that_sees_it():
 
 
 def test_gallery_card_says_when_no_text_sees_an_image():
-    from pipelines.inspect_html import document_card
-    from pipelines.inspect_read import Sample
+    from pipelines.inspect.html import document_card
+    from pipelines.inspect.read import Sample
 
     record = {"url": "https://x/", **_record("p", "t", "f")}
     html = document_card(Sample(shard="s.tar", key="k" * 32, offset=0, record=record), 0)
@@ -780,7 +780,7 @@ def test_image_decode_check_catches_cut_and_corrupt_bytes(fmt):
 
     from PIL import Image
 
-    from pipelines.inspect_verify import _decode
+    from pipelines.inspect.verify import _decode
 
     rng = random.Random(0)
     img = Image.frombytes("RGB", (40, 30), rng.randbytes(40 * 30 * 3)).resize((320, 240))

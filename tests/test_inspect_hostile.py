@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from shardgen import make_job
 
-from pipelines.inspect_html import write_gallery
-from pipelines.inspect_read import iter_samples, resolve_target
-from pipelines.inspect_verify import verify
+from pipelines.inspect.html import write_gallery
+from pipelines.inspect.read import iter_samples, resolve_target
+from pipelines.inspect.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "a" * 32
@@ -111,13 +111,13 @@ def test_show_images_never_writes_outside_its_folder(tmp_path):
      "x" * 256 + ".jpg", "\x1b[2Jx.jpg"],
 )  # fmt: skip
 def test_confined_path_refuses_every_name_that_is_not_one_plain_file(tmp_path, name):
-    from pipelines.inspect_show import confined_path
+    from pipelines.inspect.show import confined_path
 
     assert confined_path(tmp_path, name) is None
 
 
 def test_confined_path_keeps_plain_names(tmp_path):
-    from pipelines.inspect_show import confined_path
+    from pipelines.inspect.show import confined_path
 
     assert confined_path(tmp_path, f"{KEY}.1.jpg") == tmp_path / f"{KEY}.1.jpg"
     assert confined_path(tmp_path, "é" * 126 + ".a") is not None  # 252 bytes of UTF-8 + 2
@@ -208,7 +208,7 @@ def test_a_size_larger_than_the_stream_on_a_pipe_reads_only_what_is_there():
      "data:text/html,<script>alert(1)</script>", "vbscript:x", "http://a b", "\x01https://x"],
 )  # fmt: skip
 def test_only_http_urls_count_as_links(url):
-    from pipelines.inspect_html import is_web_url
+    from pipelines.inspect.html import is_web_url
 
     assert not is_web_url(url)
 
@@ -255,8 +255,8 @@ def test_records_of_the_wrong_shape_are_shown_not_crashes(tmp_path, i):
     """stats, show, grep and html read records through `Sample.view`; verify names the field."""
     import io as _io
 
-    from pipelines.inspect_show import grep, show
-    from pipelines.inspect_stats import compute_stats
+    from pipelines.inspect.show import grep, show
+    from pipelines.inspect.stats import compute_stats
 
     rec = {"schema": "m3w/1", "url": "https://example.org/p", **BAD_RECORDS[i]}
     shard = tmp_path / "000000.tar"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.sample_site import make_site, write_warcs
+from pipelines.demo.sample_site import make_site, write_warcs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from m3w_builder import minhash
 from m3w_builder.config import BuildConfig
 from m3w_builder.dedup import UnionFind
 from m3w_builder.document import Document, TextNode
-from pipelines import build_decide as dec
-from pipelines import tables
-from pipelines.build import JobOptions, near_config, run_build
+from pipelines.build import decide as dec
+from pipelines.build import tables
+from pipelines.build.job import JobOptions, near_config, run_build
 
 _VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "vu", "ze")
           for b in ("da", "fe", "gi", "ho", "ju", "ky", "la", "mo", "ne", "po", "qu", "ri")]  # fmt: skip
@@ -136,7 +136,7 @@ def _page(text: str) -> bytes:
 def test_a_build_removes_near_copies_the_same_way_with_any_partitions(tmp_path: Path):
     from httpserver import drawn_image
 
-    from pipelines.crawl_archive import CrawlArchive
+    from pipelines.demo.crawl_archive import CrawlArchive
 
     docs = _families(seed=5, bases=6)
     with CrawlArchive(tmp_path / "a.warc.gz") as warc:

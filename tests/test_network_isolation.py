@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from nettrace import outside_destinations, strace_problem
 
-from pipelines.sample_site import make_site, serve_site, write_url_list
+from pipelines.demo.sample_site import make_site, serve_site, write_url_list
 
 pytestmark = pytest.mark.slow
 

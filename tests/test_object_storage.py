@@ -19,7 +19,7 @@ import yaml
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from pipelines.sample_site import make_site, write_warcs  # noqa: E402
+from pipelines.demo.sample_site import make_site, write_warcs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_inspect_reads_the_job_by_url(built):
 
 
 def test_train_streams_the_shards_by_url(built, tmp_path):
-    from pipelines import tiny
+    from pipelines.demo import tiny
 
     fs, env, _ = built
     names = [json.loads(x)["name"] for x in fs.cat("jobs/one/manifest.jsonl").decode().splitlines()]

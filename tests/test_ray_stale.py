@@ -1,4 +1,4 @@
-"""pipelines/ray_stale.py without Ray (issue 14 §7): real processes holding a session folder's files
+"""pipelines/build/ray_stale.py without Ray (issue 14 §7): real processes holding a session folder's files
 open stand in for the agents a killed driver's local Ray leaves behind. The real thing (a SIGKILLed
 `m3w build`) is tests/test_build.py's driver-kill test."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ray_stale
+from pipelines.build import ray_stale
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 

@@ -10,8 +10,8 @@ import pytest
 from httpserver import drawn_image
 
 from m3w_builder.config import BuildConfig
-from pipelines.build import JobOptions, run_build
-from pipelines.crawl_archive import CrawlArchive
+from pipelines.build.job import JobOptions, run_build
+from pipelines.demo.crawl_archive import CrawlArchive
 
 HOST = "http://counts.example"
 PROSE = (
@@ -127,7 +127,7 @@ def test_a_build_that_keeps_nothing_warns_with_its_largest_loss(tmp_path: Path):
     assert report["documents"] == 0
     assert report["warning"].startswith("0 documents: the largest loss is at 'documents kept'")
     assert "image.not_archived × 6" in report["warning"]
-    from pipelines.build import summary_table
+    from pipelines.build.job import summary_table
 
     assert summary_table(report).endswith(f"WARNING: {report['warning']}")
 
@@ -184,7 +184,7 @@ def test_extract_and_build_count_the_same_archive_alike(tmp_path: Path):
 
 
 def test_a_no_op_rerun_reports_the_jobs_totals_and_says_nothing_was_left(tmp_path: Path):
-    from pipelines.build import summary_table
+    from pipelines.build.job import summary_table
 
     write_archive(tmp_path / "crawl.warc.gz")
     config = BuildConfig.for_profile("m3w")
@@ -210,7 +210,7 @@ def test_a_no_op_rerun_reports_the_jobs_totals_and_says_nothing_was_left(tmp_pat
 def test_funnel_says_when_a_reason_counts_images_not_documents():
     """A logo removed from every page is an image count beside a document step: printed bare, it
     read as every document lost at a step that lost none."""
-    from pipelines.funnel import compute_funnel, format_funnel
+    from pipelines.build.funnel import compute_funnel, format_funnel
 
     counts = {"yield.read": 10, "yield.html": 10, "yield.extracted": 10, "yield.text_ok": 10}
     counts |= {"yield.deduped": 10, "yield.with_images": 10, "yield.docs_kept": 10}

@@ -16,7 +16,7 @@ from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.fetch import ArchiveIndex
 from m3w_builder.images import resolve_images
 from m3w_builder.reasons import Counts
-from pipelines.crawl_archive import CrawlArchive, payload_digest
+from pipelines.demo.crawl_archive import CrawlArchive, payload_digest
 
 PHOTO = drawn_image(320, 240, seed=3)
 PLACEHOLDER = drawn_image(1, 1, fmt="GIF")  # what lazy loaders show first

@@ -1,4 +1,4 @@
-"""pipelines/train.py: real tiny transformers models, real tar shards, real torchrun/gloo processes."""
+"""pipelines/train/loop.py: real tiny transformers models, real tar shards, real torchrun/gloo processes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from pipelines import tiny, train
-from pipelines.data import DataConfig
-from pipelines.trainconfig import TrainConfig, apply_override
+from pipelines.demo import tiny
+from pipelines.train import loop as train
+from pipelines.train.config import TrainConfig, apply_override
+from pipelines.train.data import DataConfig
 
 pytest.importorskip("model.flamingo")
 
@@ -213,7 +214,7 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    cmd += ["-m", "pipelines.train", "--config", str(tmp_path / "ddp.yaml")]
+    cmd += ["-m", "pipelines.train.loop", "--config", str(tmp_path / "ddp.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads(
@@ -244,7 +245,7 @@ def test_multinode_example_config_parses():
 def test_checkpoint_pruning_never_deletes_the_one_just_saved(tmp_path):
     """Regression: pruning kept the highest step names, so a fresh run writing into an old `--out`
     had its new (lower-step) checkpoint deleted at once and `latest` pointed at nothing."""
-    from pipelines import checkpoint
+    from pipelines.train import checkpoint
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())

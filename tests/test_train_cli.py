@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import tiny, train
-from pipelines.trainconfig import TrainConfig
+from pipelines.demo import tiny
+from pipelines.train import loop as train
+from pipelines.train.config import TrainConfig
 
 pytest.importorskip("model.flamingo")
 

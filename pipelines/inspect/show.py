@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target
-from pipelines.inspect_stats import sniff_format
+from pipelines.inspect.read import Sample, TarFormatError, Target, iter_target
+from pipelines.inspect.stats import sniff_format
 
 ARROWS = {"following": "attached → following", "preceding": "attached ← preceding"}
 EXT_OF_FORMAT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif"}

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 
 from m3w_builder.errors import ConfigError, OutputError, UserError
-from pipelines import checkpoint
-from pipelines.data import DataConfig, WorkerPosition, make_loader, pad_images
-from pipelines.train_checks import check_before_loading, check_model_configs, load_or_explain
-from pipelines.train_report import Logger
-from pipelines.trainconfig import TrainConfig, apply_override
+from pipelines.train import checkpoint
+from pipelines.train.checks import check_before_loading, check_model_configs, load_or_explain
+from pipelines.train.config import TrainConfig, apply_override
+from pipelines.train.data import DataConfig, WorkerPosition, make_loader, pad_images
+from pipelines.train.report import Logger
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +562,7 @@ def _save(root, step, model, optimizer, scheduler, streams, cfg, resumed_from=No
 
 
 def _resume(root: Path, cfg: TrainConfig, d: Dist) -> checkpoint.Loaded | None:
-    """The newest complete checkpoint (pipelines/checkpoint.py), read for this rank, or None to
+    """The newest complete checkpoint (pipelines/train/checkpoint.py), read for this rank, or None to
     start at step 0, which only `--resume auto` allows: `--resume` without a usable checkpoint is
     an error, never a silent restart (that restart then pruned the good checkpoints it overwrote).
 
@@ -835,9 +835,3 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="stream shards into a Flamingo model")
     add_arguments(p)
     p.set_defaults(func=run)
-
-
-if __name__ == "__main__":  # torchrun -m pipelines.train ...: the same errors and exit codes
-    from pipelines.cli import main as cli_main
-
-    raise SystemExit(cli_main(["train", *sys.argv[1:]]))

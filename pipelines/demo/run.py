@@ -1,6 +1,6 @@
 """`m3w demo`: the whole path on a fresh clone, on CPU, offline, in a few minutes.
 
-1. generate a small grounded website and serve it on 127.0.0.1 (pipelines/sample_site.py): pictures
+1. generate a small grounded website and serve it on 127.0.0.1 (pipelines/demo/sample_site.py): pictures
    of counted, coloured shapes whose captions ("... shows two red triangles.") stand on the side the
    build will attach each picture to, ordinary prose elsewhere, and the usual junk for the filters;
 2. `m3w build` it with a local Ray, exactly as a crawl's URL list is built;
@@ -140,8 +140,8 @@ def _share_the_cores() -> None:
 def build_site_shards(out: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """The grounded site is written once the server runs: its captions depend on the page URLs."""
     from m3w_builder.config import BuildConfig
-    from pipelines.build import JobOptions, run_build, summary_table
-    from pipelines.sample_site import make_site, serve_site, write_url_list
+    from pipelines.build.job import JobOptions, run_build, summary_table
+    from pipelines.demo.sample_site import make_site, serve_site, write_url_list
 
     site = out / "site"
     config = BuildConfig.for_profile("m3w")
@@ -176,8 +176,8 @@ def build_site_shards(out: Path, args: argparse.Namespace) -> tuple[dict[str, An
 
 
 def print_stats(job: Path) -> None:
-    from pipelines.inspect_read import resolve_target
-    from pipelines.inspect_stats import compute_stats, format_table
+    from pipelines.inspect.read import resolve_target
+    from pipelines.inspect.stats import compute_stats, format_table
 
     print("[3/6] m3w inspect stats")
     print(format_table(compute_stats(resolve_target(job))))
@@ -210,10 +210,10 @@ def split_shards(job: Path, heldout: float) -> tuple[list[Path], list[Path]]:
 # 4: model and training
 # --------------------------------------------------------------------------------------------
 def shard_documents(shards: list[Path]) -> list[str]:
-    """Each document's text as the trainer lays it out (`pipelines.data.flow_texts`), without the
+    """Each document's text as the trainer lays it out (`pipelines.train.data.flow_texts`), without the
     image and end-of-chunk tokens: the text a text-only LM is pretrained on."""
     from m3w_builder.shards import iter_shard
-    from pipelines.data import ImageRef, flow_texts
+    from pipelines.train.data import ImageRef, flow_texts
 
     documents: list[str] = []
     for shard in shards:
@@ -234,9 +234,9 @@ def model_parts(
 ) -> tuple[Any, str, dict[str, float] | None, dict[str, Any]]:
     """Tiny models saved as local folders (tokenizer trained on the training shards' text, the LM
     pretrained on it), or the user's `--lm/--vision` ids; loaded through the trainer's `build_parts`."""
-    from pipelines import tiny
-    from pipelines.train import build_parts
-    from pipelines.trainconfig import TrainConfig
+    from pipelines.demo import tiny
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.loop import build_parts
 
     cfg = TrainConfig()
     pretrain = None
@@ -288,8 +288,8 @@ def train_tiny(
     model_config: dict[str, Any],
     train_shards: list[Path],
 ) -> dict[str, Any]:
-    from pipelines.train import print_summary, train
-    from pipelines.trainconfig import TrainConfig
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.loop import print_summary, train
 
     cfg = TrainConfig.from_dict(
         {
@@ -356,7 +356,7 @@ def write_fewshot_file(out: Path, site: Any, heldout: list[Path]) -> Path:
 def evaluate_heldout(
     out: Path, args: argparse.Namespace, parts: Any, heldout: list[Path], fewshot: Path
 ) -> dict[str, Any]:
-    from pipelines.eval import evaluate, format_table
+    from pipelines.train.eval import evaluate, format_table
 
     print(f"[5/6] m3w eval on {len(heldout)} held-out shards, few-shot from {fewshot}")
     result = evaluate(
@@ -397,7 +397,7 @@ def generate_example(
 
     from m3w_builder.shards import iter_shard
     from model.flamingo import EOC_TOKEN
-    from pipelines.data import IMAGE_TOKEN
+    from pipelines.train.data import IMAGE_TOKEN
 
     model, tokenizer = parts.model, parts.tokenizer
     for shard in shards:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m3w_builder.reasons import reason
-from pipelines.funnel import format_funnel
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target, shard_size
+from pipelines.build.funnel import format_funnel
+from pipelines.inspect.read import Sample, TarFormatError, Target, iter_target, shard_size
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`m3w eval`: does a trained Flamingo look at the images? (issue 13 §3)
 
 Two measurements on shards the run did not train on, with the trainer's own model loading
-(`pipelines.train.build_parts`) and data pipeline (`pipelines.data`), so that the layout, windows,
+(`pipelines.train.loop.build_parts`) and data pipeline (`pipelines.train.data`), so that the layout, windows,
 labels and attachment masks are exactly the training ones:
 
 1. **Image ablations.** Every eval batch is scored four times, under
@@ -19,7 +19,7 @@ labels and attachment masks are exactly the training ones:
    acts on every token, would be skipped too, and (c) would measure the blocks, not the images.
 2. **Few-shot in context** (OpenFlamingo's evaluation style, Alayrac et al. 2022 §3.1): for each
    line of a JSONL file of captioned images, a prompt of k support pairs `<image> caption <EOC>`
-   from the other lines, then `<image>` of the query, laid out by `pipelines.data.layout` exactly as
+   from the other lines, then `<image>` of the query, laid out by `pipelines.train.data.layout` exactly as
    a training document that opens with an image; greedy `Flamingo.generate` until `<EOC>`/EOS; the
    first value of each attribute named in the generation is scored against the line's.
 
@@ -48,9 +48,11 @@ import torch
 import torch.nn.functional as F
 
 from m3w_builder.errors import ConfigError, InputError
-from pipelines import checkpoint
 from pipelines.cli_help import DefaultsFormatter
-from pipelines.data import (
+from pipelines.train import checkpoint
+from pipelines.train.checks import check_model_ref
+from pipelines.train.config import TrainConfig
+from pipelines.train.data import (
     DataConfig,
     ImageRef,
     TokenIds,
@@ -60,9 +62,7 @@ from pipelines.data import (
     make_loader,
     pad_images,
 )
-from pipelines.train import Parts, _autocast, _unwrap, build_parts
-from pipelines.train_checks import check_model_ref
-from pipelines.trainconfig import TrainConfig
+from pipelines.train.loop import Parts, _autocast, _unwrap, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -623,7 +623,7 @@ def _correct(attribute: str, expected: str, generated: str, values: list[list[st
 def _prompt(
     support: list[Example], query: Example, parts: Parts, tok: TokenIds
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`<BOS> <image> caption <EOC> ... <image>` as `pipelines.data.layout` lays out a document
+    """`<BOS> <image> caption <EOC> ... <image>` as `pipelines.train.data.layout` lays out a document
     that opens with an image (captions after an image get a leading space), and the images."""
     nodes: list[Any] = []
     for ex in support:

@@ -35,9 +35,9 @@ import numpy as np
 
 from m3w_builder.config import PROFILES, BuildConfig
 from m3w_builder.reasons import Counts
-from pipelines import build_stages as stages
+from pipelines.build import stages
 from pipelines.cli_help import DefaultsFormatter
-from pipelines.tables import partitions_for
+from pipelines.build.tables import partitions_for
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run_build(
     The driver keeps unit bookkeeping only — the plan, a few numbers per unit and the running
     totals of the counters: every per-page state (dedup keys, signatures, the archive index,
     frequency counts, decisions) lives in partitioned files under `_work/` that Ray tasks write
-    and read (pipelines/build_decide.py, pipelines/archive_parts.py)."""
+    and read (pipelines/build/decide.py, pipelines/build/archive_parts.py)."""
     started = time.perf_counter()
     _check_out(options.out)
     stages.check_inputs(inputs)
@@ -271,7 +271,7 @@ class _ExtractSummary:
 
     def survivors(self, job: stages.JobDir, decisions: Any) -> np.ndarray:
         """Documents each unit keeps after the decide stage (its drops counted in memory maps)."""
-        from pipelines.build_decide import DropIndex
+        from pipelines.build.decide import DropIndex
 
         left = self.docs - DropIndex(job.work, decisions).drops_per_unit(len(self.docs))
         cut = decisions.cut
@@ -326,7 +326,8 @@ class _PrefixLimit:
 
     def reached(self, results: Any = None) -> bool:
         from m3w_builder import dedup
-        from pipelines import build_decide, tables
+        from pipelines.build import decide as build_decide
+        from pipelines.build import tables
 
         if self.found:
             return True
@@ -368,7 +369,7 @@ def _decide(
     documents in completion order, so "keep the newest capture" and "the first copy" would depend
     on timing, and its state would be lost with it on a crash; one process holding every key
     would grow with the crawl. Each step below is a pure function of the inputs."""
-    from pipelines import build_decide as dec
+    from pipelines.build import decide as dec
 
     if job.decisions.exists():
         return dec.Decisions.from_json(stages.read_json(job.decisions))
@@ -409,7 +410,7 @@ def _decide(
 
 
 def _index_task(unit: stages.WorkUnit, job: stages.JobDir, indexed: list[int]) -> dict[str, Any]:
-    from pipelines.archive_parts import merge_partition
+    from pipelines.build.archive_parts import merge_partition
 
     return _with_marker(
         job, "index", unit.index, lambda: merge_partition(unit.index, job.work, indexed)
@@ -417,7 +418,7 @@ def _index_task(unit: stages.WorkUnit, job: stages.JobDir, indexed: list[int]) -
 
 
 def _page_task(unit: stages.WorkUnit, job: stages.JobDir, every: list[int], parts: int) -> dict:
-    from pipelines.build_decide import page_partition
+    from pipelines.build.decide import page_partition
 
     return _with_marker(
         job, "page", unit.index, lambda: page_partition(unit.index, job.work, every, parts)
@@ -425,7 +426,7 @@ def _page_task(unit: stages.WorkUnit, job: stages.JobDir, every: list[int], part
 
 
 def _content_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
-    from pipelines.build_decide import content_partition
+    from pipelines.build.decide import content_partition
 
     return _with_marker(
         job, "content", unit.index, lambda: content_partition(unit.index, job.work, parts)
@@ -433,7 +434,7 @@ def _content_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict
 
 
 def _band_task(unit: stages.WorkUnit, job: stages.JobDir, with_docs: list[int], near: Any) -> dict:
-    from pipelines.build_decide import band_partition
+    from pipelines.build.decide import band_partition
 
     return _with_marker(
         job, "bands", unit.index, lambda: band_partition(unit.index, job.work, with_docs, near)
@@ -441,7 +442,7 @@ def _band_task(unit: stages.WorkUnit, job: stages.JobDir, with_docs: list[int], 
 
 
 def _cluster_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
-    from pipelines.build_decide import cluster
+    from pipelines.build.decide import cluster
 
     return _with_marker(job, "cluster", unit.index, lambda: cluster(job.work, parts))
 
@@ -449,7 +450,7 @@ def _cluster_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict
 def _frequent_task(
     unit: stages.WorkUnit, job: stages.JobDir, every: list[int], image_max: int, para_min: int
 ) -> dict:
-    from pipelines.build_decide import frequent_partition
+    from pipelines.build.decide import frequent_partition
 
     return _with_marker(
         job, "frequent", unit.index,
@@ -604,7 +605,7 @@ class _RayExecutor(_LocalExecutor):
 def _init_ray(options: JobOptions) -> bool:
     """Connect to `--address` / RAY_ADDRESS, or start a local Ray on loopback (ray_local.py);
     reuse one already initialised (tests, notebooks). Returns whether we must shut it down."""
-    from pipelines.ray_local import init_ray
+    from pipelines.build.ray_local import init_ray
 
     return init_ray(options.address, options.num_cpus, loopback_only=options.loopback_only)
 
@@ -713,7 +714,7 @@ def summary_table(report: dict[str, Any], top: int = 15) -> str:
             ),
             ("this run: pages/s", last["pages_per_s"]),
         ]
-    from pipelines.funnel import format_funnel
+    from pipelines.build.funnel import format_funnel
 
     counts = report.get("drops", report["counts"])  # drop reasons only (older reports: all)
     drops = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]

@@ -1,7 +1,7 @@
 """TrainConfig: one typed tree for `m3w train`, loadable from YAML and overridable from flags.
 
 Sections: `model` (which LM/vision tower and the Flamingo hyper-parameters), `data` (a list: one
-DataConfig per dataset of the mixture, pipelines/data.py), `optim` and `run`. Defaults cite Flamingo
+DataConfig per dataset of the mixture, pipelines/train/data.py), `optim` and `run`. Defaults cite Flamingo
 (Alayrac et al. 2022, appendix B.1.2 "Training details") unless they say otherwise.
 
 YAML example (two datasets, Flamingo's accumulate-over-all-datasets mixture):
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from m3w_builder.errors import ConfigError
-from pipelines.data import DataConfig
+from pipelines.train.data import DataConfig
 
 FLAMINGO_WARMUP_STEPS = 5000  # Flamingo appendix B.1.2: linear warmup over 5k steps
 DEFAULT_WARMUP_FRACTION = 0.1  # of run.steps, when optim.warmup_steps is not given

@@ -3,7 +3,7 @@
 Inputs, written by every extract task (`UnitKeys`): one DOC_KEYS row per document (page-URL key,
 capture time, content hash, document key), partitioned by page key; with near-dedup on, the
 documents' MinHash signatures and their LSH band keys, partitioned by band key. Steps, each a task
-per partition (P from the input size, pipelines/tables.py), each writing files and a marker:
+per partition (P from the input size, pipelines/build/tables.py), each writing files and a marker:
 
 1. **page URL** (`page_partition`): among captures of one normalised page URL the newest wins
    (m3w_builder.dedup.page_url_losers); the winners go on, partitioned by content hash;
@@ -36,7 +36,7 @@ import numpy as np
 
 from m3w_builder import dedup, minhash
 from m3w_builder.document import Document
-from pipelines import tables
+from pipelines.build import tables
 
 CODES = {
     1: "dedup.page_url",
@@ -431,6 +431,6 @@ def is_member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from pipelines.build_stages import atomic_write
+    from pipelines.build.stages import atomic_write
 
     atomic_write(path, json.dumps(obj, sort_keys=True).encode())

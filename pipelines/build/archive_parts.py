@@ -30,7 +30,7 @@ import numpy as np
 
 from m3w_builder.dedup import url_key
 from m3w_builder.fetch import ArchiveIndex
-from pipelines import tables
+from pipelines.build import tables
 
 KINDS = ("entries", "redirects", "digests", "revisits", "failures")
 ROW = np.dtype(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from m3w_builder.errors import ConfigError
-from pipelines.trainconfig import TrainConfig
+from pipelines.train.config import TrainConfig
 
 
 class Tracker(Protocol):

@@ -9,9 +9,9 @@ decision step between them (DESIGN §2, issue 4):
 1. **extract** (per unit): read pages → `page_to_document` → documents without image bytes into
    `_work/extract/NNNNN.docs.jsonl.gz`; per document its dedup keys (page URL, capture time,
    content hash, document key) and, with near-dedup on, its MinHash signature and LSH bands, into
-   tables partitioned by key (pipelines/tables.py); the unit's archived images into a partitioned
-   index (pipelines/archive_parts.py); small stats (`NNNNN.stats.json`, the completion marker).
-2. **decide** (one task per partition, pipelines/build_decide.py): page-URL dedup keeps the newest
+   tables partitioned by key (pipelines/build/tables.py); the unit's archived images into a partitioned
+   index (pipelines/build/archive_parts.py); small stats (`NNNNN.stats.json`, the completion marker).
+2. **decide** (one task per partition, pipelines/build/decide.py): page-URL dedup keeps the newest
    capture, identical-document dedup the first in input order, near-duplicate clusters one
    survivor; then the surviving documents' image URLs and per-domain paragraphs are counted (one
    light task per unit, a parse-free pass over the extract files) and the frequent ones are listed
@@ -366,7 +366,7 @@ def _read_url_lines(path: str) -> Iterator[str]:
 class ExtractOptions:
     run_id: str = ""  # distinguishes this driver run's attempts in the journal
     page_kill_timeout_s: float = 0.0  # 0 = no hard watchdog
-    parts: int = 1  # partitions of the job-wide state (pipelines/tables.py)
+    parts: int = 1  # partitions of the job-wide state (pipelines/build/tables.py)
     near: Any = None  # minhash.MinHashConfig when near-duplicate dedup is on
 
 
@@ -439,7 +439,7 @@ def extract_unit(
 ) -> dict[str, Any]:
     """Stage 1 for one unit; returns (and stores) its stats. Idempotent: a finished unit is read back."""
     from m3w_builder.extract import page_to_document
-    from pipelines.build_decide import UnitKeys
+    from pipelines.build.decide import UnitKeys
 
     stats_path = job.extract_stats(unit.index)
     if stats_path.exists():
@@ -497,7 +497,7 @@ def extract_unit(
         len(index) or index.redirects or index.revisits or index.failures
     )
     if has_index:
-        from pipelines import archive_parts
+        from pipelines.build import archive_parts
 
         rows = archive_parts.unit_rows(index, unit.index, unit.paths)
         archive_parts.write_unit_index(job.work, unit.index, rows, options.parts)
@@ -519,7 +519,7 @@ def _new_archive_index() -> Any:
     """An empty index of the unit's archived images (fetch.ArchiveIndex: URL → record offset),
     filled during the page pass itself, so each archive is read once and each record counted
     once; the extract tasks index in parallel, and partition tasks merge the indexes
-    (pipelines/archive_parts.py)."""
+    (pipelines/build/archive_parts.py)."""
     from m3w_builder.fetch import ArchiveIndex
 
     return ArchiveIndex()
@@ -619,8 +619,8 @@ def iter_extracted(job: JobDir, unit: int) -> Iterator[dict[str, Any]]:
 def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> dict[str, Any]:
     """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted
     once per document), written partitioned by key for `build_decide.frequent_partition`."""
-    from pipelines import tables
-    from pipelines.build_decide import DropIndex, count_path, count_unit_keys, unit_records
+    from pipelines.build import tables
+    from pipelines.build.decide import DropIndex, count_path, count_unit_keys, unit_records
 
     marker = job.marker("count", unit.index)
     if marker.exists():
@@ -676,7 +676,7 @@ class JobDedup:
 
     @classmethod
     def load(cls, job: JobDir, parts: int) -> JobDedup:
-        from pipelines.build_decide import frequent_keys
+        from pipelines.build.decide import frequent_keys
 
         return cls(
             set(frequent_keys(job.work, parts, "images").tolist()),
@@ -688,7 +688,7 @@ def _group_records(
     job: JobDir, group: WorkUnit, decisions: Any
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
     """The group's extracted records in input order, each with its dedup drop code (or None)."""
-    from pipelines.build_decide import DropIndex, unit_records
+    from pipelines.build.decide import DropIndex, unit_records
 
     drops = DropIndex(job.work, decisions)
     for unit in group.members:
@@ -723,7 +723,7 @@ def write_unit(
     images = 0
     archive = None
     if decisions.archive:
-        from pipelines.archive_parts import PartitionedArchiveIndex
+        from pipelines.build.archive_parts import PartitionedArchiveIndex
 
         archive = PartitionedArchiveIndex(job.work, decisions.parts, unit_paths or [])
     job_dedup = JobDedup.load(job, decisions.parts)
@@ -892,7 +892,7 @@ def build_report(
     """report.json: every reason code's count (also split into inputs / progress / drops), the
     yield funnel, what was kept, speed and languages; `warning` names the largest loss of a build
     that kept no document."""
-    from pipelines.funnel import compute_funnel, largest_loss
+    from pipelines.build.funnel import compute_funnel, largest_loss
 
     counts = Counts({k: v for k, v in counts.items() if v})
     for stats in write_stats:

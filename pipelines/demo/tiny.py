@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.shards import ShardInfo, ShardWriter
-from pipelines.data import EOC_TOKEN, IMAGE_TOKEN
+from pipelines.train.data import EOC_TOKEN, IMAGE_TOKEN
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"

@@ -21,7 +21,7 @@ Ray's gRPC servers still listen on every interface, and the token is what guards
 `--address` / `RAY_ADDRESS` (a real cluster) is passed to Ray unchanged.
 
 Before a local Ray starts, what a SIGKILLed m3w driver left of its own local Ray (the raylet's agents
-outlive it) is stopped, and the new session gets an owner file for the next time: pipelines/ray_stale.py.
+outlive it) is stopped, and the new session gets an owner file for the next time: pipelines/build/ray_stale.py.
 
 Noise: Ray announces at every local start that token authentication is on ("Set RAY_AUTH_MODE=
 disabled to opt out"). For m3w's own local Ray that is the expected state, so the note is shown
@@ -73,7 +73,7 @@ def init_ray(
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:  # a local Ray: first stop what a killed m3w driver left of its own (ray_stale)
-        from pipelines.ray_stale import stop_stale_local_rays
+        from pipelines.build.ray_stale import stop_stale_local_rays
 
         stop_stale_local_rays()
     if ray.is_initialized():
@@ -97,7 +97,7 @@ def init_ray(
 
 def _mark_local_session() -> None:
     """The owner file ray_stale.py looks for, in the new local Ray's session folder."""
-    from pipelines.ray_stale import mark_session
+    from pipelines.build.ray_stale import mark_session
 
     try:
         from ray._private import worker

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.inspect_read import Sample, TarFormatError, Target, iter_target, shard_size
-from pipelines.inspect_stats import (
+from pipelines.inspect.read import Sample, TarFormatError, Target, iter_target, shard_size
+from pipelines.inspect.stats import (
     HEAD_BYTES,
     HIST_PANELS,
     Histogram,

@@ -12,7 +12,7 @@ the usual web junk the builder must drop, each with a known reason:
 - a page whose content copies another page (identical-document dedup),
 - a page whose only images are bad (dropped as `doc.no_images`).
 
-`make_site(dir, grounded=True, base_url=URL)` is the grounded world of `m3w demo` (pipelines/grounded.py):
+`make_site(dir, grounded=True, base_url=URL)` is the grounded world of `m3w demo` (pipelines/demo/grounded.py):
 every good image is a scene of counted, coloured shapes, and its caption ("Figure 2 shows two red
 triangles on a mint ground.") stands on the side of the picture that the build's per-document attachment draw will
 attach it to (the text after it for `following`, before it for `preceding`), computed from the page's
@@ -365,7 +365,7 @@ def _grounded_body(
 ) -> list[str]:
     """Prose where no picture is attached, each picture next to its caption on the attached side,
     and the junk images (a tracking pixel, a dead link) where they were."""
-    from pipelines.grounded import caption, draw_scene, random_scene
+    from pipelines.demo.grounded import caption, draw_scene, random_scene
 
     words = _Words(rng)
     # one paragraph of prose (Gopher's 50-word minimum with the captions) and up to 5 pictures: a

@@ -29,7 +29,7 @@ from typing import IO, Any
 from PIL import Image
 
 from m3w_builder.document import READABLE_SCHEMAS, SCHEMA
-from pipelines.inspect_read import (
+from pipelines.inspect.read import (
     Sample,
     Shard,
     TarFormatError,

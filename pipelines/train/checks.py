@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from m3w_builder.errors import ConfigError, InputError, OutputError
-from pipelines.data import find_shards
-from pipelines.trainconfig import TrainConfig
+from pipelines.train.config import TrainConfig
+from pipelines.train.data import find_shards
 
 log = logging.getLogger(__name__)
 

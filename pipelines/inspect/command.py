@@ -17,7 +17,7 @@ from pathlib import Path
 
 from m3w_builder.errors import OutputError, UserError
 from pipelines.cli_help import DefaultsFormatter
-from pipelines.inspect_read import Target, resolve_target
+from pipelines.inspect.read import Target, resolve_target
 
 
 def _target(args: argparse.Namespace) -> Target | None:
@@ -34,7 +34,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pipelines.inspect_stats import compute_stats, format_table, plot_histograms
+    from pipelines.inspect.stats import compute_stats, format_table, plot_histograms
 
     if args.plot:
         _require_matplotlib()  # before the whole read, not after it
@@ -70,7 +70,7 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipelines.inspect_verify import verify
+    from pipelines.inspect.verify import verify
 
     target = _target(args)
     if target is None:
@@ -93,7 +93,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pipelines.inspect_show import show
+    from pipelines.inspect.show import show
 
     if (args.key is None) == (args.index is None):
         print("m3w inspect show: give a KEY or --index N (not both)", file=sys.stderr)
@@ -117,7 +117,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grep(args: argparse.Namespace) -> int:
-    from pipelines.inspect_show import grep
+    from pipelines.inspect.show import grep
 
     try:
         re.compile(args.pattern)
@@ -139,7 +139,7 @@ def cmd_grep(args: argparse.Namespace) -> int:
 
 
 def cmd_html(args: argparse.Namespace) -> int:
-    from pipelines.inspect_html import write_gallery
+    from pipelines.inspect.html import write_gallery
 
     out = Path(args.out)
     if out.is_dir():
