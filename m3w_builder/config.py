@@ -9,9 +9,14 @@ field of the chosen profile: `{images: {min_side: 100}, shards: {docs_per_shard:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from m3w_builder.settings import apply_assignment, apply_mapping
+
+logger = logging.getLogger(__name__)
 
 PROFILES = ("m3w", "obelics")
 
@@ -32,7 +37,6 @@ class DomConfig:
     """DOM → Document rules (dom.py)."""
 
     min_data_uri_bytes: int = 1_000  # data: URIs shorter than this are spacers/pixels, not content
-    max_images_per_doc: int = 100
     # Main-content focus (Readability.js-style container scoring). Off keeps the whole cleaned body,
     # as Flamingo's M3W simplified DOM does.
     main_content: bool = True
@@ -164,6 +168,8 @@ class ImageConfig:
     store_quality: int = 90
     store_max_side: int = 1024
     min_images_per_doc: int = 1  # Flamingo drops documents left with no image
+    # At most this many images per document, the first in reading order: the DOM walk keeps this
+    # many candidates (image.too_many after), so a page of 10,000 thumbnails never fetches them all.
     max_images_per_doc: int = 100
     decode_workers: int = 0  # decode/re-encode threads (Pillow releases the GIL); 0 = CPU count
     # Store an upright RGB JPEG within store_max_side as its own bytes minus metadata (EXIF/XMP/ICC/
@@ -202,7 +208,7 @@ class FetchConfig:
 class DedupConfig:
     image_phash_max_distance: int = 4  # Hamming distance of 64-bit perceptual hashes
     image_url_max_count: int = 10  # OBELICS: image URLs seen more than 10 times are logos/buttons
-    para_max_repeats_per_domain: int = (
+    para_boilerplate_min_repeats: int = (
         3  # paragraphs repeated ≥ 3 times in one domain are boilerplate
     )
     # Near-duplicate documents, job-wide (MinHash + LSH, m3w_builder/minhash.py; MassiveWeb and
@@ -250,7 +256,7 @@ class BuildConfig:
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         config = cls(profile=profile)
         if profile == "obelics":
-            _apply(config, OBELICS_OVERRIDES)
+            apply_mapping(config, OBELICS_OVERRIDES, "profile obelics")
         return config
 
     @classmethod
@@ -262,8 +268,12 @@ class BuildConfig:
             raise ValueError(f"{path}: expected a mapping at the top level")
         config = cls.for_profile(profile or data.get("profile", "m3w"))
         data = {k: v for k, v in data.items() if k != "profile"}
-        _apply(config, data, where=str(path))
+        apply_mapping(config, _renamed(data, str(path)), str(path))
         return config
+
+    def apply_set(self, assignment: str) -> None:
+        """`m3w build --set section.field=value` (the value read as YAML), checked as YAML is."""
+        apply_assignment(self, assignment)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,17 +326,23 @@ OBELICS_OVERRIDES: dict[str, Any] = {
 }
 
 
-def _apply(target: Any, overrides: dict[str, Any], where: str = "config") -> None:
-    """Set fields recursively, refusing unknown names so a typo in YAML is an error, not a no-op."""
-    names = {f.name for f in dataclasses.fields(target)}
-    for name, value in overrides.items():
-        if name not in names:
-            raise ValueError(
-                f"{where}: unknown field {name!r} in {type(target).__name__}; "
-                f"known: {', '.join(sorted(names))}"
+# Settings that moved (issue 16): an old YAML key is read as its new one, with a warning.
+RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    ("dom", "max_images_per_doc"): ("images", "max_images_per_doc"),  # one cap, one code
+    ("dedup", "para_max_repeats_per_domain"): ("dedup", "para_boilerplate_min_repeats"),
+}
+
+
+def _renamed(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with the keys of RENAMED moved to their new place (a copy)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for (section, name), (new_section, new_name) in RENAMED.items():
+        old = out.get(section)
+        if isinstance(old, dict) and name in old:
+            logger.warning(
+                "%s: %s.%s is now %s.%s; read as that", where, section, name, new_section, new_name
             )
-        current = getattr(target, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _apply(current, value, where=f"{where}.{name}")
-        else:
-            setattr(target, name, value)
+            out.setdefault(new_section, {})
+            if isinstance(out[new_section], dict):
+                out[new_section].setdefault(new_name, old.pop(name))
+    return out

@@ -40,7 +40,7 @@ from urllib.parse import urljoin
 
 from lxml import etree
 
-from m3w_builder.config import DomConfig
+from m3w_builder.config import DomConfig, ImageConfig
 from m3w_builder.document import Document, ImageNode, Node, TextNode
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,16 @@ _WS = re.compile(r"\s+")
 _DIMENSION = re.compile(r"^\s*(\d+)(?:\.\d+)?\s*(?:px)?\s*$", re.I)
 
 
-def extract(html: str | bytes, url: str, config: DomConfig | None = None) -> Document:
+MAX_IMAGES_PER_DOC = ImageConfig.max_images_per_doc
+
+
+def extract(
+    html: str | bytes,
+    url: str,
+    config: DomConfig | None = None,
+    *,
+    max_images: int = MAX_IMAGES_PER_DOC,
+) -> Document:
     """Parse `html` and return its Document: nodes in reading order, removed items in `drops`.
 
     `html` as `str` is parsed as such; as `bytes` libxml2 sniffs the charset from BOM / `<meta>`
@@ -154,7 +163,7 @@ def extract(html: str | bytes, url: str, config: DomConfig | None = None) -> Doc
     root = _parse(html)
     if root is None:
         return Document(url=url, stats={"dom": {}})
-    return extract_tree(root, url, config)
+    return extract_tree(root, url, config, max_images=max_images)
 
 
 # --------------------------------------------------------------------------------------- 1. parse
@@ -196,6 +205,7 @@ def extract_tree(
     config: DomConfig | None = None,
     *,
     check: Callable[[], None] | None = None,
+    max_images: int = MAX_IMAGES_PER_DOC,
 ) -> Document:
     """`extract` for an already parsed tree (m3w_builder.extract parses itself to bound the parse).
 
@@ -212,7 +222,7 @@ def extract_tree(
     check()
     blocks = _select_main(root, config, doc.drops, stats, held, comments)
     check()
-    doc.nodes = _linearise(blocks, base, config, doc.drops, stats)
+    doc.nodes = _linearise(blocks, base, config, doc.drops, stats, max_images)
     doc.stats["dom"] = stats
     return doc
 
@@ -1380,9 +1390,11 @@ def _linearise(
     config: DomConfig,
     drops: list[str],
     stats: dict[str, int],
+    max_images: int,
 ) -> list[Node]:
     """One walk in reading order: text into paragraphs split at block boundaries, `<img>` into
-    ImageNodes. A paragraph's tag is the innermost block element open when its text started."""
+    ImageNodes, the first `max_images` distinct ones (images.max_images_per_doc; image.too_many
+    after). A paragraph's tag is the innermost block element open when its text started."""
     paras = _Paragraphs(config, drops)
     seen: set[str] = set()
     images = 0
@@ -1418,7 +1430,7 @@ def _linearise(
                     if node is not None:
                         if node.src in seen:
                             drops.append("image.duplicate_in_page")
-                        elif images >= config.max_images_per_doc:
+                        elif images >= max_images:
                             drops.append("image.too_many")
                         else:
                             seen.add(node.src)

@@ -144,7 +144,9 @@ _ENTRIES: list[Reason] = [
     Reason("image.tag", "drop", "image_dom", "inside a non-content element (nav, form, aside)"),
     Reason("image.hidden", "drop", "image_dom", "inside an element that is not rendered"),
     Reason("image.duplicate_in_page", "drop", "image_dom", "the same URL earlier on the page"),
-    Reason("image.too_many", "drop", "image_dom", "beyond images.max_images_per_doc"),
+    Reason(
+        "image.too_many", "drop", "image_dom", "beyond images.max_images_per_doc (in reading order)"
+    ),
     Reason("image.duplicate", "drop", "image_dom", "the same URL twice in one document"),
     Reason("dedup.image_url_frequent", "drop", "image_dom", "a URL on too many pages (a logo)"),
     # --- step "image_resolve": no bytes
@@ -163,7 +165,6 @@ _ENTRIES: list[Reason] = [
     Reason("image.aspect", "drop", "image_filter", "aspect ratio over images.max_aspect"),
     Reason("image.uniform", "drop", "image_filter", "a single-coloured picture"),
     Reason("image.near_duplicate", "drop", "image_filter", "a near copy of an image before it"),
-    Reason("image.over_doc_limit", "drop", "image_filter", "beyond images.max_images_per_doc"),
     # --- step "paragraph"
     Reason("dedup.paragraph_repeat", "drop", "paragraph", "boilerplate repeated across a domain"),
     Reason("text.link_dense", "drop", "paragraph", "a paragraph that is mostly link text"),

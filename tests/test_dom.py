@@ -279,8 +279,9 @@ def test_missing_and_non_http_urls() -> None:
 
 
 def test_duplicate_images_and_cap_per_document() -> None:
-    doc = ext("<img src='/a.jpg'><img src='/a.jpg'><img src='/b.jpg'><img src='/c.jpg'>",
-              max_images_per_doc=2)  # fmt: skip
+    html = "<img src='/a.jpg'><img src='/a.jpg'><img src='/b.jpg'><img src='/c.jpg'>"
+    config = DomConfig(main_content=False)
+    doc = extract(f"<html><body>{html}</body></html>", URL, config, max_images=2)
     assert srcs(doc) == ["https://example.org/a.jpg", "https://example.org/b.jpg"]
     assert doc.drops == ["image.duplicate_in_page", "image.too_many"]
 

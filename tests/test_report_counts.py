@@ -44,7 +44,7 @@ def write_archive(path: Path) -> None:
         '<img src="/img/thumb.jpg">'  # image.too_small (archived, 20×20)
         '<img src="/img/lost.jpg">'  # image.not_archived
         '<img src="/img/photo.jpg">'  # image.duplicate_in_page
-        '<img src="/img/extra-1.jpg">'  # image.too_many: past dom.max_images_per_doc (3)
+        '<img src="/img/extra-1.jpg">'  # image.too_many: past images.max_images_per_doc (3)
         '<img src="/img/extra-2.jpg">'  # image.too_many
         f"<p>{MORE}</p>"
         '<p><a href="/a">one link</a> <a href="/b">another link</a></p>'  # text.link_dense
@@ -66,7 +66,7 @@ def test_every_drop_and_input_is_counted_exactly_once(tmp_path: Path):
     config.dom.main_content = False  # every image of the page is a candidate
     # the DOM walk keeps photo, thumb and lost (3), then drops what comes after as image.too_many
     # (the duplicate photo before them is image.duplicate_in_page: checked first)
-    config.dom.max_images_per_doc = 3
+    config.images.max_images_per_doc = 3
     report = run_build(
         [str(tmp_path / "crawl.warc.gz")],
         config,

@@ -35,9 +35,10 @@ import numpy as np
 
 from m3w_builder.config import PROFILES, BuildConfig
 from m3w_builder.reasons import Counts
+from m3w_builder.settings import Flag, add_flags, field_types, flag_values, on_off, set_path
 from pipelines.build import stages
-from pipelines.cli_help import DefaultsFormatter
 from pipelines.build.tables import partitions_for
+from pipelines.cli_help import DefaultsFormatter
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def _decide(
         partitions,
         every,
         config.dedup.image_url_max_count,
-        config.dedup.para_max_repeats_per_domain,
+        config.dedup.para_boilerplate_min_repeats,
     )
     stages.atomic_write_json(job.decisions, decisions.to_json())
     return decisions
@@ -754,15 +755,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--profile", choices=PROFILES, help="threshold profile (default m3w)")
     p.add_argument("--config", help="YAML file overriding any BuildConfig field")
-    p.add_argument("--seed", type=int, help="seed of the attachment draw (default 0)")
-    p.add_argument(
-        "--attach",
-        choices=("per-document", "per-image"),
-        help="attachment draw (default: per-document, Flamingo's)",
-    )
-    p.add_argument(
-        "--p-next", type=float, help="probability an image attaches to the next text (default 0.5)"
-    )
+    add_flags(p, CONFIG_FLAGS, CONFIG_SECTIONS)
     p.add_argument(
         "--limit",
         "--max-docs",
@@ -770,13 +763,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         type=int,
         help="keep at most N documents, the first in input order (default: all)",
-    )
-    p.add_argument("--docs-per-shard", type=int, help="documents per shard (default 1000)")
-    p.add_argument("--max-shard-bytes", type=int, help="bytes per shard, about (default 500000000)")
-    p.add_argument(
-        "--allow-private-hosts",
-        action="store_true",
-        help="lift the SSRF guard (tests, intranet crawls): fetch from private/loopback addresses",
     )
     p.add_argument(
         "--page-kill-timeout",
@@ -796,40 +782,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a .warc.gz larger than this is read by several tasks, in byte ranges (0: one per file)",
     )
     p.add_argument(
-        "--near-dedup",
-        choices=("on", "off"),
-        help="remove near-duplicate documents job-wide (MinHash + LSH; default on)",
-    )
-    p.add_argument(
         "--partitions",
         type=int,
         help="partitions of the job-wide dedup state (default: from the input size)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override any BuildConfig field (applied last), e.g. images.min_side=100, "
+        "dedup.near_dedup=false, text.languages=[en,fr]",
     )
     p.add_argument("--keep-work", action="store_true", help="keep _work/'s intermediate files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
 
+# Flags that set one BuildConfig field each: declared once, typed by the field (m3w_builder.settings).
+CONFIG_FLAGS = (
+    Flag("--seed", "seed", "seed of the attachment draw (default 0)"),
+    Flag(
+        "--attach",
+        "attach.mode",
+        "attachment draw (default: per-document, Flamingo's)",
+        choices=("per-document", "per-image"),
+    ),
+    Flag(
+        "--p-next", "attach.p_next", "probability an image attaches to the next text (default 0.5)"
+    ),
+    Flag("--docs-per-shard", "shards.docs_per_shard", "documents per shard (default 1000)"),
+    Flag(
+        "--max-shard-bytes", "shards.max_shard_bytes", "bytes per shard, about (default 500000000)"
+    ),
+    Flag(
+        "--allow-private-hosts",
+        "fetch.allow_private_hosts",
+        "lift the SSRF guard (tests, intranet crawls): fetch from private/loopback addresses",
+    ),
+    Flag(
+        "--near-dedup",
+        "dedup.near_dedup",
+        "remove near-duplicate documents job-wide (MinHash + LSH; default on)",
+        metavar="{on,off}",
+        type=on_off,
+    ),
+)
+CONFIG_SECTIONS = {"": BuildConfig, **field_types(BuildConfig)}
+
+
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    """Profile, then YAML, then the flags: the most specific setting wins."""
+    """Profile, then YAML, then the flags, then `--set`: the most specific setting wins."""
     if args.config:
         config = BuildConfig.from_yaml(args.config, profile=args.profile)
     else:
         config = BuildConfig.for_profile(args.profile or "m3w")
-    if args.seed is not None:
-        config.seed = args.seed
-    if args.attach:
-        config.attach.mode = args.attach
-    if args.p_next is not None:
-        config.attach.p_next = args.p_next
-    if args.docs_per_shard:
-        config.shards.docs_per_shard = args.docs_per_shard
-    if args.max_shard_bytes:
-        config.shards.max_shard_bytes = args.max_shard_bytes
-    if args.allow_private_hosts:
-        config.fetch.allow_private_hosts = True
-    if getattr(args, "near_dedup", None):
-        config.dedup.near_dedup = args.near_dedup == "on"
+    for flag, value in flag_values(args, CONFIG_FLAGS):
+        set_path(config, flag.dest, value)
+    for assignment in getattr(args, "set", None) or []:
+        config.apply_set(assignment)
     return config
 
 

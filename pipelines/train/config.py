@@ -18,7 +18,6 @@ YAML example (two datasets, Flamingo's accumulate-over-all-datasets mixture):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from m3w_builder.errors import ConfigError
+from m3w_builder.settings import check_value, did_you_mean, field_types
 from pipelines.train.data import DataConfig
 
 FLAMINGO_WARMUP_STEPS = 5000  # Flamingo appendix B.1.2: linear warmup over 5k steps
@@ -150,7 +150,7 @@ class TrainConfig:
         for name in raw:
             if name not in sections:
                 raise ConfigError(
-                    f"unknown TrainConfig section {name!r}{_did_you_mean(name, sections)}"
+                    f"unknown TrainConfig section {name!r}{did_you_mean(name, sections)}"
                 )
         data = raw.get("data") or []
         if isinstance(data, dict):  # a single dataset may be written as a mapping
@@ -187,28 +187,24 @@ SECTION_TYPES: dict[str, type] = {
 }
 
 
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _field_names(kind: type) -> list[str]:
     return [f.name for f in dataclasses.fields(kind)]
 
 
 def _unknown_field(section: str, kind: type, name: str) -> ConfigError:
     names = _field_names(kind)
-    return ConfigError(f"unknown field {section}.{name}{_did_you_mean(name, names)}")
+    return ConfigError(f"unknown field {section}.{name}{did_you_mean(name, names)}")
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
     section = next(k for k, v in SECTION_TYPES.items() if v is kind)
     if not isinstance(values, dict):
         raise ConfigError(f"section {section!r} must be a mapping, not {type(values).__name__}")
-    names = _field_names(kind)
+    hints = field_types(kind)
     for name in values:
-        if name not in names:
+        if name not in hints:
             raise _unknown_field(section, kind, name)
+    values = {k: check_value(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
     try:
         return kind(**values)
     except ConfigError:
@@ -228,7 +224,7 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
     section = parts[0]
     if section not in SECTION_TYPES:
         raise ConfigError(
-            f"--set {path}: unknown section{_did_you_mean(section, list(SECTION_TYPES))}"
+            f"--set {path}: unknown section{did_you_mean(section, list(SECTION_TYPES))}"
         )
     kind = SECTION_TYPES[section]
     if section == "data":
@@ -254,6 +250,7 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         raise ConfigError(f"--set {path}: cannot read the value {value!r}") from None
+    parsed = check_value(f"--set {path}", parsed, field_types(kind)[name])
     for target in targets:
         setattr(target, name, parsed)
         if hasattr(target, "__post_init__"):

@@ -35,9 +35,10 @@ import torch
 import torch.distributed as dist
 
 from m3w_builder.errors import ConfigError, OutputError, UserError
+from m3w_builder.settings import Flag, add_flags, apply_mapping, flag_values
 from pipelines.train import checkpoint
 from pipelines.train.checks import check_before_loading, check_model_configs, load_or_explain
-from pipelines.train.config import TrainConfig, apply_override
+from pipelines.train.config import SECTION_TYPES, TrainConfig, apply_override
 from pipelines.train.data import DataConfig, WorkerPosition, make_loader, pad_images
 from pipelines.train.report import Logger
 
@@ -686,52 +687,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             if len(args.shards) > 1:
                 for i, ds in enumerate(cfg.data):
                     ds.name = f"d{i}"
-    for flag, (section, name) in FLAG_FIELDS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if section == "data":
-            for ds in cfg.data:
-                setattr(ds, name, value)
-                ds.__post_init__()
-        else:
-            setattr(getattr(cfg, section), name, value)
+    for flag, value in flag_values(args, TRAIN_FLAGS):
+        section, _, name = flag.dest.partition(".")
+        for target in cfg.data if section == "data" else [getattr(cfg, section)]:
+            apply_mapping(target, {name: value}, flag.name, f"{section}.")
+            if section == "data":
+                target.__post_init__()
     for assignment in args.set or []:
         apply_override(cfg, assignment)
     for section in (cfg.optim, cfg.run):
         section.__post_init__()
     return cfg
-
-
-FLAG_FIELDS: dict[str, tuple[str, str]] = {
-    "lm": ("model", "lm"),
-    "vision": ("model", "vision"),
-    "tokenizer": ("model", "tokenizer"),
-    "cross_attn_every": ("model", "cross_attn_every_n_layers"),
-    "batch_size": ("data", "batch_size"),
-    "seq_len": ("data", "seq_len"),
-    "max_images": ("data", "max_images"),
-    "attach": ("data", "attach"),
-    "workers": ("data", "num_workers"),
-    "shuffle_buffer": ("data", "shuffle_buffer"),
-    "resampled": ("data", "resampled"),
-    "lr": ("optim", "lr"),
-    "warmup": ("optim", "warmup_steps"),
-    "schedule": ("optim", "schedule"),
-    "accum": ("optim", "accum"),
-    "out": ("run", "out"),
-    "steps": ("run", "steps"),
-    "seed": ("run", "seed"),
-    "checkpoint_every": ("run", "checkpoint_every"),
-    "log_every": ("run", "log_every"),
-    "resume": ("run", "resume"),
-    "device": ("run", "device"),
-    "precision": ("run", "precision"),
-    "strategy": ("run", "strategy"),
-    "compile": ("run", "compile"),
-    "grad_checkpointing": ("run", "grad_checkpointing"),
-    "report_to": ("run", "report_to"),
-}
 
 
 def _resume_flag(value: str) -> str:
@@ -740,55 +706,61 @@ def _resume_flag(value: str) -> str:
     return value
 
 
+# Flags that set one TrainConfig field each (data.* ones every dataset of the mixture): declared
+# once, typed by the field (m3w_builder.settings); `--set` reaches every other field.
+TRAIN_FLAGS = (
+    Flag("--lm", "model.lm", "HF id or path of the causal LM"),
+    Flag("--vision", "model.vision", "HF id or path of the vision model"),
+    Flag("--tokenizer", "model.tokenizer", "tokenizer id/path (default: the LM's)"),
+    Flag("--cross-attn-every", "model.cross_attn_every_n_layers", "a gated block every N layers"),
+    Flag("--batch-size", "data.batch_size"),
+    Flag("--seq-len", "data.seq_len"),
+    Flag("--max-images", "data.max_images"),
+    Flag("--attach", "data.attach", choices=("shard", "resample", "following", "preceding")),
+    Flag("--workers", "data.num_workers", "DataLoader workers per dataset"),
+    Flag("--shuffle-buffer", "data.shuffle_buffer"),
+    Flag("--resampled", "data.resampled"),
+    Flag("--lr", "optim.lr"),
+    Flag(
+        "--warmup",
+        "optim.warmup_steps",
+        "linear warmup steps (default: 10%% of --steps, at most 5000; must be below --steps)",
+    ),
+    Flag("--schedule", "optim.schedule", choices=("constant", "cosine")),
+    Flag("--accum", "optim.accum", "micro-batches per dataset per step"),
+    Flag("--out", "run.out"),
+    Flag("--steps", "run.steps"),
+    Flag("--seed", "run.seed"),
+    Flag("--checkpoint-every", "run.checkpoint_every"),
+    Flag("--log-every", "run.log_every"),
+    Flag(
+        "--resume",
+        "run.resume",
+        "continue from the newest complete checkpoint (an error if there is none); "
+        "`--resume auto`: continue if there is one, else start at step 0",
+        metavar="auto",
+        type=_resume_flag,
+        optional_value=True,
+    ),
+    Flag("--device", "run.device", choices=("auto", "cpu", "cuda")),
+    Flag("--precision", "run.precision", choices=("auto", "bf16", "fp32")),
+    Flag("--strategy", "run.strategy", choices=("ddp", "fsdp")),
+    Flag("--compile", "run.compile"),
+    Flag("--grad-checkpointing", "run.grad_checkpointing"),
+    Flag(
+        "--report-to",
+        "run.report_to",
+        "comma-separated experiment trackers: tensorboard, wandb (the wandb extra), "
+        "or none (default: tensorboard)",
+        metavar="TRACKERS",
+    ),
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML TrainConfig (model/data/optim/run sections)")
     p.add_argument("--shards", nargs="*", help="shard pattern(s); several make an equal mixture")
-    p.add_argument("--lm", help="HF id or path of the causal LM")
-    p.add_argument("--vision", help="HF id or path of the vision model")
-    p.add_argument("--tokenizer", help="tokenizer id/path (default: the LM's)")
-    p.add_argument("--cross-attn-every", type=int, dest="cross_attn_every")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--attach", choices=["shard", "resample", "following", "preceding"])
-    p.add_argument("--workers", type=int, help="DataLoader workers per dataset")
-    p.add_argument("--shuffle-buffer", type=int)
-    p.add_argument("--resampled", action="store_true", default=None)
-    p.add_argument("--lr", type=float)
-    p.add_argument(
-        "--warmup",
-        type=int,
-        help="linear warmup steps (default: 10%% of --steps, at most 5000; must be below --steps)",
-    )
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--accum", type=int, help="micro-batches per dataset per step")
-    p.add_argument("--out")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--log-every", type=int)
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=None,
-        type=_resume_flag,
-        metavar="auto",
-        help="continue from the newest complete checkpoint (an error if there is none); "
-        "`--resume auto`: continue if there is one, else start at step 0",
-    )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--strategy", choices=["ddp", "fsdp"])
-    p.add_argument("--compile", action="store_true", default=None)
-    p.add_argument("--grad-checkpointing", action="store_true", default=None)
-    p.add_argument(
-        "--report-to",
-        dest="report_to",
-        metavar="TRACKERS",
-        help="comma-separated experiment trackers: tensorboard, wandb (the wandb extra), "
-        "or none (default: tensorboard)",
-    )
+    add_flags(p, TRAIN_FLAGS, SECTION_TYPES)
     p.add_argument(
         "--set",
         action="append",
