@@ -349,11 +349,21 @@ def _check_pixels(
             )
 
 
-def _shift_loss(logits: Tensor, labels: Tensor, image_token_id: int | None) -> Tensor:
-    """Next-token cross-entropy in fp32; -100 and ``<image>`` are never targets (DESIGN §5)."""
+def next_token_targets(labels: Tensor, image_token_id: int | None) -> Tensor:
+    """The target of each position [B, T-1]: the next label, -100 where there is none to learn.
+
+    The one home of the rule "``<image>`` is never a loss target" (Flamingo §3: the loss is on
+    text; DESIGN §5): the loader's labels mark only padding, the training loss and `m3w eval`'s
+    per-token losses both read their targets here."""
     targets = labels[:, 1:]
     if image_token_id is not None:
         targets = targets.masked_fill(targets == image_token_id, -100)
+    return targets
+
+
+def _shift_loss(logits: Tensor, labels: Tensor, image_token_id: int | None) -> Tensor:
+    """Next-token cross-entropy in fp32 over `next_token_targets`."""
+    targets = next_token_targets(labels, image_token_id)
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100
     )

@@ -576,10 +576,10 @@ def _decode_image(data: bytes | None, size: tuple[int, int] | None = None) -> Im
 def build_labels(
     input_ids: torch.Tensor, tok: TokenIds, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Next-token targets (unshifted; the model shifts): every text token and `<EOC>`/`<EOS>` is a
-    target; `<image>` tokens and padding never are (Flamingo §3: the loss is on text only)."""
+    """Next-token labels (unshifted; the model shifts): the ids, with padding marked -100. That
+    `<image>` is never a target is the model's rule (model.flamingo.next_token_targets), applied
+    wherever a loss is taken."""
     labels = input_ids.clone()
-    labels[input_ids == tok.image] = -100
     labels[attention_mask == 0] = -100
     return labels
 

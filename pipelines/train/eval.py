@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from m3w_builder.errors import ConfigError, InputError
+from model.flamingo import next_token_targets
 from pipelines.cli_help import DefaultsFormatter
 from pipelines.train import checkpoint
 from pipelines.train.checks import check_model_ref
@@ -435,10 +436,9 @@ class LossSums:
         return self.sums[condition][kind] / n if n else None
 
 
-def _token_nll(flamingo: Any, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
-    """Per-target cross-entropy [B, T-1] in fp32, as `model.flamingo._shift_loss` computes it."""
+def _token_nll(flamingo: Any, inputs: dict[str, Any], targets: torch.Tensor) -> torch.Tensor:
+    """Per-target cross-entropy [B, T-1] in fp32, as the training loss computes it."""
     logits = flamingo(**inputs).logits[:, :-1].float()  # (B, T-1, V)
-    targets = labels[:, 1:]
     return F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
 
 
@@ -459,9 +459,8 @@ def score_batch(
     preceding = batch["preceding"].to(device)
     pixels = pad_images(batch["images"].to(device), valid)  # (B, N, C, H, W)
     true_mask = flamingo.media_mask(ids, preceding, valid)  # (B, T, N)
-    targets = labels[:, 1:]
-    image_id = flamingo.config.image_token_id
-    is_target = (targets != -100) & (targets != image_id)  # (B, T-1)
+    targets = next_token_targets(labels, flamingo.config.image_token_id)  # (B, T-1)
+    is_target = targets != -100
     sees = true_mask[:, :-1].any(-1)  # the position that predicts target t+1 sees an image
     kinds = {"attached": is_target & sees, "unattached": is_target & ~sees}
     flipped = torch.where(valid, ~preceding, preceding)
@@ -480,7 +479,7 @@ def score_batch(
         inputs = {"input_ids": ids, "attention_mask": attention, "pixel_values": pv}
         inputs.update(image_valid=image_valid, media_mask=mask)
         with autocast or contextlib.nullcontext():
-            nll = _token_nll(flamingo, inputs, labels)
+            nll = _token_nll(flamingo, inputs, targets)
         for kind, where in kinds.items():
             sums.sums[name][kind] += float(nll[where].double().sum())
     for kind, where in kinds.items():
