@@ -51,11 +51,11 @@ def library_loop(warcs: list[str], out: Path) -> tuple[int, int]:
     """The baseline: the library's stages chained by hand in one process."""
     from m3w_builder.attach import sample
     from m3w_builder.extract import page_to_document
-    from m3w_builder.fetch import ArchiveIndex
     from m3w_builder.images import resolve_images
     from m3w_builder.reasons import Counts, Skip
     from m3w_builder.shards import RollingShardWriter
     from m3w_builder.sources import iter_pages
+    from m3w_builder.warc import ArchiveIndex
 
     c, counts = config(), Counts()
     archive = ArchiveIndex.build(warcs, counts)

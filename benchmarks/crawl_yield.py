@@ -49,10 +49,10 @@ from m3w_builder.config import BuildConfig  # noqa: E402
 from m3w_builder.document import Document  # noqa: E402
 from m3w_builder.dom import srcset_by_size  # noqa: E402
 from m3w_builder.extract import page_to_document  # noqa: E402
-from m3w_builder.fetch import ArchiveIndex  # noqa: E402
 from m3w_builder.images import ImageResolver  # noqa: E402
 from m3w_builder.reasons import Counts, Skip  # noqa: E402
 from m3w_builder.sources import iter_pages  # noqa: E402
+from m3w_builder.warc import ArchiveIndex  # noqa: E402
 from pipelines.build.funnel import format_funnel  # noqa: E402
 from pipelines.build.job import JobOptions, run_build  # noqa: E402
 from pipelines.demo.crawl_archive import SHAPES, CrawlArchive, archived_url, image_type  # noqa: E402

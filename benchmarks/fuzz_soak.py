@@ -2,8 +2,8 @@
 
 Targets, each fed mutants of real files from the dev corpus (/work/shared/corpus/dev):
 
-- `warc`: the WARC/ARC reader (sources.iter_records over every record type, iter_pages, then
-  fetch.ArchiveIndex.build and .read of every indexed URL), seeded with the 19 corpus archives;
+- `warc`: the WARC/ARC reader (warc.iter_records over every record type, iter_pages, then
+  warc.ArchiveIndex.build and .read of every indexed URL), seeded with the 19 corpus archives;
 - `html`: the HTML → Document path (extract.page_to_document with the text filters), seeded with the
   readability and postlight pages (≤ 400 KB, for speed);
 - `image`: the image decode guards (images.process_image), seeded with the 36 Pillow test images,
@@ -60,9 +60,9 @@ INTERESTING = [b"0", b"-1", b"1", b"65536", b"2147483648", b"9223372036854775808
 
 
 def run_warc(data: bytes, scratch: Path) -> None:
-    from m3w_builder.fetch import ArchiveIndex
     from m3w_builder.reasons import Counts, Skip
-    from m3w_builder.sources import iter_pages, iter_records
+    from m3w_builder.sources import iter_pages
+    from m3w_builder.warc import ArchiveIndex, iter_records
 
     path = scratch / ("case.warc.gz" if data[:2] == b"\x1f\x8b" else "case.warc")
     path.write_bytes(data)

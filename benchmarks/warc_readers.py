@@ -1,4 +1,4 @@
-"""WARC/ARC readers: FastWARC vs warcio vs m3w's own reader (sources.iter_records), same run.
+"""WARC/ARC readers: FastWARC vs warcio vs m3w's own reader (warc.iter_records), same run.
 
 Two questions, two tables:
 
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3w_builder.reasons import Counts  # noqa: E402
-from m3w_builder.sources import iter_records  # noqa: E402
+from m3w_builder.warc import iter_records  # noqa: E402
 
 CORPUS = Path(os.environ.get("M3W_DEV_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
 ALL_TYPES = frozenset({"warcinfo", "response", "resource", "request", "revisit", "metadata"})

@@ -3,7 +3,7 @@
 `page_to_document(page, config)` is what the build runs for every HTML record:
 
 1. **Size cap** (`sources.max_html_bytes`) before anything is decoded: `html.too_large`.
-2. **Charset decode** with the HTTP headers (`m3w_builder.sources.decode_html`); empty bodies are
+2. **Charset decode** with the HTTP headers (`m3w_builder.charset.decode_html`); empty bodies are
    `html.no_content`; binary payloads mislabelled as HTML (images, PDFs, archives, random bytes) are
    `html.not_html`.
 3. **Bounded parse.** lxml's parser is C code that holds the GIL: neither SIGALRM (which Python only
@@ -67,7 +67,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\ufffd]")
 
 
 def _decode_fallback(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str]:
-    """Charset decode used until/unless m3w_builder.sources provides `decode_html`: BOM, then the
+    """Charset decode used until/unless m3w_builder.charset provides `decode_html`: BOM, then the
     HTTP header charset, then `<meta charset>`, then strict UTF-8, then cp1252 (the WHATWG default
     for legacy Western pages); invalid sequences become U+FFFD, never an exception."""
     for bom, name in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"),
@@ -97,9 +97,9 @@ def _decode_fallback(body: bytes, headers: dict[str, str] | None = None) -> tupl
 
 
 try:  # the sources engineer's decoder (UnicodeDammit-based); the fallback above until it lands
-    from m3w_builder.sources import decode_html
+    from m3w_builder.charset import decode_html
 except ImportError as exc:  # pragma: no cover - depends on the tree's state
-    if getattr(exc, "name", None) != "m3w_builder.sources":
+    if getattr(exc, "name", None) != "m3w_builder.charset":
         raise
     decode_html = _decode_fallback
 

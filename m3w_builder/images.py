@@ -45,8 +45,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from m3w_builder.config import BuildConfig, ImageConfig
 from m3w_builder.dedup import ImageDedup, url_key
 from m3w_builder.document import Document, ImageNode
-from m3w_builder.fetch import ArchiveIndex, Fetcher, sniff_image_format
+from m3w_builder.fetch import Fetcher, sniff_image_format
 from m3w_builder.reasons import Counts, Skip
+from m3w_builder.warc import ArchiveIndex
 
 log = logging.getLogger(__name__)
 

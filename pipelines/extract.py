@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -27,8 +26,6 @@ from m3w_builder.document import Document, RawPage
 from m3w_builder.extract import page_to_document
 from m3w_builder.reasons import Counts, Skip
 from pipelines.cli_help import DefaultsFormatter
-
-_ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,18 +78,11 @@ def page_json(page: RawPage, config: BuildConfig, filter_text: bool) -> dict[str
 
 
 def is_archive(path: Path) -> bool:
-    """By name, else by the first bytes ("WARC/" or an ARC "filedesc://" header, gzipped or not)."""
-    if path.name.lower().endswith(_ARCHIVE_SUFFIXES):
-        return True
-    with path.open("rb") as f:
-        head = f.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    try:
-        with opener(path, "rb") as f:
-            start = f.read(16)
-    except (OSError, EOFError):
-        return False
-    return start.startswith((b"WARC/", b"filedesc://"))
+    """Whether the build reads `path` as a WARC/ARC (`sources.classify`: its first bytes, gzip
+    looked through, else its name); anything else is shown as one HTML file."""
+    from m3w_builder.sources import classify
+
+    return classify(str(path)) == "archive"
 
 
 def _iter_archive(path: Path, counts: Counts, config: BuildConfig) -> Iterator[RawPage]:

@@ -12,7 +12,7 @@ import pytest
 
 from m3w_builder.config import BuildConfig
 from m3w_builder.reasons import Counts
-from m3w_builder.sources import archive_ranges, iter_records
+from m3w_builder.warc import archive_ranges, iter_records
 from pipelines.build.job import JobOptions, run_build
 from pipelines.build.stages import plan_units
 from pipelines.demo.sample_site import make_site, write_warcs

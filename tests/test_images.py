@@ -28,7 +28,6 @@ from warcio.warcwriter import WARCWriter
 from m3w_builder.config import BuildConfig, ImageConfig
 from m3w_builder.dedup import hamming
 from m3w_builder.document import Document, ImageNode, TextNode
-from m3w_builder.fetch import ArchiveIndex
 from m3w_builder.images import (
     iter_resolved,
     phash,
@@ -38,7 +37,7 @@ from m3w_builder.images import (
     strip_jpeg_metadata,
 )
 from m3w_builder.reasons import Counts, Skip
-from m3w_builder.sources import iter_records
+from m3w_builder.warc import ArchiveIndex, iter_records
 
 # What process_image does with every file of corpus images/pillow under the m3w profile. The
 # index's `pillow_load` column says what plain Pillow does; here every failure is a reason code.

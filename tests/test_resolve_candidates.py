@@ -13,9 +13,9 @@ from httpserver import LocalServer, drawn_image
 
 from m3w_builder.config import BuildConfig
 from m3w_builder.document import Document, ImageNode, TextNode
-from m3w_builder.fetch import ArchiveIndex
 from m3w_builder.images import resolve_images
 from m3w_builder.reasons import Counts
+from m3w_builder.warc import ArchiveIndex
 from pipelines.demo.crawl_archive import CrawlArchive, payload_digest
 
 PHOTO = drawn_image(320, 240, seed=3)

@@ -17,21 +17,19 @@ from pathlib import Path
 
 import pytest
 
+from m3w_builder.charset import decode_html, normalize_charset
 from m3w_builder.config import SourceConfig
 from m3w_builder.reasons import Counts, Skip
 from m3w_builder.sources import (
-    GZIP_MAGIC,
-    decode_html,
+    classify,
     expand_inputs,
     is_html_record,
     iter_pages,
-    iter_records,
     iter_url_list,
-    normalize_charset,
-    open_input,
-    read_record_at,
-    sniff_format,
+    kind_by_name,
+    walk,
 )
+from m3w_builder.warc import GZIP_MAGIC, iter_records, open_input, read_record_at, sniff_format
 
 # ------------------------------------------------------------------------------------------------
 # decode_html
@@ -526,10 +524,10 @@ def test_content_encodings_brotli_deflate_and_bombs(
 ) -> None:
     from fastwarc.stream_io import BrotliWriter
 
-    from m3w_builder import sources
+    from m3w_builder import warc
 
     cap = 1_000_000  # the module's 64 MB cap, lowered to keep the test fast
-    monkeypatch.setattr(sources, "MAX_DECODED_BYTES", cap)
+    monkeypatch.setattr(warc, "MAX_DECODED_BYTES", cap)
 
     html_body = _page(2)
     buf = io.BytesIO()
@@ -597,7 +595,28 @@ def test_unreadable_and_junk_files_never_raise(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_html_files_gz_and_directories_in_sorted_order(tmp_path: Path) -> None:
+def test_a_folder_is_read_in_the_build_plans_order(tmp_path: Path) -> None:
+    """`iter_pages` of a folder and the build's plan (which cuts a folder into units) walk it in one
+    order, `walk`'s: a folder's own files before its subfolders. They used to differ (iter_pages
+    sorted all paths: `a-z.html`, `a/1.html`, `b.html`), so a folder read by the library and by
+    the build gave its pages in different orders."""
+    from pipelines.build.stages import plan_units
+
+    site = tmp_path / "site"
+    (site / "a").mkdir(parents=True)
+    (site / "a" / "1.html").write_bytes(_page(1))
+    (site / "b.html").write_bytes(_page(2))
+    (site / "a-z.html").write_bytes(_page(3))
+    (site / "a" / ".hidden.html").write_bytes(_page(4))
+    expected = [str(site / "a-z.html"), str(site / "b.html"), str(site / "a" / "1.html")]
+    planned = [path for unit in plan_units([str(site)]) for path in unit.paths]
+    read = [page.source_file for page in iter_pages(str(site), Counts())]
+    assert list(walk(str(site))) == expected
+    assert planned == expected
+    assert read == expected
+
+
+def test_html_files_gz_and_directories_in_walk_order(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "b" / "deep").mkdir(parents=True)
     (site / "a.html").write_bytes(_page(1))
@@ -610,10 +629,11 @@ def test_html_files_gz_and_directories_in_sorted_order(tmp_path: Path) -> None:
     write_warc(site / "b" / "z.warc.gz", gz=True, n=2)
     counts = Counts()
     pages = list(iter_pages(str(site), counts))
-    assert [p.body for p in pages] == [_page(i) for i in (1, 2, 3, 4)] + [_page(0), _page(1)]
+    # a folder's own files (sorted) before its subfolders: b/deep/d.html.gz comes last
+    assert [p.body for p in pages] == [_page(i) for i in (1, 2, 4, 0, 1, 3)]
     assert pages[0].url == (site / "a.html").resolve().as_uri()
     assert pages[0].source_file == str(site / "a.html") and pages[0].source_offset == 0
-    assert pages[-1].url == "http://ex.test/1"
+    assert pages[4].url == "http://ex.test/1"
     assert counts["html.empty"] == 1 and counts["input.unsupported"] == 1
     assert counts["html.files"] == 4 and counts["warc.html_pages"] == 2
 
@@ -706,3 +726,43 @@ def test_iter_url_list(tmp_path: Path) -> None:
     zipped = tmp_path / "seed.txt.gz"
     zipped.write_bytes(gzip.compress(urls.read_bytes()))
     assert list(iter_url_list(str(zipped))) == list(iter_url_list(str(urls)))
+
+
+def test_classify_bytes_first_then_the_name(tmp_path: Path) -> None:
+    """One rule for what a file is (`classify`), used by iter_pages, the build's input check and
+    `m3w extract`; the build's plan cuts by the name alone (`kind_by_name`)."""
+    warc = tmp_path / "a.warc.gz"
+    write_warc(warc, gz=True, n=1)
+    cases = {
+        "crawl.warc.gz": warc.read_bytes(),
+        "crawl.warc.gz.bad": warc.read_bytes(),  # the bytes say WARC: an archive
+        "page.warc": _page(1),  # a web page named .warc is read as the page it is
+        "damaged.arc": b"\x00garbage",  # the bytes say nothing: the name decides
+        "page.bin": _page(1),
+        "page.HTM": b"\x00",
+        "seeds.txt": b"http://a.test/\n",
+        "seeds.LST.gz": gzip.compress(b"http://a.test/\n"),
+        "notes.jsonl": b'{"a": 1}\n',
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    got = {name: classify(str(tmp_path / name)) for name in cases}
+    assert got == {
+        "crawl.warc.gz": "archive",
+        "crawl.warc.gz.bad": "archive",
+        "page.warc": "html",
+        "damaged.arc": "archive",
+        "page.bin": "html",
+        "page.HTM": "html",
+        "seeds.txt": "url_list",
+        "seeds.LST.gz": "url_list",
+        "notes.jsonl": "unsupported",
+    }
+    assert classify(str(tmp_path / "missing.html")) == "html"  # its reader counts it unreadable
+    assert classify(str(tmp_path / "missing")) == "unsupported"
+    assert [kind_by_name(n) for n in ("x.WARC", "x.html.gz", "x.urls", "x.warc.gz.bad")] == [
+        "archive",
+        "html",
+        "url_list",
+        None,
+    ]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from hostile import LIES, lying_warc, zero_image_warc
 
-from m3w_builder.fetch import ArchiveIndex
 from m3w_builder.reasons import Counts, Skip
-from m3w_builder.sources import iter_pages, iter_records, read_record_at
+from m3w_builder.sources import iter_pages
+from m3w_builder.warc import ArchiveIndex, iter_records, read_record_at
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
@@ -96,7 +96,7 @@ LATIN = [
 def test_legacy_latin_bytes_under_a_wrong_or_no_declaration_decode_as_written(
     text: str, codec: str, declared: str
 ) -> None:
-    from m3w_builder.sources import decode_html
+    from m3w_builder.charset import decode_html
 
     meta = '<meta charset="utf-8">' if declared == "meta" else ""
     headers = {"Content-Type": "text/html; charset=utf-8"} if declared == "header" else {}

@@ -1,7 +1,7 @@
 """The job-wide archive index, partitioned by URL hash: images found in any of the job's archives
 without one process (the driver, or every write task) holding the whole index.
 
-Before: each extract task pickled its unit's `fetch.ArchiveIndex`, the driver merged them all (≈ 3.8
+Before: each extract task pickled its unit's `warc.ArchiveIndex`, the driver merged them all (≈ 3.8
 entries and 1.5 KB per page) and shipped the result to every write task, which unpickled it
 (0.43 s per task at 200k pages, so the job's total grew with N²). Now:
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from m3w_builder.dedup import url_key
-from m3w_builder.fetch import ArchiveIndex
+from m3w_builder.warc import ArchiveIndex
 from pipelines.build import tables
 
 KINDS = ("entries", "redirects", "digests", "revisits", "failures")

@@ -46,7 +46,6 @@ import gzip
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -64,8 +63,6 @@ from pipelines import storage
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_RE = re.compile(r"\.(warc|arc)(\.gz)?$", re.IGNORECASE)
-URL_LIST_RE = re.compile(r"\.(urls|txt|lst)(\.gz)?$", re.IGNORECASE)
 PAGE_FETCH_BATCH = 64  # pages fetched concurrently by a URL-list task (bounded memory)
 IMAGE_BATCH = 32  # documents per resolve_images call: enough concurrent fetches, bounded memory
 
@@ -220,10 +217,6 @@ class WorkUnit:
         )
 
 
-def is_url_list(path: str) -> bool:
-    return bool(URL_LIST_RE.search(path))
-
-
 def plan_units(
     inputs: list[str],
     *,
@@ -234,8 +227,13 @@ def plan_units(
     """Cut the inputs into units: an archive per unit (a `.warc.gz` larger than
     `archive_split_bytes`, when set, in byte ranges starting at record boundaries: one unit per WARC
     would cap a crawl of few large files at as many tasks as files), HTML files in groups, URL lists
-    in line ranges. Depends on the inputs only, so the plan is the same on any cluster."""
-    from m3w_builder.sources import archive_ranges, expand_inputs
+    in line ranges. Depends on the inputs only, so the plan is the same on any cluster.
+
+    A file is cut by its name (`sources.kind_by_name`: no file is opened to plan): a file whose
+    name says neither URL list nor archive joins an HTML group, and its reader decides what it is
+    by its bytes (`sources.classify`), so a `.warc.gz.bad` is read as the archive it is."""
+    from m3w_builder.sources import expand_inputs, kind_by_name
+    from m3w_builder.warc import archive_ranges
 
     units: list[WorkUnit] = []
     html_group: list[str] = []
@@ -244,11 +242,12 @@ def plan_units(
         units.append(WorkUnit(len(units), kind, paths, start, stop))
 
     for path in _expand_dirs(expand_inputs(inputs)):
-        if is_url_list(path):
+        kind = kind_by_name(path)
+        if kind == "url_list":
             n = sum(1 for _ in _read_url_lines(path))
             for start in range(0, n, urls_per_unit):
                 add("urls", [path], start, min(n, start + urls_per_unit))
-        elif ARCHIVE_RE.search(path):
+        elif kind == "archive":
             ranges = archive_ranges(path, archive_split_bytes)
             if len(ranges) == 1:
                 add("pages", [path])
@@ -275,20 +274,17 @@ def check_inputs(inputs: list[str]) -> list[str]:
     holding one word would otherwise be fetched as a URL and dropped as page.ssrf_blocked).
 
     Files *inside* a folder that are none of these stay counted skips (input.unsupported): one
-    stray file does not fail a crawl. Remote (fsspec) inputs are left to the readers."""
+    stray file does not fail a crawl. Remote (fsspec) inputs are left to the readers.
+
+    What a file is: `sources.classify`; a file named as a URL list is one (`sources.kind_by_name`,
+    as the plan reads it), whatever its bytes."""
     from m3w_builder.errors import InputError
-    from m3w_builder.sources import ARCHIVE_SUFFIXES, HTML_SUFFIXES, expand_inputs, sniff_format
+    from m3w_builder.sources import classify, expand_inputs, kind_by_name
 
     try:
         paths = expand_inputs(inputs)
     except ValueError as e:
         raise InputError(str(e)) from None
-
-    def known(name: str) -> bool:
-        low = name.lower()
-        return bool(ARCHIVE_RE.search(low) or URL_LIST_RE.search(low)) or low.endswith(
-            HTML_SUFFIXES
-        )
 
     for path in paths:
         if "://" in path:
@@ -297,23 +293,20 @@ def check_inputs(inputs: list[str]) -> list[str]:
             files = list(_expand_dirs([path]))
             if not files:
                 raise InputError(f"{path} is an empty folder: nothing to build from")
-            if not any(known(f) for f in files) and not any(
-                sniff_format(f) != "unknown" for f in files[:_SNIFF_IN_DIR]
+            if not any(kind_by_name(f) for f in files) and not any(
+                classify(f) != "unsupported" for f in files[:_SNIFF_IN_DIR]
             ):
                 raise InputError(
                     f"{path} holds no WARC/ARC, HTML or URL-list file ({len(files)} other files)"
                 )
             continue
-        if is_url_list(path):
+        if kind_by_name(path) == "url_list":
             if not any("://" in url for url in _read_url_lines(path)):
                 raise InputError(
                     f"{path} is read as a URL list (by its name) but holds no http(s) URL"
                 )
             continue
-        if path.lower().endswith(ARCHIVE_SUFFIXES + HTML_SUFFIXES):
-            continue
-        kind = sniff_format(path)
-        if kind == "unknown":
+        if classify(path) == "unsupported":
             raise InputError(
                 f"{path} is neither a WARC/ARC file, an HTML file nor a URL list "
                 f"({_describe_bytes(path)}); give .warc[.gz], .arc[.gz], .html or .txt/.urls inputs"
@@ -340,15 +333,16 @@ def _describe_bytes(path: str) -> str:
 
 
 def _expand_dirs(paths: list[str]) -> Iterator[str]:
-    """Local directories → their files (sorted, hidden ones left out, as sources.iter_pages walks
-    them), so a folder of a million pages becomes many units instead of one."""
+    """Local directories → their files in `sources.walk` order (the order `iter_pages` reads a
+    folder in), so a folder of a million pages becomes many units instead of one. A remote
+    (fsspec) folder stays one input; `iter_pages` walks it."""
+    from m3w_builder.sources import walk
+
     for path in paths:
         if "://" in path or not os.path.isdir(path):
             yield path
             continue
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            yield from (os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        yield from walk(path)
 
 
 def _read_url_lines(path: str) -> Iterator[str]:
@@ -516,11 +510,11 @@ def extract_unit(
 
 
 def _new_archive_index() -> Any:
-    """An empty index of the unit's archived images (fetch.ArchiveIndex: URL → record offset),
+    """An empty index of the unit's archived images (warc.ArchiveIndex: URL → record offset),
     filled during the page pass itself, so each archive is read once and each record counted
     once; the extract tasks index in parallel, and partition tasks merge the indexes
     (pipelines/build/archive_parts.py)."""
-    from m3w_builder.fetch import ArchiveIndex
+    from m3w_builder.warc import ArchiveIndex
 
     return ArchiveIndex()
 
