@@ -187,7 +187,9 @@ def _page_to_document(
     check()
     if dom.too_deep(root, config.sources.max_depth):
         raise Skip("html.too_deep", f"{where}: DOM deeper than {config.sources.max_depth}")
-    doc = dom.extract_tree(root, page.url, config.dom, check=check)
+    doc = dom.extract_tree(
+        root, page.url, config.dom, check=check, max_images=config.images.max_images_per_doc
+    )
     doc.source_file = page.source_file
     doc.source_offset = page.source_offset
     doc.fetched = page.date

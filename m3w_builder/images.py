@@ -386,9 +386,9 @@ def resolve_images(
     Bytes come from `archive` when the image was captured there, else from the web (unless
     `config.fetch.offline`), each distinct URL once per batch. Each failure removes that image only:
     its code is appended to `doc.drops` and counted. Then, per document: exact and near duplicates
-    (dedup.ImageDedup), the `max_images_per_doc` cap (`image.over_doc_limit`), and documents left
-    with fewer than `min_images_per_doc` images are dropped as `doc.no_images` (Flamingo keeps only
-    pages with an image). Kept documents are returned in input order and are modified in place.
+    (dedup.ImageDedup), and documents left with fewer than `min_images_per_doc` images are dropped
+    as `doc.no_images` (Flamingo keeps only pages with an image); the upper bound is the DOM walk's
+    (`images.max_images_per_doc`, `image.too_many`). Kept documents are returned in input order and are modified in place.
     Synchronous: the asyncio fetcher runs in its own event loop inside. For many batches,
     `iter_resolved` (or one `ImageResolver`) keeps the connections and DNS cache between them.
     """
@@ -638,8 +638,6 @@ def _finish(
                 continue
             stored = outcome.stored
             code = dedup.check(stored.sha256, stored.phash)
-            if code is None and n_images >= config.images.max_images_per_doc:
-                code = "image.over_doc_limit"
             if code is not None:
                 _drop(doc, code, counts)
                 continue

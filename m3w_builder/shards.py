@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from m3w_builder.atomic import AtomicFile
 from m3w_builder.document import IMAGES_MEMBER, SCHEMA, SCHEMA_V1, Document, read_shard_sample
 
 KEY_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -75,9 +75,9 @@ class ShardWriter:
             raise ValueError(f"cannot write schema {schema!r}")
         self.schema = schema  # m3w/1 only for tests and tools that read the old layout
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._target = AtomicFile(self.path)  # the one write-fsync-rename recipe
+        self.tmp_path = self._target.tmp_path
+        self._raw = self._target.file
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)
         self.docs = 0
@@ -125,13 +125,10 @@ class ShardWriter:
     def close(self) -> ShardInfo:
         try:
             self._tar.close()
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
-            self._raw.close()
-            os.replace(self.tmp_path, self.path)
         except BaseException:  # a full disk (ENOSPC) while finishing: leave no partial .tmp
             self.abort()
             raise
+        self._target.commit()  # fsync + rename; removes its temporary file if that fails
         return ShardInfo(
             name=self.path.name,
             docs=self.docs,
@@ -145,12 +142,7 @@ class ShardWriter:
             self._tar.close()
         except Exception:  # noqa: BLE001 - best effort; the tmp file is removed either way
             pass
-        try:
-            self._raw.close()  # flushing the buffer may fail again (ENOSPC): unlink anyway
-        except OSError:
-            pass
-        finally:
-            self.tmp_path.unlink(missing_ok=True)
+        self._target.abort()
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m3w_builder.atomic import AtomicFile
 from m3w_builder.errors import UserError
 from pipelines.cli_help import DefaultsFormatter
 from pipelines.inspect.read import Sample, Target, iter_samples, resolve_target
@@ -171,13 +171,18 @@ def export(
     for i, shard in enumerate(target.shards):
         name = f"train-{i:05d}-of-{n:05d}.{fmt}"
         path = out / "data" / name
-        tmp = path.with_name(name + ".tmp")
+        part = AtomicFile(path)  # the writers take a path: they write part.tmp_path
+        part.file.close()
         samples = (s for s in iter_samples(shard, images=fmt == "parquet") if s.record)
-        if fmt == "parquet":
-            docs, images = _write_parquet(samples, tmp, rows_per_group)
-        else:
-            docs, images = _write_jsonl(samples, tmp)
-        os.replace(tmp, path)
+        try:
+            if fmt == "parquet":
+                docs, images = _write_parquet(samples, part.tmp_path, rows_per_group)
+            else:
+                docs, images = _write_jsonl(samples, part.tmp_path)
+        except BaseException:
+            part.abort()
+            raise
+        part.commit()
         summary.files += 1
         summary.documents += docs
         summary.images += images

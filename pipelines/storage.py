@@ -30,6 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from m3w_builder import atomic
+from m3w_builder.atomic import attempt_tmp
+
 JobPath = Any  # pathlib.Path or upath.UPath
 
 
@@ -53,17 +56,6 @@ def is_remote(path: JobPath) -> bool:
     return not isinstance(path, Path)
 
 
-def attempt_tmp(path: Path) -> Path:
-    """A temporary name next to `path` that belongs to this attempt alone.
-
-    Two attempts of one unit can run at once: a driver killed with SIGKILL leaves its local Ray's
-    workers running the tasks it had submitted, and the rerun submits them again. With one shared
-    `NAME.tmp` the first attempt to finish renamed the other's file away under it (a
-    FileNotFoundError in `os.replace`, seen in CI). Outputs are deterministic, so whichever attempt
-    renames last leaves the same bytes."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _scratch(name: str) -> Path:
     folder = Path(tempfile.gettempdir()) / "m3w-upload"
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,17 +75,8 @@ def open_atomic(path: JobPath) -> Iterator[IO[bytes]]:
         finally:
             tmp.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = attempt_tmp(path)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # this attempt's partial file; a retry writes its own
-        raise
+    with atomic.open_atomic(path) as f:  # write, fsync, rename (m3w_builder.atomic)
+        yield f
 
 
 def atomic_write(path: JobPath, data: bytes) -> None:

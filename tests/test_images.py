@@ -465,13 +465,10 @@ def test_duplicates_within_a_document(server: LocalServer) -> None:
 
 
 def test_images_per_document_bounds(server: LocalServer) -> None:
+    """The lower bound is the image stage's; the upper one (images.max_images_per_doc) is applied
+    once, by the DOM walk (tests/test_dom.py, tests/test_report_counts.py)."""
     urls = [server.add(f"/n/{i}.png", drawn_image(120, 100, "PNG", seed=10 + i)) for i in range(4)]
     counts = Counts()
-    doc = Document("http://site/many", [ImageNode(u) for u in urls])
-    config = web_config(max_images_per_doc=2)
-    [kept] = resolve_images([doc], config, counts)
-    assert [n.src for n in kept.image_nodes] == urls[:2]
-    assert kept.drops == ["image.over_doc_limit"] * 2
     config = web_config(min_images_per_doc=3)
     few = Document("http://site/few", [ImageNode(urls[0]), ImageNode(server.url("/status/404"))])
     assert resolve_images([few], config, counts) == []

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m3w_builder.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "m3w_owner.json"
@@ -63,12 +65,9 @@ def mark_session(session_dir: str | Path) -> None:
     """Record this process as the owner of the local Ray session in `session_dir`."""
     owner = {"pid": os.getpid(), "start": process_start(os.getpid()), "argv": sys.argv[:6]}
     path = Path(session_dir) / OWNER_FILE
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(owner))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(owner).encode())
     except OSError as e:  # the build goes on; only the clean-up after a kill is lost
-        tmp.unlink(missing_ok=True)
         log.warning("cannot record the local Ray's owner in %s: %s", session_dir, e)
 
 

@@ -45,6 +45,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from m3w_builder.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 VERSION = 1
@@ -124,7 +126,7 @@ def save(
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_atomic(root / "latest", final.name + "\n")
+        atomic_write(root / "latest", (final.name + "\n").encode())
         _prune(root, keep, final, {Path(p).name for p in protect})
         log.info("saved checkpoint %s", final)
     if _dist():
@@ -156,10 +158,7 @@ def _write_marker(directory: Path, step: int) -> None:
             os.fsync(f.fileno())
             sizes[name] = os.fstat(f.fileno()).st_size
     marker = {"version": VERSION, "step": step, "saved_at": time.time(), "files": sizes}
-    with open(directory / MARKER, "w") as f:
-        f.write(json.dumps(marker, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write(directory / MARKER, json.dumps(marker, indent=1).encode())
     _fsync_dir(directory)
 
 
@@ -174,16 +173,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _prune(root: Path, keep: int, current: Path, protect: set[str] | None = None) -> None:
