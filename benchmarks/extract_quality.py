@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3w_builder.config import DomConfig  # noqa: E402
-from m3w_builder.dom import _srcset_candidates, extract  # noqa: E402
+from m3w_builder.dom import extract, srcset_candidates  # noqa: E402
 
 PAGE_URL = "http://fakehost/test/page.html"
 _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+", re.U)
@@ -82,7 +82,7 @@ def load_truth(path: Path) -> Truth:
         names = {norm_url(img.get("src"))}
         for attr in ("srcset", "data-srcset"):
             if img.get(attr):
-                names |= {norm_url(u) for u, _ in _srcset_candidates(img.get(attr))}
+                names |= {norm_url(u) for u, _ in srcset_candidates(img.get(attr))}
         names.discard(None)
         key = frozenset(names)
         if names and key not in seen:  # expected.html repeats some images; count each once

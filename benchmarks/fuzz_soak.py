@@ -9,7 +9,7 @@ Targets, each fed mutants of real files from the dev corpus (/work/shared/corpus
 - `image`: the image decode guards (images.process_image), seeded with the 36 Pillow test images,
   bombs and broken ones included;
 - `shard`: the shard readers: `m3w inspect` (verify_shard, compute_stats, Sample.view, show's
-  render) and the trainer's loader (data._read_shard + data.decode), seeded with shards written here
+  render) and the trainer's loader (data.read_shard + data.decode), seeded with shards written here
   by ShardWriter from corpus images and page texts.
 
 Mutations are drawn by hypothesis (`given` over a seed index and a list of operations: bit flips,
@@ -122,7 +122,7 @@ def run_shard(data: bytes, scratch: Path) -> None:
     except TarFormatError:
         pass
     counts = loader.Counts()
-    for i, raw in enumerate(loader._read_shard(str(path), counts)):
+    for i, raw in enumerate(loader.read_shard(str(path), counts)):
         members = {k: v for k, v in raw.items() if not k.startswith("__")}
         sample = loader.RawSample(str(raw.get("__key__")), members, str(path), 0, 0, i)
         loader.decode(sample, counts)

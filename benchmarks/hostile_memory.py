@@ -71,7 +71,7 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     rng = random.Random(2)
     records, _, _ = hostile.small_crawl_records(rng, 3)
     benign = folder / "benign.warc.gz"
-    hostile._write(benign, records, gz=True)
+    hostile.write_records(benign, records, gz=True)
     if CORPUS.is_dir():
         out["bad-images.warc.gz"] = _bad_images_warc(folder / "bad-images.warc.gz")
         warcio = CORPUS / "warc" / "warcio"
@@ -105,7 +105,7 @@ def _bad_images_warc(path: Path) -> Path:
         )
         data = (pillow / name).read_bytes()
         records.append(hostile.warc_response(src, "image/jpeg", data, n=500 + i))
-    hostile._write(path, records, gz=True)
+    hostile.write_records(path, records, gz=True)
     return path
 
 

@@ -141,7 +141,7 @@ def raw_read_rate(shard_dir: Path, seconds: float) -> float:
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for url in urls:
-            for _ in data._read_shard(url, counts):
+            for _ in data.read_shard(url, counts):
                 n += 1
     return n / (time.perf_counter() - t0)
 
@@ -228,7 +228,7 @@ def cuda_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
     batch = next(iter(loader))
     for k in ("_position", "_counts", "_dataset"):
         batch.pop(k, None)
-    batch = train._to(batch, d.device)
+    batch = train.to_device(batch, d.device)
 
     class Fixed:
         counts: dict = {}

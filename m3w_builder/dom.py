@@ -5,7 +5,7 @@
 quadratic mistake of OBELICS's DOM simplifier (obelics/processors/dom_tree_simplificator.py, which
 re-walks the whole tree once per rule and per change). The steps, in order:
 
-1. `_parse`: lxml's libxml2 HTML parser (17× faster than BeautifulSoup on the dev corpus, see
+1. `parse`: lxml's libxml2 HTML parser (17× faster than BeautifulSoup on the dev corpus, see
    benchmarks/results/extract.md), comments and processing instructions removed while parsing.
 2. `_base_url`: `<base href>` resolved against the page URL (HTML §4.2.3) for every relative URL.
 3. `_clean`: drop non-content elements (script/style/nav/footer/aside/form/...), hidden elements
@@ -160,7 +160,7 @@ def extract(
     `html` as `str` is parsed as such; as `bytes` libxml2 sniffs the charset from BOM / `<meta>`
     (m3w_builder.extract decodes with the HTTP headers first and passes `str`).
     """
-    root = _parse(html)
+    root = parse(html)
     if root is None:
         return Document(url=url, stats={"dom": {}})
     return extract_tree(root, url, config, max_images=max_images)
@@ -183,7 +183,7 @@ def make_parser(encoding: str | None = None) -> etree.HTMLParser:
     )
 
 
-def _parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._Element | None:
+def parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._Element | None:
     if isinstance(html, str):
         # Parsing UTF-8 bytes with a fixed encoding sidesteps lxml's refusal of `str` input that
         # carries an XML encoding declaration, and is as fast as parsing the str.
@@ -192,11 +192,6 @@ def _parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._
     if not html.strip():
         return None
     return etree.fromstring(html, parser or make_parser())
-
-
-def parse(html: str | bytes, parser: etree.HTMLParser | None = None) -> etree._Element | None:
-    """The root element of `html` (None for an empty page); public for m3w_builder.extract."""
-    return _parse(html, parser)
 
 
 def extract_tree(
@@ -1095,7 +1090,7 @@ def _dimension(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _srcset_candidates(srcset: str) -> list[tuple[str, str]]:
+def srcset_candidates(srcset: str) -> list[tuple[str, str]]:
     """(URL, descriptor) pairs of a srcset, per the HTML parsing algorithm (§4.8.4.3.10): a URL is a
     run of non-whitespace (so commas inside it, as in Cloudinary `w_300,h_200` paths, belong to
     it); trailing commas end a candidate; otherwise descriptors run to the next comma."""
@@ -1138,12 +1133,12 @@ def _descriptor_size(descriptor: str) -> tuple[int, float]:
 
 def srcset_by_size(srcset: str) -> list[str]:
     """A srcset's candidate URLs, largest first; equal sizes keep their order."""
-    pairs = _srcset_candidates(srcset)
+    pairs = srcset_candidates(srcset)
     order = sorted(range(len(pairs)), key=lambda i: _descriptor_size(pairs[i][1]), reverse=True)
     return [pairs[i][0] for i in order]
 
 
-def _largest_candidate(srcset: str) -> str | None:
+def largest_candidate(srcset: str) -> str | None:
     """The largest candidate of a srcset (ties to the first)."""
     urls = srcset_by_size(srcset)
     return urls[0] if urls else None

@@ -33,9 +33,11 @@ from collections.abc import Callable
 from lxml import etree
 
 from m3w_builder import dom
+from m3w_builder.charset import decode_html
 from m3w_builder.config import BuildConfig
 from m3w_builder.document import Document, RawPage
 from m3w_builder.reasons import Skip
+from m3w_builder.textfilters import apply_text_filters
 
 log = logging.getLogger(__name__)
 
@@ -60,55 +62,8 @@ _BINARY_MAGIC = (
     b"\x00asm",
     b"\x7fELF",
 )
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
-_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
 _CONTROL_BYTES = bytes((0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 127))  # never in text; NUL et al.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\ufffd]")
-
-
-def _decode_fallback(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str]:
-    """Charset decode used until/unless m3w_builder.charset provides `decode_html`: BOM, then the
-    HTTP header charset, then `<meta charset>`, then strict UTF-8, then cp1252 (the WHATWG default
-    for legacy Western pages); invalid sequences become U+FFFD, never an exception."""
-    for bom, name in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"),
-                      (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
-        if body.startswith(bom):
-            return body.decode(name, "replace"), name
-    candidates: list[str] = []
-    for name, value in (headers or {}).items():
-        if name.lower() == "content-type":
-            m = _HEADER_CHARSET.search(value)
-            if m:
-                candidates.append(m.group(1))
-    m = _META_CHARSET.search(body[:_SNIFF])
-    if m:
-        candidates.append(m.group(1).decode("ascii", "replace"))
-    for name in candidates:
-        try:
-            codec = codecs.lookup(name).name
-        except LookupError:
-            continue
-        codec = "cp1252" if codec in ("latin-1", "iso8859-1", "ascii") else codec
-        return body.decode(codec, "replace"), codec
-    try:
-        return body.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return body.decode("cp1252", "replace"), "cp1252"
-
-
-try:  # the sources engineer's decoder (UnicodeDammit-based); the fallback above until it lands
-    from m3w_builder.charset import decode_html
-except ImportError as exc:  # pragma: no cover - depends on the tree's state
-    if getattr(exc, "name", None) != "m3w_builder.charset":
-        raise
-    decode_html = _decode_fallback
-
-try:
-    from m3w_builder.textfilters import apply_text_filters
-except ImportError as exc:  # pragma: no cover - depends on the tree's state
-    if getattr(exc, "name", None) != "m3w_builder.textfilters":
-        raise
-    apply_text_filters = None
 
 
 def _looks_binary(body: bytes) -> bool:
@@ -199,7 +154,7 @@ def _page_to_document(
         raise Skip(
             "html.no_content", f"{where}: no text or image survived the DOM rules", doc.drops
         )
-    if filter_text and apply_text_filters is not None:
+    if filter_text:
         code = apply_text_filters(doc, config.text)
         if code is not None:
             raise Skip(code, where, drops=doc.drops)

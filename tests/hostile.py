@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.demo.sample_site import _draw_image, _Words
+from pipelines.demo.sample_site import Words, draw_image
 
 GiB = 1 << 30
 _BLOCK = 1 << 20
@@ -69,7 +69,7 @@ def warc_response(url: str, ctype: str, body: bytes, *, length: int | str | None
 
 def page_html(rng: random.Random, i: int, images: list[str]) -> bytes:
     """A page that passes the m3w text filters (sample_site's grammar), with `images` in it."""
-    words = _Words(rng)
+    words = Words(rng)
     parts = [f"<p>{html.escape(words.paragraph())}</p>"]
     for src in images:
         parts.append(f'<figure><img src="{src}" alt="photo of page {i}" width="200" height="150">')
@@ -92,7 +92,7 @@ class Crawl:
     images: list[str] = field(default_factory=list)
 
 
-def _write(path: Path, records: list[bytes], gz: bool) -> None:
+def write_records(path: Path, records: list[bytes], gz: bool) -> None:
     with open(path, "wb") as f:
         for record in records:
             f.write(gzip.compress(record, mtime=0) if gz else record)
@@ -108,7 +108,7 @@ def small_crawl_records(
         url = f"{HOST}/page/{i}.html"
         srcs = [img] + ([big] if big else [])
         records.append(warc_response(url, "text/html; charset=utf-8", page_html(rng, i, srcs), n=i))
-        picture = _draw_image(rng, 160, 120, "JPEG")
+        picture = draw_image(rng, 160, 120, "JPEG")
         records.append(warc_response(img, "image/jpeg", picture, n=1000 + i))
         urls.append(url)
         images.append(img)
@@ -163,7 +163,7 @@ def lying_warc(path: Path, lie: str, gz: bool, pages: int = 6, liar: int = 2) ->
     record = records[at]
     block = record[record.index(b"\r\n\r\n") + 4 : -4]
     records[at] = warc_head(urls[liar], lie_value(lie, len(block)), n=liar) + block + b"\r\n\r\n"
-    _write(path, records, gz)
+    write_records(path, records, gz)
     return Crawl(path, [u for i, u in enumerate(urls) if i != liar], images)
 
 

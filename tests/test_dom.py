@@ -8,7 +8,7 @@ import pytest
 
 from m3w_builder.config import DomConfig
 from m3w_builder.document import Document, ImageNode, TextNode
-from m3w_builder.dom import _largest_candidate, extract
+from m3w_builder.dom import extract, largest_candidate
 
 URL = "https://example.org/news/story.html"
 LOREM = (
@@ -198,7 +198,7 @@ def test_srcset_largest_width_candidate() -> None:
 
 
 def test_srcset_candidate_urls_may_contain_commas() -> None:
-    got = _largest_candidate(
+    got = largest_candidate(
         "https://c.io/w_300,h_200/a.jpg 300w, https://c.io/w_900,h_600/a.jpg 900w"
     )
     assert got == "https://c.io/w_900,h_600/a.jpg"

@@ -121,9 +121,9 @@ def _avif() -> bytes:
 
     from PIL import Image
 
-    from pipelines.demo.sample_site import _draw_image
+    from pipelines.demo.sample_site import draw_image
 
-    picture = Image.open(io.BytesIO(_draw_image(random.Random(0), 160, 120, "PNG")))
+    picture = Image.open(io.BytesIO(draw_image(random.Random(0), 160, 120, "PNG")))
     out = io.BytesIO()
     picture.save(out, "AVIF")
     return out.getvalue()

@@ -780,7 +780,7 @@ def test_image_decode_check_catches_cut_and_corrupt_bytes(fmt):
 
     from PIL import Image
 
-    from pipelines.inspect.verify import _decode
+    from pipelines.inspect.verify import decode_problem
 
     rng = random.Random(0)
     img = Image.frombytes("RGB", (40, 30), rng.randbytes(40 * 30 * 3)).resize((320, 240))
@@ -788,10 +788,12 @@ def test_image_decode_check_catches_cut_and_corrupt_bytes(fmt):
     img.save(buf, format=fmt, quality=90)
     data = buf.getvalue()
     ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
-    assert _decode(data, ext) is None
-    assert "not decodable" in _decode(data[: len(data) * 3 // 4], ext)
+    assert decode_problem(data, ext) is None
+    assert "not decodable" in decode_problem(data[: len(data) * 3 // 4], ext)
     if fmt != "WEBP":  # Pillow's WebP plugin decodes on open, so even header-only catches that
-        assert _decode(data[: len(data) * 3 // 4], ext, full=False) is None  # header-only misses it
+        assert (
+            decode_problem(data[: len(data) * 3 // 4], ext, full=False) is None
+        )  # header-only misses it
 
 
 # ------------------------------------------------------------------------------------ m3w/2 members

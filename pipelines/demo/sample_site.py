@@ -199,7 +199,7 @@ class SiteInfo:
         return asdict(self)
 
 
-class _Words:
+class Words:
     """Per-page decks of phrases, dealt without replacement (reshuffled when empty): a page then
     repeats no phrase until it has used them all, which keeps Gopher's duplicate n-gram fractions
     low, as in real prose."""
@@ -228,7 +228,7 @@ class _Words:
         return " ".join(self.sentence() for _ in range(self.rng.randint(4, 6)))
 
 
-def _draw_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
+def draw_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
     """Shapes and noise in random colours: far from single-coloured, decodes everywhere."""
     from PIL import Image, ImageDraw
 
@@ -284,7 +284,7 @@ def make_site(
     (root / "pages").mkdir(parents=True, exist_ok=True)
     (root / "img").mkdir(parents=True, exist_ok=True)
     (root / "assets").mkdir(parents=True, exist_ok=True)
-    (root / SITE_MARK).write_bytes(_draw_image(rng, 120, 60, "PNG"))
+    (root / SITE_MARK).write_bytes(draw_image(rng, 120, 60, "PNG"))
     (root / "img" / "pixel.gif").write_bytes(_pixel_gif())
     info = SiteInfo(root=str(root))
     bodies: list[list[str]] = []
@@ -336,7 +336,7 @@ def _duplicate_source(i: int, pages: int, draw: str | None, draws: list[str | No
 def _page_body(
     rng: random.Random, root: Path, i: int, topic: str, info: SiteInfo, only_bad: bool
 ) -> list[str]:
-    words = _Words(rng)
+    words = Words(rng)
     body = [f"<p>{html.escape(words.paragraph())}</p>"]
     n_images = 0 if only_bad else rng.randint(1, 3)
     for j in range(n_images):
@@ -344,7 +344,7 @@ def _page_body(
         width = rng.randint(96, 320)
         height = rng.randint(max(72, width // 2), min(320, width * 2))  # aspect ≤ 2 (OBELICS too)
         name = f"img/p{i:03d}-{j}.{ext}"
-        (root / name).write_bytes(_draw_image(rng, width, height, fmt))
+        (root / name).write_bytes(draw_image(rng, width, height, fmt))
         info.good_images += 1
         body.append(
             f'<figure><img src="/{name}" alt="photo {j} of page {i}">'
@@ -367,7 +367,7 @@ def _grounded_body(
     and the junk images (a tracking pixel, a dead link) where they were."""
     from pipelines.demo.grounded import caption, draw_scene, random_scene
 
-    words = _Words(rng)
+    words = Words(rng)
     # one paragraph of prose (Gopher's 50-word minimum with the captions) and up to 5 pictures: a
     # training window of the demo then holds a whole page, so every image slot gets trained
     prose = [f"<p>{html.escape(words.paragraph())}</p>"]

@@ -153,7 +153,7 @@ def _check_image(pos: int, image: Any) -> Iterator[tuple[str, str]]:
         yield "schema.attach", f"position {pos}: attach {image.get('attach')!r} not in {ATTACH}"
 
 
-def _decode(data: bytes, ext: str, full: bool = True) -> str | None:
+def decode_problem(data: bytes, ext: str, full: bool = True) -> str | None:
     """None if Pillow decodes `data` as the format `ext` names, else why not.
 
     `full=False` parses only the header (format, size): ~100× faster, but a cut-off image body passes.
@@ -262,7 +262,7 @@ def check_sample(sample: Sample, decode: bool = True) -> Iterator[tuple[str, str
         if isinstance(expected, str) and hashlib.sha256(data).hexdigest() != expected:
             # images.py records the sha256 of the stored bytes: a mismatch is a corrupted member
             yield "image.sha256", f"{sample.key}.{member}: bytes do not match the record's sha256"
-        why = _decode(data, member.rsplit(".", 1)[-1], full=decode)
+        why = decode_problem(data, member.rsplit(".", 1)[-1], full=decode)
         if why:
             yield "image.undecodable", f"{sample.key}.{member}: {why}"
     for suffix in sorted(set(sample.sizes) - referenced - {"json"}):
@@ -405,7 +405,7 @@ def verify(
 ) -> VerifyReport:
     """Verify every shard of `target` (in `jobs` processes), then the manifest and cross-shard keys.
 
-    `decode=False` checks image headers only (see `_decode`); the default decodes every pixel.
+    `decode=False` checks image headers only (see `decode_problem`); the default decodes every pixel.
     """
     report = VerifyReport(shards=len(target.shards))
     report.problems += [Problem("job.unreadable", target.spec, p) for p in target.problems]

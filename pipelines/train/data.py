@@ -290,7 +290,7 @@ class RawSample:
     index_in_shard: int
 
 
-def _read_shard(url: str, counts: Counts) -> Iterator[dict[str, Any]]:
+def read_shard(url: str, counts: Counts) -> Iterator[dict[str, Any]]:
     """webdataset's tar reader grouped by key; a shard that fails to open or is truncated ends early
     with a count (data.shard_open / data.shard_truncated), never an exception."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -349,7 +349,7 @@ def raw_samples(
     for shard_index, url in enumerate(mine):
         if shard_index < skip_shards:
             continue
-        for i, sample in enumerate(_read_shard(url, counts)):
+        for i, sample in enumerate(read_shard(url, counts)):
             if shard_index == skip_shards and i < skip_samples:
                 continue
             members = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -829,11 +829,9 @@ def images_of_other_documents(images: torch.Tensor, image_valid: torch.Tensor) -
     return images[torch.tensor(order, dtype=torch.long)]
 
 
-def compute_media_mask(batch: dict[str, Any], tok: TokenIds) -> torch.Tensor | None:
-    try:
-        from model.masks import attachment_mask
-    except ImportError:
-        return None
+def compute_media_mask(batch: dict[str, Any], tok: TokenIds) -> torch.Tensor:
+    from model.masks import attachment_mask
+
     return attachment_mask(
         batch["input_ids"], batch["preceding"], batch["image_valid"], tok.image, tok.eoc
     )

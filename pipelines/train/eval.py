@@ -63,7 +63,7 @@ from pipelines.train.data import (
     make_loader,
     pad_images,
 )
-from pipelines.train.loop import Parts, _autocast, _unwrap, build_parts
+from pipelines.train.loop import Parts, autocast_for, build_parts, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -645,7 +645,7 @@ def score_fewshot(
 ) -> dict[str, Any]:
     """Accuracy of every attribute for every k of `shots`; a k that needs more examples than the
     file has, or more images than the model takes, is skipped with the reason."""
-    flamingo, tokenizer = _unwrap(parts.model), parts.tokenizer
+    flamingo, tokenizer = unwrap_model(parts.model), parts.tokenizer
     tok = TokenIds.from_tokenizer(tokenizer)
     values: dict[str, list[list[str]]] = {}
     for ex in examples:
@@ -758,7 +758,7 @@ def evaluate(
         model = EvalModel(model, config)
     assert isinstance(model, EvalModel)
     parts, cfg = model.parts, model.config if model.config is not None else config
-    flamingo = _unwrap(parts.model)
+    flamingo = unwrap_model(parts.model)
     data = eval_data_config(
         shard_list.present,
         cfg,
@@ -775,7 +775,7 @@ def evaluate(
     data.max_images = min(data.max_images, slots)
     dev = _device(device, flamingo)
     flamingo.to(dev)
-    autocast = _autocast(cfg or TrainConfig(), dev)
+    autocast = autocast_for(cfg or TrainConfig(), dev)
     was_training = flamingo.training
     flamingo.eval()
     try:

@@ -136,7 +136,7 @@ def load_image_processor(vision: str) -> Any:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters: weight decay 0.1, none on the resampler (Flamingo)."""
-    groups = _unwrap(model).param_groups(cfg.optim.weight_decay)
+    groups = unwrap_model(model).param_groups(cfg.optim.weight_decay)
     fused = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
         groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None
@@ -162,7 +162,7 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _unwrap(model: torch.nn.Module) -> Any:
+def unwrap_model(model: torch.nn.Module) -> Any:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
@@ -195,7 +195,7 @@ def _fsdp(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
     mp = MixedPrecisionPolicy()
     if d.device.type == "cuda" and cfg.run.precision != "fp32":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in _decoder_layers(_unwrap(model)):
+    for layer in _decoder_layers(unwrap_model(model)):
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
@@ -284,14 +284,14 @@ class StepStats:
     step_s: float
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_for(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda")
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move a loader batch to the device and pad its packed images into pixel_values there."""
     out = {
         k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if batch.get(k) is not None
@@ -318,10 +318,10 @@ def train_step(
     micro = [(ds, a) for ds in cfg.data for a in range(cfg.optim.accum)]
     for i, (ds, _) in enumerate(micro):
         t_data = time.perf_counter()
-        batch = _to(streams.next(ds.name), d.device)
+        batch = to_device(streams.next(ds.name), d.device)
         data_s += time.perf_counter() - t_data
         sync = i == len(micro) - 1 or d.world == 1
-        with _no_sync(model, sync), _autocast(cfg, d.device):
+        with _no_sync(model, sync), autocast_for(cfg, d.device):
             out = model(**batch)
         loss = out.loss.float()
         if not torch.isfinite(loss):
@@ -384,7 +384,7 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 def flop_counts(model: torch.nn.Module) -> dict[str, int]:
     """Parameter counts by role, for the FLOPs estimate: frozen LM, frozen vision, trainable."""
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     lm = getattr(inner, "lm", None)
     vision = getattr(inner, "vision", None)
     lm_ids = {id(p) for p in lm.parameters()} if lm is not None else set()  # xattn too
@@ -599,7 +599,7 @@ def _resume(root: Path, cfg: TrainConfig, d: Dist) -> checkpoint.Loaded | None:
 def export_trainable(model: torch.nn.Module, directory: Path, d: Dist) -> None:
     """Collective: the final weights in `Flamingo.save_trainable`'s format (loadable with
     `Flamingo.load`). Under FSDP the sharded parameters are gathered to full tensors first."""
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     if not any(hasattr(p, "full_tensor") for p in inner.parameters()):
         if d.main:
             inner.save_trainable(directory)
@@ -613,13 +613,13 @@ def export_trainable(model: torch.nn.Module, directory: Path, d: Dist) -> None:
 
 
 def _gates(model: torch.nn.Module) -> dict[str, float]:
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     return inner.gates() if hasattr(inner, "gates") else {}
 
 
 def _vision_shape(parts: Parts) -> int:
     """Patch tokens per image (ViT: (size/patch)² + CLS), 0 when the tower does not say."""
-    vision = getattr(_unwrap(parts.model), "vision", None)
+    vision = getattr(unwrap_model(parts.model), "vision", None)
     cfg = getattr(vision, "config", None)
     cfg = getattr(cfg, "vision_config", cfg)
     size, patch = getattr(cfg, "image_size", None), getattr(cfg, "patch_size", None)
