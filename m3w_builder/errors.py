@@ -13,6 +13,15 @@ from __future__ import annotations
 class UserError(Exception):
     """A mistake the user can fix; the message is the whole story, in one line."""
 
+    exit_code = 2  # the CLI's exit status: a usage error, as argparse's
+
+
+class RunFailed(UserError):
+    """Work that did not finish and can be retried as it is (units that failed after retries, a
+    leftover process to stop first): finished work is kept, the same command continues."""
+
+    exit_code = 1
+
 
 class InputError(UserError):
     """An input path that does not exist or can never yield anything (an empty folder, a PNG)."""

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"m3w {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except BrokenPipeError:  # `m3w inspect codes | head`: stop quietly, like other Unix filters
         import os
 

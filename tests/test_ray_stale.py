@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from m3w_builder.errors import RunFailed
 from pipelines.build import ray_stale
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
@@ -127,16 +128,16 @@ def test_an_agent_that_cannot_be_stopped_is_a_one_line_refusal_naming_the_kill(
     ours = _holder(session / "logs" / "runtime.err")
     denied = _deny(monkeypatch, {theirs.pid})
     try:
-        with pytest.raises(SystemExit) as refused:
+        with pytest.raises(RunFailed) as refused:
             ray_stale.stop_stale_local_rays(tmp_path)
-        message = refused.value.code
+        message = str(refused.value)
         assert isinstance(message, str) and "\n" not in message
         assert str(session) in message and message.endswith(f"stop it with: kill {theirs.pid}")
         assert ours.wait(timeout=10) is not None  # the one we may signal was stopped
         assert theirs.poll() is None  # the other one was left alone, and named
         assert (session / ray_stale.OWNER_FILE).exists()
         assert not (session / ray_stale.STOPPED_FILE).exists()
-        with pytest.raises(SystemExit):  # not forgotten: refused again
+        with pytest.raises(RunFailed):  # not forgotten: refused again
             ray_stale.stop_stale_local_rays(tmp_path)
         denied.clear()  # the user runs the command (as whoever may)
         theirs.kill()
@@ -180,11 +181,11 @@ def test_m3w_build_refuses_before_starting_a_ray_it_cannot_clean_up_for(tmp_path
             capture_output=True, text=True, cwd=tmp_path, timeout=120,
             env={**os.environ, "PYTHONPATH": str(repo), "RAY_TMPDIR": str(ray_tmp)},
         )  # fmt: skip
-        assert result.returncode not in (0, None), result.stderr
+        assert result.returncode == 1, result.stderr  # RunFailed: fix it, run the same again
         err = result.stderr.strip()
         assert "Traceback" not in err, err
         last = err.splitlines()[-1]
-        assert last.startswith("m3w: a local Ray left by a killed m3w process"), err
+        assert last.startswith("m3w build: error: a local Ray left by a killed m3w process"), err
         assert str(session) in last and last.endswith(f"stop it with: kill {theirs.pid}")
         assert "Started a local Ray" not in err
         assert [p.name for p in (ray_tmp / "ray").iterdir()] == [session.name]  # no new session

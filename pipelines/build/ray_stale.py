@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m3w_builder.atomic import atomic_write
+from m3w_builder.errors import RunFailed
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def stop(stale: StaleRay, grace_s: float = GRACE_S) -> list[int]:
 
 def stop_stale_local_rays(root: Path | None = None) -> list[StaleRay]:
     """Stop every local Ray a dead m3w process left running (module doc); returns what was stopped.
-    Raises SystemExit naming the command to run when a process cannot be stopped from here."""
+    Raises RunFailed naming the command to run when a process cannot be stopped from here."""
     stopped = []
     for stale in find_stale_local_rays(root):
         log.warning(
@@ -194,8 +195,8 @@ def stop_stale_local_rays(root: Path | None = None) -> list[StaleRay]:
         )
         left = stop(stale)
         if left:
-            raise SystemExit(
-                f"m3w: a local Ray left by a killed m3w process (session {stale.session}) is still "
+            raise RunFailed(
+                f"a local Ray left by a killed m3w process (session {stale.session}) is still "
                 f"running and cannot be stopped from here; stop it with: kill {' '.join(map(str, left))}"
             )
         _retire(stale.session / OWNER_FILE)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from m3w_builder.errors import UserError
+from m3w_builder.errors import ConfigError, RunFailed, UserError
 from pipelines.cli_help import DefaultsFormatter
 
 log = logging.getLogger(__name__)
@@ -242,14 +242,14 @@ def model_parts(
     pretrain = None
     if args.lm or args.vision:
         if not (args.lm and args.vision):
-            raise SystemExit("m3w demo: give both --lm and --vision, or neither")
+            raise ConfigError("give both --lm and --vision, or neither")
         cfg.model.lm, cfg.model.vision = args.lm, args.vision
         cfg.model.cross_attn_every_n_layers = 4
         note = f"{args.lm}'s own"
     else:
         documents = shard_documents(train_shards)
         if not documents:
-            raise SystemExit("m3w demo: the build produced no text to train a tokenizer on")
+            raise RunFailed("the build produced no text to train a tokenizer on")
         tokenizer = tiny.train_tokenizer(documents, vocab_size=1024)
         print(f"[4/6] pretraining the tiny LM on {len(documents)} documents' text")
         lm, vision = tiny.save_tiny_models(
