@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,6 +333,25 @@ def _v2_to_v1(record: dict[str, Any], packed: bytes | None) -> tuple[dict[str, A
     return view, members
 
 
+class BadJSON(RecordError):
+    """A record member that is not JSON at all (the loader counts it apart: data.bad_json)."""
+
+
+def parse_record_json(data: bytes | str) -> dict[str, Any]:
+    """A shard sample's `.json` member → its record object, or RecordError: not JSON (BadJSON),
+    JSON nested deeper than the interpreter's recursion limit (`[[[[...` a megabyte deep: a bad
+    record, not a RecursionError that ends the command), or JSON that is not an object."""
+    try:
+        record = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadJSON(f"bad JSON ({e})") from None
+    except RecursionError:
+        raise RecordError("bad JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise RecordError("record is not a JSON object")
+    return record
+
+
 def read_shard_sample(
     record: dict[str, Any], members: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -357,80 +377,100 @@ _IMAGE_TEXT_FIELDS = ("member", "src", "alt", "sha256", "phash", "attach", "src_
 
 
 def check_record(record: Any) -> dict[str, Any]:
-    """`record` if it is a well-typed m3w/1 record (docs/format.md), else RecordError.
+    """`record` if it is a well-typed m3w/1 record (docs/format.md), else RecordError naming the
+    first problem `record_problems` finds.
 
     Why one checker: shards come from anywhere (other builders, a damaged disk, a hostile upload) and
-    every reader (Document.from_json, the trainer's loader) must refuse the same records for the same
-    reasons instead of each crashing differently on `texts: 5`, an image entry that is a string, an
-    int `member` or a NaN. Checked: an object of schema m3w/1 with a str `url`; `texts`/`images`
-    lists of one length with exactly one non-null per position, texts str, images objects whose
-    text fields are str or null, `width`/`height` positive ints or null, `attach` following,
-    preceding or null; `lang_score`, `p_next` finite numbers or null (p_next within [0, 1]);
-    `lang`, `fetched`, `key` str or null; `source` and `stats` objects or null. Other keys are
-    ignored (a newer writer may add some). Values are only looked at, never copied or recursed
-    into, so the check costs one pass over the lists whatever `stats` holds.
-    """
-    if not isinstance(record, dict):
-        raise RecordError(f"record is a JSON {_json_type(record)}, not an object")
-    if record.get("schema") not in READABLE_SCHEMAS:
-        raise RecordError(
-            f"unsupported schema {record.get('schema')!r}, expected one of {READABLE_SCHEMAS}"
-        )
-    if not isinstance(record.get("url"), str):
-        raise RecordError(f"url is {_json_type(record.get('url'))}, not a string")
-    texts, images = record.get("texts"), record.get("images")
-    if not isinstance(texts, list) or not isinstance(images, list):
-        raise RecordError(
-            f"texts ({_json_type(texts)}) and images ({_json_type(images)}) must be lists"
-        )
-    if len(texts) != len(images):
-        raise RecordError(f"texts ({len(texts)}) and images ({len(images)}) differ in length")
-    for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
-        if (text is None) == (image is None):
-            raise RecordError(f"position {pos}: exactly one of texts/images must be non-null")
-        if text is not None and not isinstance(text, str):
-            raise RecordError(f"position {pos}: text is {_json_type(text)}, not a string")
-        if image is not None:
-            _check_image(pos, image)
-    for name in ("lang_score", "p_next"):
-        value = record.get(name)
-        if value is not None and not _finite(value):
-            raise RecordError(f"{name} {value!r} is not a finite number")
-    if record.get("p_next") is not None and not 0 <= record["p_next"] <= 1:
-        raise RecordError(f"p_next {record['p_next']!r} is not a probability")
-    for name in ("lang", "fetched", "key"):
-        if record.get(name) is not None and not isinstance(record[name], str):
-            raise RecordError(f"{name} is {_json_type(record[name])}, not a string")
-    source = record.get("source")
-    if source is not None:
-        if not isinstance(source, dict):
-            raise RecordError(f"source is {_json_type(source)}, not an object")
-        if source.get("warc") is not None and not isinstance(source["warc"], str):
-            raise RecordError("source.warc is not a string")
-        if source.get("offset") is not None and not _int(source["offset"]):
-            raise RecordError("source.offset is not an integer")
-    if record.get("stats") is not None and not isinstance(record["stats"], dict):
-        raise RecordError(f"stats is {_json_type(record['stats'])}, not an object")
+    every reader (Document.from_json, the trainer's loader, `m3w inspect verify`) must refuse the
+    same records for the same reasons instead of each crashing differently on `texts: 5`, an image
+    entry that is a string, an int `member` or a NaN."""
+    for _code, message in record_problems(record):
+        raise RecordError(message)
     return record
 
 
-def _check_image(pos: int, image: Any) -> None:
+def record_problems(record: Any) -> Iterator[tuple[str, str]]:
+    """(code, message) for each way an m3w/1-shaped record breaks the schema; nothing for a good one.
+
+    Checked: an object of schema m3w/1 or m3w/2 with a str `url`; `texts`/`images` lists of one
+    length with exactly one non-null per position, texts str, images objects whose text fields are
+    str or null, `width`/`height` positive ints or null, `attach` following, preceding or null;
+    `lang_score`, `p_next` finite numbers or null (p_next within [0, 1]); `lang`, `fetched`, `key`
+    str or null; `source` and `stats` objects or null. Other keys are ignored (a newer writer may
+    add some). Values are only looked at, never copied or recursed into, so the check costs one
+    pass over the lists whatever `stats` holds. The codes are `m3w inspect verify`'s."""
+    if not isinstance(record, dict):
+        yield "schema.record", f"record is a JSON {_json_type(record)}, not an object"
+        return
+    if record.get("schema") not in READABLE_SCHEMAS:
+        yield (
+            "schema.version",
+            f"unsupported schema {record.get('schema')!r}, expected one of {READABLE_SCHEMAS}",
+        )
+    if not isinstance(record.get("url"), str):
+        yield "schema.url", f"url is {_json_type(record.get('url'))}, not a string"
+    texts, images = record.get("texts"), record.get("images")
+    if not isinstance(texts, list) or not isinstance(images, list):
+        yield (
+            "schema.lists",
+            f"texts ({_json_type(texts)}) and images ({_json_type(images)}) must be lists",
+        )
+        return
+    if len(texts) != len(images):
+        yield "schema.lists", f"texts ({len(texts)}) and images ({len(images)}) differ in length"
+        return
+    for pos, (text, image) in enumerate(zip(texts, images, strict=True)):
+        if (text is None) == (image is None):
+            yield "schema.position", f"position {pos}: exactly one of texts/images must be non-null"
+        elif text is not None and not isinstance(text, str):
+            yield "schema.text", f"position {pos}: text is {_json_type(text)}, not a string"
+        elif image is not None:
+            yield from _image_problems(pos, image)
+    for name in ("lang_score", "p_next"):
+        value = record.get(name)
+        if value is not None and not _finite(value):
+            yield f"schema.{name}", f"{name} {value!r} is not a finite number"
+        elif name == "p_next" and value is not None and not 0 <= value <= 1:
+            yield "schema.p_next", f"p_next {value!r} is not a probability"
+    for name in ("lang", "fetched", "key"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            yield f"schema.{name}", f"{name} is {_json_type(record[name])}, not a string"
+    source = record.get("source")
+    if source is not None:
+        if not isinstance(source, dict):
+            yield "schema.source", f"source is {_json_type(source)}, not an object"
+        elif source.get("warc") is not None and not isinstance(source["warc"], str):
+            yield "schema.source", "source.warc is not a string"
+        elif source.get("offset") is not None and not _int(source["offset"]):
+            yield "schema.source", "source.offset is not an integer"
+    if record.get("stats") is not None and not isinstance(record["stats"], dict):
+        yield "schema.stats", f"stats is {_json_type(record['stats'])}, not an object"
+
+
+def _image_problems(pos: int, image: Any) -> Iterator[tuple[str, str]]:
     if not isinstance(image, dict):
-        raise RecordError(f"position {pos}: image entry is {_json_type(image)}, not an object")
+        yield "schema.image", f"position {pos}: image entry is {_json_type(image)}, not an object"
+        return
     for name in _IMAGE_TEXT_FIELDS:
         if image.get(name) is not None and not isinstance(image[name], str):
-            raise RecordError(f"position {pos}: image {name} is {_json_type(image[name])}")
+            yield "schema.image", f"position {pos}: image {name} is {_json_type(image[name])}"
     for name in ("width", "height"):
         value = image.get(name)
         if value is not None and not (_int(value) and value > 0):
-            raise RecordError(f"position {pos}: image {name} {value!r} is not a positive integer")
+            yield (
+                "schema.image",
+                f"position {pos}: image {name} {value!r} is not a positive integer",
+            )
     if image.get("attach") not in _ATTACH:
-        raise RecordError(f"position {pos}: attach {image.get('attach')!r} not in {_ATTACH[1:]}")
+        yield (
+            "schema.attach",
+            f"position {pos}: attach {image.get('attach')!r} not in {_ATTACH[1:]}",
+        )
     candidates = image.get("candidates")
     if candidates is not None and not (
         isinstance(candidates, list) and all(isinstance(c, str) for c in candidates)
     ):
-        raise RecordError(f"position {pos}: image candidates is not a list of strings")
+        yield "schema.image", f"position {pos}: image candidates is not a list of strings"
 
 
 def _int(value: Any) -> bool:

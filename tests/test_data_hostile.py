@@ -49,6 +49,9 @@ BAD = {
     "p_next_nan": _with(p_next=float("nan")),
     "url_list": _with(url=["http://e/0"]),
     "both_null": _with(texts=[None], images=[None]),
+    "stats_int": _with(stats=5),
+    "lang_score_nan": _with(lang_score=float("nan")),
+    "fetched_int": _with(fetched=3),
     "deep_json": b'{"schema": "m3w/1", "texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 }
 
@@ -105,3 +108,17 @@ def test_a_good_record_and_every_field_the_build_writes_pass():
     record = doc.to_json()
     assert check_record(record) is record
     assert Document.from_json(record).texts == doc.texts
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD) - {"deep_json", "json_list", "json_string"}))
+def test_inspect_verify_reports_what_the_loader_refuses(case):
+    """One schema check (m3w_builder.document.record_problems) for every reader: a record the
+    loader and Document.from_json refuse is a finding of `m3w inspect verify` too (before issue 16
+    verify had its own copy of the rules and passed e.g. `stats: 5` or a NaN lang_score)."""
+    from pipelines.inspect.read import Sample
+    from pipelines.inspect.verify import check_record as verify_record
+
+    record = json.loads(BAD[case])
+    sample = Sample(shard="s.tar", key="k", offset=0, record=record)
+    codes = [code for code, _ in verify_record(sample)]
+    assert any(code.startswith("schema.") for code in codes), (case, codes)

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from m3w_builder.document import IMAGES_MEMBER, SCHEMA, RecordError, read_shard_sample
+from m3w_builder.document import (
+    IMAGES_MEMBER,
+    SCHEMA,
+    RecordError,
+    parse_record_json,
+    read_shard_sample,
+)
 
 BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")  # ustar typeflags of regular files (7: contiguous file)
@@ -570,18 +576,12 @@ def record_view(record: Any) -> dict[str, Any]:
 
 
 def parse_record(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) for a JSON object, else (None, why). Never raises: JSON nested deeper than
-    the interpreter's recursion limit (`[[[[...` a megabyte deep) is bad JSON, not a RecursionError
-    that ends the command."""
+    """(record, None) for a JSON object, else (None, why): `m3w_builder.document.parse_record_json`
+    without the exception, so one bad sample is a finding, never the end of the command."""
     try:
-        record = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return None, f"bad JSON ({e})"
-    except RecursionError:
-        return None, "bad JSON (nested too deeply)"
-    if not isinstance(record, dict):
-        return None, "record is not a JSON object"
-    return record, None
+        return parse_record_json(data), None
+    except RecordError as e:
+        return None, str(e)
 
 
 def iter_samples(

@@ -30,7 +30,6 @@ import glob
 import hashlib
 import importlib.util
 import io
-import json
 import logging
 import os
 import random
@@ -43,7 +42,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from m3w_builder.document import READABLE_SCHEMAS, RecordError, check_record, read_shard_sample
+from m3w_builder.document import (
+    READABLE_SCHEMAS,
+    BadJSON,
+    RecordError,
+    check_record,
+    parse_record_json,
+    read_shard_sample,
+)
 from m3w_builder.errors import ConfigError, InputError
 from m3w_builder.reasons import Counts
 
@@ -383,17 +389,13 @@ def decode(sample: RawSample, counts: Counts) -> DocSample | None:
     members = sample.members
     if "json" in members and isinstance(members["json"], bytes | str):
         try:
-            record = json.loads(members["json"])
-        except (ValueError, UnicodeDecodeError):
+            record = parse_record_json(members["json"])
+        except BadJSON:
             counts["data.bad_json"] += 1
             return None
-        except RecursionError:  # `[[[[...` nested past the interpreter's limit: not a record
+        except RecordError as e:  # nested past the recursion limit, or not an object
             counts["data.bad_record"] += 1
-            log.warning("%s: %s: JSON nested too deeply", sample.url, sample.key)
-            return None
-        if not isinstance(record, dict):  # a JSON list, string or number
-            counts["data.bad_record"] += 1
-            log.warning("%s: %s: the json member is not an object", sample.url, sample.key)
+            log.warning("%s: %s: %s", sample.url, sample.key, e)
             return None
         if record.get("schema") in READABLE_SCHEMAS:
             return _decode_m3w(sample, record, counts)
