@@ -13,7 +13,7 @@ from PIL import Image
 
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.reasons import Counts
-from m3w_builder.shards import ShardWriter
+from m3w_builder.shards import ShardInfo, ShardWriter
 from pipelines.build import stages
 from pipelines.demo.sample_site import SITE_MARK, make_site, serve_site, write_url_list
 
@@ -191,24 +191,26 @@ def test_write_groups_gather_consecutive_units_up_to_a_shard_of_surviving_docume
 # finalize: contiguous names, idempotent renames
 
 
-def _part(job: stages.JobDir, unit: int, name: str, url: str) -> dict:
+def _part(job: stages.JobDir, unit: int, name: str, url: str) -> ShardInfo:
     writer = ShardWriter(job.write_dir(unit) / name)
     writer.write(Document(url=url, nodes=[TextNode("t")]))
-    return writer.close().to_json()
+    return writer.close()
 
 
 def test_finalize_renames_parts_in_unit_order_and_survives_a_second_run(tmp_path):
+    from pipelines.build.stats import WriteStats
+
     job = stages.JobDir(tmp_path)
     write_stats = [
-        {"unit": 1, "shards": [_part(job, 1, "000000.tar", "http://e/3")]},
-        {
-            "unit": 0,
-            "shards": [
+        WriteStats(unit=1, shards=[_part(job, 1, "000000.tar", "http://e/3")]),
+        WriteStats(
+            unit=0,
+            shards=[
                 _part(job, 0, "000000.tar", "http://e/1"),
                 _part(job, 0, "000001.tar", "http://e/2"),
             ],
-        },
-        {"unit": 2, "shards": []},
+        ),
+        WriteStats(unit=2, shards=[]),
     ]
     infos = stages.finalize(job, write_stats)
     assert [i.name for i in infos] == [

@@ -37,6 +37,7 @@ import numpy as np
 from m3w_builder import dedup, minhash
 from m3w_builder.document import Document
 from pipelines.build import tables
+from pipelines.build.stats import BandStats, ClusterStats, DedupStats, FrequentStats
 
 CODES = {
     1: "dedup.page_url",
@@ -122,7 +123,7 @@ def _drops(rows: np.ndarray, code: str) -> np.ndarray:
     return out[np.lexsort((out["ord"], out["unit"]))]
 
 
-def page_partition(p: int, work: Path, units: list[int], parts: int) -> dict[str, Any]:
+def page_partition(p: int, work: Path, units: list[int], parts: int) -> DedupStats:
     rows = tables.gather_partition(((u, keys_path(work, u)) for u in units), p, dedup.DOC_KEYS)
     losers = dedup.page_url_losers(rows)
     tables.save_npy(
@@ -131,10 +132,10 @@ def page_partition(p: int, work: Path, units: list[int], parts: int) -> dict[str
     winners = rows[~losers]
     path = decide_path(work, f"page-{p:05d}.winners.npy")
     tables.write_partitioned(path, winners, winners["content_hi"], parts)
-    return {"partition": p, "rows": len(rows), "drops": int(losers.sum())}
+    return DedupStats(partition=p, rows=len(rows), drops=int(losers.sum()))
 
 
-def content_partition(q: int, work: Path, parts: int) -> dict[str, Any]:
+def content_partition(q: int, work: Path, parts: int) -> DedupStats:
     dtype = np.dtype(
         [("src", np.int64), *[(n, dedup.DOC_KEYS.fields[n][0]) for n in dedup.DOC_KEYS.names]]
     )
@@ -145,7 +146,7 @@ def content_partition(q: int, work: Path, parts: int) -> dict[str, Any]:
     tables.save_npy(
         decide_path(work, f"content-{q:05d}.drops.npy"), _drops(rows[losers], "dedup.identical_doc")
     )
-    return {"partition": q, "rows": len(rows), "drops": int(losers.sum())}
+    return DedupStats(partition=q, rows=len(rows), drops=int(losers.sum()))
 
 
 class _Signatures:
@@ -163,7 +164,7 @@ class _Signatures:
 
 def band_partition(
     p: int, work: Path, units: list[int], config: minhash.MinHashConfig
-) -> dict[str, Any]:
+) -> BandStats:
     """Candidate pairs of partition p's band buckets, kept when their signatures agree on at least
     `threshold` of their entries."""
     rows = tables.gather_partition(((u, bands_path(work, u)) for u in units), p, BAND)
@@ -197,7 +198,7 @@ def band_partition(
     for i, name in enumerate(PAIR.names):
         pairs[name] = out[:, i]
     tables.save_npy(decide_path(work, f"bands-{p:05d}.pairs.npy"), pairs)
-    return {"partition": p, "candidates": candidates, "pairs": len(pairs)}
+    return BandStats(partition=p, candidates=candidates, pairs=len(pairs))
 
 
 def _ids(unit: np.ndarray, ord_: np.ndarray) -> np.ndarray:
@@ -215,7 +216,7 @@ def exact_drop_ids(work: Path, parts: int) -> np.ndarray:
     return np.sort(_ids(drops["unit"], drops["ord"]))
 
 
-def cluster(work: Path, parts: int) -> dict[str, Any]:
+def cluster(work: Path, parts: int) -> ClusterStats:
     """Near-duplicate clusters from every partition's confirmed pairs; each keeps one document."""
     uf = dedup.UnionFind()
     for p in range(parts):
@@ -248,8 +249,7 @@ def cluster(work: Path, parts: int) -> dict[str, Any]:
         out["unit"], out["ord"] = arr[:, 0], arr[:, 1]
     out["code"] = CODE_OF["dedup.near_duplicate"]
     tables.save_npy(decide_path(work, "near.drops.npy"), out)
-    result = {"clusters": sum(sizes.values()), "removed": len(drops), "sizes": histogram(sizes)}
-    return result
+    return ClusterStats(clusters=sum(sizes.values()), removed=len(drops), sizes=histogram(sizes))
 
 
 def histogram(sizes: Counter[int]) -> dict[str, int]:
@@ -295,7 +295,7 @@ class Decisions:
     near: bool = False
     archive: bool = False  # some unit indexed archived images: look them up
     cut: tuple[int, int] | None = None  # --max-docs: (unit, survivors kept in it); later units 0
-    near_stats: dict[str, Any] | None = None
+    near_stats: ClusterStats | None = None  # the near-duplicate clustering's
     survivors: list[int] | None = None  # documents per unit left for the write stage
 
     def to_json(self) -> dict[str, Any]:
@@ -304,12 +304,13 @@ class Decisions:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Decisions:
         cut = obj.get("cut")
+        near_stats = obj.get("near_stats")
         return cls(
             obj["parts"],
             obj.get("near", False),
             obj.get("archive", False),
             tuple(cut) if cut else None,
-            obj.get("near_stats"),
+            ClusterStats.from_json(near_stats) if near_stats is not None else None,
             obj.get("survivors"),
         )
 
@@ -395,7 +396,7 @@ def count_unit_keys(docs: list[Document]) -> np.ndarray:
 
 def frequent_partition(
     p: int, work: Path, units: list[int], image_max: int, paragraph_min: int
-) -> dict[str, Any]:
+) -> FrequentStats:
     rows = tables.gather_partition(((u, count_path(work, u)) for u in units), p, COUNT)
     out = {}
     for kind, name, keep in (
@@ -414,7 +415,7 @@ def frequent_partition(
             decide_path(work, f"frequent-{p:05d}.{name}.npy"), frequent.astype(np.uint64)
         )
         out[name] = len(frequent)
-    return {"partition": p, **out}
+    return FrequentStats(partition=p, **out)
 
 
 def frequent_keys(work: Path, parts: int, name: str) -> np.ndarray:

@@ -37,6 +37,15 @@ from m3w_builder.config import PROFILES, BuildConfig
 from m3w_builder.reasons import Counts
 from m3w_builder.settings import Flag, add_flags, field_types, flag_values, on_off, set_path
 from pipelines.build import stages
+from pipelines.build.stats import (
+    BandStats,
+    ClusterStats,
+    CountStats,
+    DedupStats,
+    ExtractStats,
+    FrequentStats,
+    WriteStats,
+)
 from pipelines.build.tables import partitions_for
 from pipelines.cli_help import DefaultsFormatter
 
@@ -121,7 +130,7 @@ def run_build(
         # stage 1: extract (and index archives, and record every document's dedup keys)
         clock = time.perf_counter()
 
-        def extracted(stats: dict[str, Any], resumed: bool) -> None:
+        def extracted(stats: ExtractStats, resumed: bool) -> None:
             summary.add(stats)
             progress.extracted(stats, resumed)
 
@@ -130,6 +139,7 @@ def run_build(
             units,
             (config, job, extract_options),
             marker=lambda u: job.extract_stats(u.index),
+            read=ExtractStats.read,
             on_done=extracted,
             stop=limit.reached if limit else None,
             keep=False,
@@ -153,6 +163,7 @@ def run_build(
             groups,
             (config, job, decisions, [u.paths for u in units]),
             marker=lambda u: job.write_stats(u.index),
+            read=WriteStats.read,
             on_done=progress.written,
         )
         executor.raise_failures("write")
@@ -189,7 +200,7 @@ def run_build(
             "seed": config.seed,
             "profile": config.profile,
             "phases_s": {k: round(v, 3) for k, v in phases.items()},
-            "near_duplicates": (decisions.near_stats or {}) if decisions.near else None,
+            "near_duplicates": _near_report(decisions),
         },
     )
     _record_run(job, run_seconds)
@@ -197,6 +208,13 @@ def run_build(
     if not options.keep_work:
         stages.clean_work(job)
     return report
+
+
+def _near_report(decisions: Any) -> dict[str, Any] | None:
+    """report.json's `near_duplicates`: the clustering's stats ({} before any), None when off."""
+    if not decisions.near:
+        return None
+    return decisions.near_stats.to_json() if decisions.near_stats is not None else {}
 
 
 def near_config(config: BuildConfig) -> Any:
@@ -235,29 +253,36 @@ def _remote_size(path: str) -> int:
 
 
 class _ExtractSummary:
-    """What the driver keeps of the extract stage: a few numbers per unit and the totals."""
+    """What the driver keeps of the extract stage: a few numbers per unit and the totals
+    (`total`: the units' counters, their ExtractStats folded with `+`)."""
 
     def __init__(self, n_units: int) -> None:
         self.docs = np.zeros(n_units, dtype=np.int64)
         self.indexed = np.zeros(n_units, dtype=bool)
         self.done = np.zeros(n_units, dtype=bool)
         self.pages_per_unit = np.zeros(n_units, dtype=np.int64)
-        self.counts = Counts()
+        self.total = ExtractStats()
 
-    def add(self, stats: dict[str, Any]) -> None:
-        u = stats["unit"]
-        self.docs[u] = stats["docs"]
-        self.indexed[u] = bool(stats.get("archive_index"))
-        self.pages_per_unit[u] = stats["pages"]
+    def add(self, stats: ExtractStats) -> None:
+        u = stats.unit
+        self.docs[u] = stats.docs
+        self.indexed[u] = stats.archive_index
+        self.pages_per_unit[u] = stats.pages
         self.done[u] = True
-        self.counts.update(stats["counts"])
+        # the counters only: pages and documents are kept per unit above (--max-docs cuts them)
+        self.total += ExtractStats(counts=stats.counts)
+
+    @property
+    def counts(self) -> Counts:
+        return self.total.counts
 
     def truncate(self, prefix: int, job: stages.JobDir) -> None:
         """--max-docs: units past the prefix were read by tasks that finished anyway; their
         counts are taken out again (from their stats files: the driver keeps none per unit)."""
+        counts = Counts(self.counts)
         for u in (np.flatnonzero(self.done[prefix:]) + prefix).tolist():
-            self.counts.subtract(stages.read_json(job.extract_stats(u))["counts"])
-        self.counts = Counts({k: v for k, v in self.counts.items() if v})
+            counts.subtract(ExtractStats.read(job.extract_stats(u)).counts)
+        self.total.counts = Counts({k: v for k, v in counts.items() if v})
         n = prefix
         self.docs, self.indexed, self.done = self.docs[:n], self.indexed[:n], self.done[:n]
         self.pages_per_unit = self.pages_per_unit[:n]
@@ -378,28 +403,36 @@ def _decide(
     with_docs = [int(u) for u in np.flatnonzero(summary.docs)]
     every = list(range(len(units)))
 
-    def run(stage: str, fn: Callable[..., Any], tasks: list[stages.WorkUnit], *args: Any) -> list:
-        results = executor.map(fn, tasks, (job, *args), marker=lambda u: job.marker(stage, u.index))
+    def run(
+        stage: str, kind: type, fn: Callable[..., Any], tasks: list[stages.WorkUnit], *args: Any
+    ) -> list:
+        results = executor.map(
+            fn, tasks, (job, *args), marker=lambda u: job.marker(stage, u.index), read=kind.read
+        )
         executor.raise_failures(stage)
         return results
 
     indexed = [int(u) for u in np.flatnonzero(summary.indexed)]
     if indexed:
-        run("index", _index_task, partitions, indexed)
-    run("page", _page_task, partitions, every, parts)
-    run("content", _content_task, partitions, parts)
+        run("index", _JsonMarker, _index_task, partitions, indexed)
+    run("page", DedupStats, _page_task, partitions, every, parts)
+    run("content", DedupStats, _content_task, partitions, parts)
     near = near_config(config)
     near_stats = None
     if near is not None:
-        run("bands", _band_task, partitions, with_docs, near)
-        near_stats = run("cluster", _cluster_task, [stages.WorkUnit(0, "partition", [])], parts)[0]
+        run("bands", BandStats, _band_task, partitions, with_docs, near)
+        cluster = [stages.WorkUnit(0, "partition", [])]
+        near_stats = sum(
+            run("cluster", ClusterStats, _cluster_task, cluster, parts), ClusterStats()
+        )
     decisions = dec.Decisions(parts, near is not None, bool(indexed), None, near_stats)
     if options.max_docs:
         decisions.cut = dec.max_docs_cut(summary.survivors(job, decisions), options.max_docs)
     decisions.survivors = summary.survivors(job, decisions).tolist()
-    run("count", stages.count_unit, units, decisions)
+    run("count", CountStats, stages.count_unit, units, decisions)
     run(
         "frequent",
+        FrequentStats,
         _frequent_task,
         partitions,
         every,
@@ -414,58 +447,80 @@ def _index_task(unit: stages.WorkUnit, job: stages.JobDir, indexed: list[int]) -
     from pipelines.build.archive_parts import merge_partition
 
     return _with_marker(
-        job, "index", unit.index, lambda: merge_partition(unit.index, job.work, indexed)
-    )
+        job, "index", unit.index, _JsonMarker,
+        lambda: _JsonMarker(merge_partition(unit.index, job.work, indexed)),
+    )  # fmt: skip
 
 
-def _page_task(unit: stages.WorkUnit, job: stages.JobDir, every: list[int], parts: int) -> dict:
+def _page_task(
+    unit: stages.WorkUnit, job: stages.JobDir, every: list[int], parts: int
+) -> DedupStats:
     from pipelines.build.decide import page_partition
 
     return _with_marker(
-        job, "page", unit.index, lambda: page_partition(unit.index, job.work, every, parts)
-    )
+        job, "page", unit.index, DedupStats,
+        lambda: page_partition(unit.index, job.work, every, parts),
+    )  # fmt: skip
 
 
-def _content_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
+def _content_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> DedupStats:
     from pipelines.build.decide import content_partition
 
     return _with_marker(
-        job, "content", unit.index, lambda: content_partition(unit.index, job.work, parts)
-    )
+        job, "content", unit.index, DedupStats,
+        lambda: content_partition(unit.index, job.work, parts),
+    )  # fmt: skip
 
 
-def _band_task(unit: stages.WorkUnit, job: stages.JobDir, with_docs: list[int], near: Any) -> dict:
+def _band_task(
+    unit: stages.WorkUnit, job: stages.JobDir, with_docs: list[int], near: Any
+) -> BandStats:
     from pipelines.build.decide import band_partition
 
     return _with_marker(
-        job, "bands", unit.index, lambda: band_partition(unit.index, job.work, with_docs, near)
-    )
+        job, "bands", unit.index, BandStats,
+        lambda: band_partition(unit.index, job.work, with_docs, near),
+    )  # fmt: skip
 
 
-def _cluster_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> dict:
+def _cluster_task(unit: stages.WorkUnit, job: stages.JobDir, parts: int) -> ClusterStats:
     from pipelines.build.decide import cluster
 
-    return _with_marker(job, "cluster", unit.index, lambda: cluster(job.work, parts))
+    return _with_marker(job, "cluster", unit.index, ClusterStats, lambda: cluster(job.work, parts))
 
 
 def _frequent_task(
     unit: stages.WorkUnit, job: stages.JobDir, every: list[int], image_max: int, para_min: int
-) -> dict:
+) -> FrequentStats:
     from pipelines.build.decide import frequent_partition
 
     return _with_marker(
-        job, "frequent", unit.index,
+        job, "frequent", unit.index, FrequentStats,
         lambda: frequent_partition(unit.index, job.work, every, image_max, para_min),
     )  # fmt: skip
 
 
-def _with_marker(job: stages.JobDir, stage: str, index: int, work: Callable[[], dict]) -> dict:
-    """Run one decide task unless its marker says it is done; the marker is written last."""
+class _JsonMarker(dict):
+    """A marker kept as its plain JSON object (the archive index merge's, archive_parts.py)."""
+
+    @classmethod
+    def read(cls, path: Path) -> _JsonMarker:
+        return cls(stages.read_json(path))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self)
+
+
+def _with_marker(
+    job: stages.JobDir, stage: str, index: int, kind: Any, work: Callable[[], Any]
+) -> Any:
+    """Run one decide task unless its marker says it is done; the marker (`kind`'s JSON) is
+    written last."""
     marker = job.marker(stage, index)
     if marker.exists():
-        return stages.read_json(marker)
+        return kind.read(marker)
     result = work()
-    stages.atomic_write_json(marker, result)
+    stages.atomic_write_json(marker, result.to_json())
     return result
 
 
@@ -488,18 +543,20 @@ class _LocalExecutor:
         shared: tuple[Any, ...],
         *,
         marker: Callable[[stages.WorkUnit], Path] | None = None,
-        on_done: Callable[[dict[str, Any], bool], None] | None = None,
+        read: Callable[[Path], Any] = stages.read_json,
+        on_done: Callable[[Any, bool], None] | None = None,
         stop: Callable[[], bool] | None = None,
         keep: bool = True,
     ) -> list[Any]:
-        """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back.
+        """fn(unit, *shared) for every unit, in unit order; units whose marker exists are read back
+        (`read(marker)`: the task's stats record).
         `stop()`, asked after each unit, ends the stage early when True. With `keep=False` the
         results go to `on_done` only and the list comes back empty: the driver's memory does not
         grow with the number of units' results."""
         results: dict[int, Any] = {}
         for unit in units:
             if marker is not None and marker(unit).exists():
-                result = stages.read_json(marker(unit))
+                result = read(marker(unit))
                 resumed = True
             else:
                 result = fn(unit, *shared)
@@ -545,7 +602,10 @@ class _RayExecutor(_LocalExecutor):
         if self.owns_ray:
             self.ray.shutdown()
 
-    def map(self, fn, units, shared, *, marker=None, on_done=None, stop=None, keep=True):  # noqa: D102
+    def map(  # noqa: D102
+        self, fn, units, shared, *, marker=None, read=stages.read_json, on_done=None, stop=None,
+        keep=True,
+    ):  # fmt: skip
         ray = self.ray
         remote = ray.remote(max_retries=TASK_RETRIES, num_cpus=1)(stages.run_logged)
         remote = remote.options(name=fn.__name__)  # the worker's title: ray::extract_unit, ...
@@ -580,7 +640,7 @@ class _RayExecutor(_LocalExecutor):
                 stopped = True
                 break
             if marker is not None and marker(unit).exists():
-                result = stages.read_json(marker(unit))
+                result = read(marker(unit))
                 if keep:
                     results[unit.index] = result
                 if on_done is not None:
@@ -667,16 +727,16 @@ class _Progress:
         self.bar.close()
         self.bar = self._bar(desc, total)
 
-    def extracted(self, stats: dict[str, Any], resumed: bool) -> None:
-        self.totals["pages"] += stats["pages"]
+    def extracted(self, stats: ExtractStats, resumed: bool) -> None:
+        self.totals["pages"] += stats.pages
         self.resumed += resumed
-        self.resumed_pages += stats["pages"] if resumed else 0
+        self.resumed_pages += stats.pages if resumed else 0
         self._tick()
 
-    def written(self, stats: dict[str, Any], resumed: bool) -> None:
-        self.totals["docs"] += stats["docs"]
-        self.totals["images"] += stats["images"]
-        self.totals["shards"] += len(stats["shards"])
+    def written(self, stats: WriteStats, resumed: bool) -> None:
+        self.totals["docs"] += stats.docs
+        self.totals["images"] += stats.images
+        self.totals["shards"] += len(stats.shards)
         self.resumed += resumed
         self._tick()
 

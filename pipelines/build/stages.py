@@ -60,6 +60,7 @@ from m3w_builder.document import Document, RawPage
 from m3w_builder.reasons import Counts, Skip, reason, split_counts
 from m3w_builder.shards import RollingShardWriter, ShardInfo
 from pipelines import storage
+from pipelines.build.stats import CountStats, ExtractStats, WriteStats
 
 log = logging.getLogger(__name__)
 
@@ -430,14 +431,14 @@ class _Journal:
 
 def extract_unit(
     unit: WorkUnit, config: BuildConfig, job: JobDir, options: ExtractOptions
-) -> dict[str, Any]:
+) -> ExtractStats:
     """Stage 1 for one unit; returns (and stores) its stats. Idempotent: a finished unit is read back."""
     from m3w_builder.extract import page_to_document
     from pipelines.build.decide import UnitKeys
 
     stats_path = job.extract_stats(unit.index)
     if stats_path.exists():
-        return read_json(stats_path)
+        return ExtractStats.read(stats_path)
     started = time.perf_counter()
     journal_path = storage.node_local(job.journal(unit.index), job.journal(unit.index).name)
     previous = read_journal(
@@ -495,16 +496,16 @@ def extract_unit(
 
         rows = archive_parts.unit_rows(index, unit.index, unit.paths)
         archive_parts.write_unit_index(job.work, unit.index, rows, options.parts)
-    stats = {
-        "unit": unit.index,
-        "pages": pages,
-        "archive_index": has_index,
-        "docs": len(keys),
-        "counts": counts.as_dict(),
-        "langs": dict(sorted(langs.items())),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    atomic_write_json(stats_path, stats)  # the completion marker: written last
+    stats = ExtractStats(
+        unit=unit.index,
+        pages=pages,
+        docs=len(keys),
+        archive_index=has_index,
+        counts=Counts(counts.as_dict()),
+        langs=Counter(dict(sorted(langs.items()))),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    atomic_write_json(stats_path, stats.to_json())  # the completion marker: written last
     journal_path.unlink(missing_ok=True)
     return stats
 
@@ -610,7 +611,7 @@ def iter_extracted(job: JobDir, unit: int) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> dict[str, Any]:
+def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> CountStats:
     """Image-URL and per-domain paragraph counts of one unit's surviving documents (each counted
     once per document), written partitioned by key for `build_decide.frequent_partition`."""
     from pipelines.build import tables
@@ -618,7 +619,7 @@ def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> dict[str, Any]:
 
     marker = job.marker("count", unit.index)
     if marker.exists():
-        return read_json(marker)
+        return CountStats.read(marker)
     drops = DropIndex(job.work, decisions)
     docs = [
         Document.from_json(record)
@@ -627,8 +628,8 @@ def count_unit(unit: WorkUnit, job: JobDir, decisions: Any) -> dict[str, Any]:
     ]
     rows = count_unit_keys(docs)
     tables.write_partitioned(count_path(job.work, unit.index), rows, rows["key"], decisions.parts)
-    result = {"unit": unit.index, "docs": len(docs), "keys": len(rows)}
-    atomic_write_json(marker, result)
+    result = CountStats(unit=unit.index, docs=len(docs), keys=len(rows))
+    atomic_write_json(marker, result.to_json())
     return result
 
 
@@ -695,13 +696,13 @@ def write_unit(
     job: JobDir,
     decisions: Any,
     unit_paths: list[list[str]] | None = None,
-) -> dict[str, Any]:
+) -> WriteStats:
     """Apply the job-wide decisions, resolve images, draw attachments and write this write group's
     part shards. Idempotent; a failed attempt leaves only its own `.tmp` folder, never a part
     folder, and the stats file (the completion marker) is written after the rename."""
     stats_path = job.write_stats(unit.index)
     if stats_path.exists():
-        return read_json(stats_path)
+        return WriteStats.read(stats_path)
     started = time.perf_counter()
     final_dir = job.write_dir(unit.index)
     # parts are written on local disk (a tar is not appended to object storage), then published
@@ -749,17 +750,17 @@ def write_unit(
         # one whose marker was lost: replace it (a directory cannot be renamed onto a non-empty one).
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp_dir, final_dir)
-    stats = {
-        "unit": unit.index,
-        "docs": sum(i.docs for i in infos),
-        "images": images,
-        "bytes": sum(i.bytes for i in infos),
-        "shards": [i.to_json() for i in infos],
-        "counts": counts.as_dict(),
-        "langs": dict(sorted(langs.items())),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    atomic_write_json(stats_path, stats)
+    stats = WriteStats(
+        unit=unit.index,
+        docs=sum(i.docs for i in infos),
+        images=images,
+        bytes=sum(i.bytes for i in infos),
+        shards=list(infos),
+        counts=Counts(counts.as_dict()),
+        langs=Counter(dict(sorted(langs.items()))),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    atomic_write_json(stats_path, stats.to_json())
     return stats
 
 
@@ -833,22 +834,22 @@ def apply_job_dedup(doc: Document, decisions: JobDedup, counts: Counts) -> Docum
 # stage 4: finalize
 
 
-def finalize(job: JobDir, write_stats: list[dict[str, Any]]) -> list[ShardInfo]:
+def finalize(job: JobDir, write_stats: list[WriteStats]) -> list[ShardInfo]:
     """Rename part shards to contiguous global names in (unit, part) order and write manifest.jsonl.
 
     Idempotent: a part already moved (destination present, source gone) is skipped, so a driver killed
     half-way through renaming finishes the job on the next run."""
     storage.mkdirs(job.shards)
     infos: list[ShardInfo] = []
-    for stats in sorted(write_stats, key=lambda s: s["unit"]):
-        for part in stats["shards"]:
-            src = job.write_dir(stats["unit"]) / part["name"]
+    for stats in sorted(write_stats, key=lambda s: s.unit):
+        for part in stats.shards:
+            src = job.write_dir(stats.unit) / part.name
             dst = job.shards / f"{len(infos):06d}.tar"
             if src.exists():
                 storage.move(src, dst)  # a rename; on object storage a server-side copy
             elif not dst.exists():
                 raise FileNotFoundError(f"part shard {src} is missing and {dst} was never written")
-            infos.append(ShardInfo(**{**part, "name": f"shards/{dst.name}"}))
+            infos.append(ShardInfo(**{**part.to_json(), "name": f"shards/{dst.name}"}))
     manifest = "".join(json.dumps(i.to_json(), sort_keys=True) + "\n" for i in infos)
     atomic_write(job.manifest, manifest.encode())
     return infos
@@ -877,7 +878,7 @@ def build_report(
     counts: Counts,
     pages: int,
     documents_extracted: int,
-    write_stats: list[dict[str, Any]],
+    write_stats: list[WriteStats],
     infos: list[ShardInfo],
     *,
     seconds: float,
@@ -888,12 +889,10 @@ def build_report(
     that kept no document."""
     from pipelines.build.funnel import compute_funnel, largest_loss
 
+    written = sum(write_stats, WriteStats())
     counts = Counts({k: v for k, v in counts.items() if v})
-    for stats in write_stats:
-        counts.update(stats["counts"])
-    langs: Counter[str] = Counter()
-    for stats in write_stats:
-        langs.update(stats["langs"])
+    counts.update(written.counts)
+    langs = written.langs
     docs = sum(i.docs for i in infos)
     funnel = compute_funnel(counts.as_dict())
     return {
