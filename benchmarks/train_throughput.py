@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m3w_builder.document import Document, ImageNode, TextNode  # noqa: E402
 from m3w_builder.shards import ShardWriter  # noqa: E402
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import data
 from pipelines.train import loop as train  # noqa: E402
 
 H100_BF16_TFLOPS = 989.0
 TARGET_MFU = 0.35
-WORDS = (tiny.WORDS * 3) + "image photo garden river station bread history morning".split()
+WORDS = (synthetic.WORDS * 3) + "image photo garden river station bread history morning".split()
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from m3w_builder.document import Document, ImageNode, TextNode
+from m3w_builder.errors import OutputError
 from m3w_builder.reasons import Counts
 from m3w_builder.shards import ShardInfo, ShardWriter
 from pipelines.build import stages
@@ -46,8 +47,8 @@ def test_journal_watchdog_kills_a_hanging_parse_and_records_it(tmp_path):
     path = tmp_path / "j"
     code = (
         "import time, pathlib\n"
-        "from pipelines.build.stages import _Journal\n"
-        f"j = _Journal(pathlib.Path({str(path)!r}), 'r', 0.2)\n"
+        "from pipelines.build.stages import Journal\n"
+        f"j = Journal(pathlib.Path({str(path)!r}), 'r', 0.2)\n"
         "with j.page(0):\n    pass\n"
         "with j.page(1):\n    time.sleep(30)\n"
     )
@@ -431,7 +432,7 @@ def test_rerun_with_other_settings_is_refused(site, site_build):
     out, _ = site_build
     config = _site_config()
     config.attach.p_next = 0.9
-    with pytest.raises(SystemExit, match="different config"):
+    with pytest.raises(OutputError, match="different config"):
         run_build([site["urls"]], config, _site_options(out))
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from m3w_builder.errors import UserError
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import checkpoint
 from pipelines.train import loop as train
 from pipelines.train.config import TrainConfig
@@ -140,14 +140,14 @@ def test_the_resume_flag_takes_no_value_or_auto():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    docs = [tiny.synthetic_document(i).text() for i in range(64)]
+    docs = [synthetic.synthetic_document(i).text() for i in range(64)]
     return tiny.train_tokenizer(docs, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    tiny.write_synthetic_shards(out, shards=2, docs_per_shard=12, seed=5)
+    synthetic.write_synthetic_shards(out, shards=2, docs_per_shard=12, seed=5)
     return out
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from shardgen import make_job
+
+from pipelines.demo.synthetic import make_job
 
 REPO = Path(__file__).resolve().parents[1]
 

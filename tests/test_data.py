@@ -14,13 +14,13 @@ from PIL import Image
 
 from m3w_builder.document import Document, ImageNode, TextNode
 from m3w_builder.shards import ShardWriter
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import data
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    docs = [tiny.synthetic_document(i).text() for i in range(40)]
+    docs = [synthetic.synthetic_document(i).text() for i in range(40)]
     return tiny.train_tokenizer(docs + ["alpha beta gamma delta"], vocab_size=400)
 
 
@@ -32,7 +32,7 @@ def processor():
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    tiny.write_synthetic_shards(out, shards=6, docs_per_shard=5, seed=1)
+    synthetic.write_synthetic_shards(out, shards=6, docs_per_shard=5, seed=1)
     return out
 
 
@@ -197,7 +197,7 @@ def test_split_two_ranks_two_workers_no_duplicates(shard_dir, tokenizer, process
 
 
 def test_fewer_shards_than_workers_is_fine(tmp_path, tokenizer, processor):
-    tiny.write_synthetic_shards(tmp_path, shards=1, docs_per_shard=4)
+    synthetic.write_synthetic_shards(tmp_path, shards=1, docs_per_shard=4)
     stream = _stream(tmp_path, tokenizer, processor, num_workers=3)
     batches = list(stream)
     assert sum(len(b["input_ids"]) for b in batches) == 4
@@ -215,13 +215,13 @@ def test_dataloader_workers_give_every_doc_once(shard_dir, tokenizer, processor)
 
 
 def test_corrupt_and_truncated_shards_are_counted_and_skipped(tmp_path, tokenizer, processor):
-    tiny.write_synthetic_shards(tmp_path, shards=2, docs_per_shard=5, seed=3)
+    synthetic.write_synthetic_shards(tmp_path, shards=2, docs_per_shard=5, seed=3)
     good = (tmp_path / "000001.tar").read_bytes()
     (tmp_path / "000001.tar").write_bytes(good[: len(good) // 2 + 100])  # truncated mid-member
     (tmp_path / "000002.tar").write_bytes(b"\x00garbage" * 300)  # not a tar
     # a shard with one bad JSON record and one good record
     with ShardWriter(tmp_path / "000003.tar") as w:
-        w.write(tiny.synthetic_document(99, seed=3))
+        w.write(synthetic.synthetic_document(99, seed=3))
         w.close()
     with tarfile.open(tmp_path / "000003.tar", "a") as tar:
         info = tarfile.TarInfo("ffffffffffffffffffffffffffffffff.json")
@@ -263,7 +263,10 @@ def test_missing_image_member_is_counted_once(tmp_path, tokenizer, processor):
 def test_pairs_dataset(tmp_path, tokenizer, processor):
     with tarfile.open(tmp_path / "pairs.tar", "w") as tar:
         for i in range(3):
-            for ext, payload in (("jpg", tiny.draw_image("red", "circle")), ("txt", b"alpha beta")):
+            for ext, payload in (
+                ("jpg", synthetic.draw_shape("red", "circle")),
+                ("txt", b"alpha beta"),
+            ):
                 info = tarfile.TarInfo(f"{i:032x}.{ext}")
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
@@ -364,7 +367,7 @@ def test_pipe_urls_stream_shards(shard_dir, tokenizer, processor):
 def test_m3w_1_and_m3w_2_shards_give_the_same_batches(tmp_path, tokenizer, processor):
     """The loader reads both layouts (one member per image, and m3w/2's one images member) into
     the same tensors: the same documents written both ways give equal batches."""
-    docs = [tiny.synthetic_document(i, 3, max_images=3) for i in range(6)]
+    docs = [synthetic.synthetic_document(i, 3, max_images=3) for i in range(6)]
     for schema in ("m3w/1", "m3w/2"):
         with ShardWriter(tmp_path / schema.replace("/", "_") / "000000.tar", schema) as w:
             for doc in docs:
@@ -386,7 +389,7 @@ def test_an_m3w_2_images_member_that_does_not_match_is_a_counted_skip(
 ):
     import msgpack
 
-    doc, good = (tiny.synthetic_document(i, 3, max_images=2) for i in range(2))
+    doc, good = (synthetic.synthetic_document(i, 3, max_images=2) for i in range(2))
     record, _ = doc.to_shard()
     good_record, good_images = good.to_shard()
     with tarfile.open(tmp_path / "000000.tar", "w") as tar:

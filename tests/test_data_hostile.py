@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from m3w_builder.document import Document
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import data
 
 
@@ -66,7 +66,7 @@ def _shard(path, payloads: list[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    docs = [tiny.synthetic_document(i).text() for i in range(10)]
+    docs = [synthetic.synthetic_document(i).text() for i in range(10)]
     return tiny.train_tokenizer(docs + ["alpha beta gamma delta epsilon zeta"], vocab_size=300)
 
 
@@ -104,7 +104,7 @@ def test_document_from_json_refuses_the_same_records(case):
 def test_a_good_record_and_every_field_the_build_writes_pass():
     from m3w_builder.document import check_record
 
-    doc = tiny.synthetic_document(3)
+    doc = synthetic.synthetic_document(3)
     record = doc.to_json()
     assert check_record(record) is record
     assert Document.from_json(record).texts == doc.texts

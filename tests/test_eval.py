@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from m3w_builder.errors import InputError
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import eval as m3w_eval
 from pipelines.train import loop as train
 from pipelines.train.data import make_loader, pad_images
@@ -51,13 +51,13 @@ SCENES = [  # (colour, shape, count) of the few-shot file
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tiny.train_tokenizer([tiny.synthetic_document(i).text() for i in range(64)], 400)
+    return tiny.train_tokenizer([synthetic.synthetic_document(i).text() for i in range(64)], 400)
 
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("heldout")
-    tiny.write_synthetic_shards(out, shards=2, docs_per_shard=8, seed=7)
+    synthetic.write_synthetic_shards(out, shards=2, docs_per_shard=8, seed=7)
     return out
 
 
@@ -66,7 +66,7 @@ def write_fewshot(folder: Path, attributes: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (colour, shape, count) in enumerate(SCENES):
-        (folder / f"{i}.jpg").write_bytes(tiny.draw_image(colour, shape, seed=i))
+        (folder / f"{i}.jpg").write_bytes(synthetic.draw_shape(colour, shape, seed=i))
         row = {"image": f"{i}.jpg", "caption": f"{count} {colour} {shape}"}
         if attributes:
             row["attributes"] = {"colour": colour, "shape": shape, "count": count}
@@ -266,7 +266,7 @@ def trained(tmp_path_factory, tokenizer, heldout) -> Path:
     """A 2-step `m3w train` run on other shards: tmp/{models, train, run, fs/fewshot.jsonl}."""
     root = tmp_path_factory.mktemp("eval-cli")
     lm, vision = tiny.save_tiny_models(root / "models", tokenizer)
-    tiny.write_synthetic_shards(root / "train", shards=2, docs_per_shard=8, seed=1)
+    synthetic.write_synthetic_shards(root / "train", shards=2, docs_per_shard=8, seed=1)
     base = {
         "model": {"lm": str(lm), "vision": str(vision), "flamingo": tiny.TINY_FLAMINGO},
         "data": {"batch_size": 2, "seq_len": 32, "num_workers": 0, "shuffle_buffer": 0},

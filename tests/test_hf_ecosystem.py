@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from shardgen import make_job
+
+from pipelines.demo.synthetic import make_job
 
 datasets = pytest.importorskip("datasets")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shardgen import make_job, rewrite_shard
 
 from pipelines.cli import main
+from pipelines.demo.synthetic import make_job, rewrite_shard
 from pipelines.inspect.read import TarFormatError, expand_braces, iter_samples, resolve_target
 from pipelines.inspect.stats import Histogram, compute_stats
 from pipelines.inspect.verify import verify
@@ -548,7 +548,7 @@ def test_show_and_grep_read_past_a_broken_shard(job, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from shardgen import build_sample_job
+    from pipelines.demo.synthetic import build_sample_job
 
     return build_sample_job(tmp_path_factory.mktemp("built"))
 

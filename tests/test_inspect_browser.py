@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from shardgen import make_job, rewrite_shard
 
 from pipelines.cli import main
+from pipelines.demo.synthetic import make_job, rewrite_shard
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -14,8 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from shardgen import make_job
 
+from pipelines.demo.synthetic import make_job
 from pipelines.inspect.html import write_gallery
 from pipelines.inspect.read import iter_samples, resolve_target
 from pipelines.inspect.verify import verify

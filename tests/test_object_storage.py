@@ -134,11 +134,13 @@ def test_inspect_reads_the_job_by_url(built):
 
 
 def test_train_streams_the_shards_by_url(built, tmp_path):
-    from pipelines.demo import tiny
+    from pipelines.demo import synthetic, tiny
 
     fs, env, _ = built
     names = [json.loads(x)["name"] for x in fs.cat("jobs/one/manifest.jsonl").decode().splitlines()]
-    tokenizer = tiny.train_tokenizer([tiny.synthetic_document(i).text() for i in range(32)], 300)
+    tokenizer = tiny.train_tokenizer(
+        [synthetic.synthetic_document(i).text() for i in range(32)], 300
+    )
     lm, vision = tiny.save_tiny_models(tmp_path / "models", tokenizer)
     pattern = f"s3://jobs/one/shards/{{000000..{len(names) - 1:06d}}}.tar"
     config = {

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import loop as train
 from pipelines.train.config import TrainConfig, apply_override
 from pipelines.train.data import DataConfig
@@ -27,14 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    docs = [tiny.synthetic_document(i).text() for i in range(64)]
+    docs = [synthetic.synthetic_document(i).text() for i in range(64)]
     return tiny.train_tokenizer(docs, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    tiny.write_synthetic_shards(out, shards=4, docs_per_shard=12, seed=5)
+    synthetic.write_synthetic_shards(out, shards=4, docs_per_shard=12, seed=5)
     return out
 
 

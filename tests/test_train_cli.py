@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.demo import tiny
+from pipelines.demo import synthetic, tiny
 from pipelines.train import loop as train
 from pipelines.train.config import TrainConfig
 
@@ -31,9 +31,11 @@ ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 def setup(tmp_path_factory) -> Path:
     """tmp/{models/lm, models/vision, shards/00000{0..3}.tar, base.yaml}."""
     root = tmp_path_factory.mktemp("train-cli")
-    tokenizer = tiny.train_tokenizer([tiny.synthetic_document(i).text() for i in range(64)], 400)
+    tokenizer = tiny.train_tokenizer(
+        [synthetic.synthetic_document(i).text() for i in range(64)], 400
+    )
     lm, vision = tiny.save_tiny_models(root / "models", tokenizer)
-    tiny.write_synthetic_shards(root / "shards", shards=4, docs_per_shard=8, seed=1)
+    synthetic.write_synthetic_shards(root / "shards", shards=4, docs_per_shard=8, seed=1)
     base = {
         "model": {"lm": str(lm), "vision": str(vision), "flamingo": tiny.TINY_FLAMINGO},
         "data": {"batch_size": 2, "seq_len": 32, "num_workers": 0, "shuffle_buffer": 0},
@@ -174,8 +176,10 @@ def test_report_to_wandb_offline_writes_a_run_and_a_resume_continues_it(tmp_path
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    tokenizer = tiny.train_tokenizer([tiny.synthetic_document(i).text() for i in range(64)], 400)
-    tiny.write_synthetic_shards(tmp_path / "shards", shards=2, docs_per_shard=8, seed=1)
+    tokenizer = tiny.train_tokenizer(
+        [synthetic.synthetic_document(i).text() for i in range(64)], 400
+    )
+    synthetic.write_synthetic_shards(tmp_path / "shards", shards=2, docs_per_shard=8, seed=1)
     out = tmp_path / "run"
 
     def run(steps: int, resume: bool) -> dict:

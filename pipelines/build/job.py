@@ -27,13 +27,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from m3w_builder.config import PROFILES, BuildConfig
+from m3w_builder.errors import OutputError, RunFailed
 from m3w_builder.reasons import Counts
 from m3w_builder.settings import Flag, add_flags, field_types, flag_values, on_off, set_path
 from pipelines.build import stages
@@ -76,7 +77,6 @@ class JobOptions:
     progress: bool = True
     loopback_only: bool = False  # local Ray only: its HTTP probes go to a closed loopback port
     log_level: int | None = None  # the workers' (None: this process's root logger level)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -571,7 +571,7 @@ class _LocalExecutor:
 
     def raise_failures(self, stage: str) -> None:
         if self.failures:
-            raise SystemExit(
+            raise RunFailed(
                 f"{len(self.failures)} unit(s) failed in the {stage} stage after retries; finished "
                 "units are kept, run the same command again to retry the rest:\n  "
                 + "\n  ".join(self.failures[:20])
@@ -694,7 +694,7 @@ def _check_or_record_job(
             changed = sorted(
                 k for k in identity if previous.get(k) != json.loads(json.dumps(identity[k]))
             )
-            raise SystemExit(
+            raise OutputError(
                 f"{job.root} holds a build with different {', '.join(changed)}; "
                 "use a new --out (or delete the folder) to build something else"
             )
@@ -937,7 +937,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run_build(args.inputs, config, options)
     except OSError as e:  # a read-only or full --out: one line, not a traceback
-        raise SystemExit(f"m3w build: {describe_os_error(e)}") from None
+        raise OutputError(describe_os_error(e)) from None
     print(summary_table(report))
     print(f"\nshards: {stages.JobDir(args.out).shards}  (manifest.jsonl, report.json beside them)")
     return 0

@@ -404,7 +404,7 @@ def read_journal(text: str, run_id: str) -> JournalState:
     return state
 
 
-class _Journal:
+class Journal:
     """Unbuffered appends (a crash loses nothing already written) and the hard per-page watchdog."""
 
     def __init__(self, path: Path, run_id: str, timeout_s: float) -> None:
@@ -444,7 +444,7 @@ def extract_unit(
     previous = read_journal(
         journal_path.read_text(errors="replace") if journal_path.exists() else "", options.run_id
     )
-    journal = _Journal(journal_path, options.run_id, options.page_kill_timeout_s)
+    journal = Journal(journal_path, options.run_id, options.page_kill_timeout_s)
     counts = Counts()
     # Any "pages" unit may hold archives (a directory of WARCs, an archive with an odd name).
     index = _new_archive_index() if unit.kind in ("pages", "range") else None

@@ -4,43 +4,22 @@
   hand, with `<image>` and `<|endofchunk|>` already special tokens.
 - `tiny_lm` / `tiny_vision` / `tiny_image_processor`: a GPT-2-style causal LM and a CLIP-style vision
   tower built from small configs, plus the matching `CLIPImageProcessor`.
-- `write_synthetic_shards`: m3w/2 shards of generated documents with Pillow-drawn images whose colour is
-  named in the following text, so a model that looks at the image can lower its loss.
+- `pretrain_lm`, `save_tiny_models`, `tiny_flamingo`: the demo's pretrained-then-frozen LM and the
+  tests' whole tiny model. Synthetic shards to train on are pipelines/demo/synthetic.py's.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
-from m3w_builder.document import Document, ImageNode, TextNode
-from m3w_builder.shards import ShardInfo, ShardWriter
 from pipelines.train.data import EOC_TOKEN, IMAGE_TOKEN
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 60),
-    "blue": (40, 60, 220),
-    "yellow": (235, 215, 40),
-    "purple": (140, 40, 170),
-    "orange": (245, 140, 20),
-}
-SHAPES = ("circle", "square", "triangle")
-WORDS = (
-    "the garden path leads past old stone walls where people walk every morning and evening "
-    "a small shop sells bread fruit and coffee near the station while trains arrive on time "
-    "visitors often stop to read the signs about local history and the river that runs beside"
-).split()
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Any:
@@ -117,73 +96,6 @@ def tiny_image_processor(image_size: int = 32) -> Any:
     return Processor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic shards
-# --------------------------------------------------------------------------------------------
-def draw_image(colour: str, shape: str, size: int = 96, seed: int = 0) -> bytes:
-    """A JPEG of one coloured shape on a light background (varied by seed)."""
-    rng = random.Random(seed)
-    bg = tuple(rng.randint(225, 255) for _ in range(3))
-    im = Image.new("RGB", (size, size), bg)
-    d = ImageDraw.Draw(im)
-    m = rng.randint(8, 20)
-    box = (m, m, size - m, size - m)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        d.ellipse(box, fill=fill)
-    elif shape == "square":
-        d.rectangle(box, fill=fill)
-    else:
-        d.polygon([(size // 2, m), (m, size - m), (size - m, size - m)], fill=fill)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def synthetic_document(index: int, seed: int = 0, *, max_images: int = 3) -> Document:
-    """A page of 1-`max_images` images, each followed by a sentence naming its colour and shape."""
-    rng = random.Random(f"{seed}/{index}")
-    doc = Document(url=f"http://synthetic.test/{seed}/{index}")
-    doc.nodes.append(TextNode(" ".join(rng.choices(WORDS, k=rng.randint(6, 20)))))
-    for j in range(rng.randint(1, max_images)):
-        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-        data = draw_image(colour, shape, seed=rng.randint(0, 10**9))
-        attach = "following" if rng.random() < 0.5 else "preceding"
-        doc.nodes.append(
-            ImageNode(
-                src=f"/img/{index}/{j}.jpg",
-                width=96,
-                height=96,
-                data=data,
-                ext="jpg",
-                attach=attach,
-            )
-        )
-        filler = " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))
-        doc.nodes.append(TextNode(f"a {colour} {shape}. {filler}"))
-    return doc
-
-
-def write_synthetic_shards(
-    out_dir: str | Path,
-    *,
-    shards: int = 4,
-    docs_per_shard: int = 8,
-    seed: int = 0,
-    max_images: int = 3,
-) -> list[ShardInfo]:
-    """`shards` tar shards `{000000..}.tar` of synthetic documents under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    infos = []
-    for s in range(shards):
-        with ShardWriter(out / f"{s:06d}.tar") as w:
-            for i in range(docs_per_shard):
-                w.write(synthetic_document(s * docs_per_shard + i, seed, max_images=max_images))
-            infos.append(w.close())
-    return infos
 
 
 def tiny_flamingo(
