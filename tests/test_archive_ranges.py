@@ -57,6 +57,7 @@ def _docs(out: Path) -> list[dict]:
     return docs
 
 
+@pytest.mark.slow
 def test_a_build_over_ranges_keeps_the_documents_of_a_whole_file_build(warc, tmp_path):
     config = BuildConfig.for_profile("m3w")
     config.fetch.offline = True

@@ -91,6 +91,7 @@ def test_inspect_html_into_a_folder_and_plot_without_matplotlib(tmp_path):
     assert not (tmp_path / "p.png").exists() and result.stdout == ""  # failed before reading
 
 
+@pytest.mark.slow
 def test_export_of_a_missing_job(tmp_path):
     one_line_error(m3w("export", "nojob", "out", cwd=tmp_path), "nojob")
 

@@ -150,6 +150,7 @@ def test_true_image_loss_is_the_trainers_loss_and_closed_gates_ignore_images(tok
     assert result["batches"] == 1 and result["windows"] == 4
 
 
+@pytest.mark.slow
 def test_ablations_change_attached_text_only(tokenizer, heldout):
     p = parts(tokenizer, gates=2.0)
     p.model.eval()
@@ -187,6 +188,7 @@ def test_predict_reads_the_first_value_named():
     assert m3w_eval.predict(words("red then blue"), colours) == "red"
 
 
+@pytest.mark.slow
 def test_fewshot_scores_attributes_and_skips_what_cannot_run(tokenizer, heldout, tmp_path):
     p = parts(tokenizer, gates=1.0)
     fewshot = write_fewshot(tmp_path / "fs")

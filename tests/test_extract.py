@@ -192,6 +192,7 @@ def test_cli_html_file_prints_one_document(tmp_path, capsys) -> None:
     assert out["lang"] == "en"
 
 
+@pytest.mark.slow
 def test_cli_dropped_page_says_why(tmp_path, capsys) -> None:
     page = tmp_path / "short.html.gz"
     page.write_bytes(gzip.compress(b"<html><body><p>Tiny.</p></body></html>"))

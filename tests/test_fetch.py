@@ -80,6 +80,7 @@ def test_normal_image(server: LocalServer) -> None:
     assert server.headers["/image.jpg"]["User-Agent"] == FetchConfig().user_agent
 
 
+@pytest.mark.slow
 def test_timeout_is_retried_then_counted(server: LocalServer) -> None:
     code, fetcher = skip_code(server.url("/slow?s=1.5"), config(retries=1))
     assert code == "image.fetch_timeout"
@@ -202,6 +203,7 @@ def test_robots_noai_parsing() -> None:
     assert not robots_noai([])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("total", "per_host"), [(64, 4), (3, 64)])
 def test_connection_limits_hold_under_load(total: int, per_host: int) -> None:
     limit = min(total, per_host)
@@ -284,6 +286,7 @@ def test_guarded_resolver_checks_every_answer() -> None:
     asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_queued_requests_do_not_time_out_waiting_for_a_slot() -> None:
     """12 requests of 100 ms through 2 per-host slots take ~0.6 s; each request's own timeouts
     (0.2 s connect, 0.5 s total) start only when it gets a slot, so none of them fails."""

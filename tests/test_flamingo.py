@@ -133,6 +133,7 @@ def test_add_flamingo_tokens_is_idempotent_and_adds_pad():
     assert encode(tok, "a <I> cat <E>").tolist()[0][1:] == [ids[0], WORDS.index("cat") + 3, ids[1]]
 
 
+@pytest.mark.slow
 def test_new_rows_train_and_original_rows_stay_frozen_with_tied_head():
     model, tok = build("gpt2")
     emb, head = model.lm.get_input_embeddings(), model.lm.get_output_embeddings()
@@ -163,6 +164,7 @@ def test_new_token_ids_inside_a_padded_embedding_matrix():
 # --- layer discovery and zero gates -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gpt2", "opt", "llama", "qwen2", "neox"])
 def test_zero_gates_give_the_bare_lm_logits(kind):
     bare = tiny_lm(kind)
@@ -193,6 +195,7 @@ def test_every_nth_layer_and_a_clear_error_when_no_layers():
         find_decoder_layers(torch.nn.Linear(3, 3))
 
 
+@pytest.mark.slow
 def test_any_vision_tower_and_hidden_layer_siglip():
     torch.manual_seed(1)
     vcfg = SiglipVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
@@ -216,6 +219,7 @@ def test_any_vision_tower_and_hidden_layer_siglip():
 # --- locality of image influence ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preceding", [False, True])
 def test_an_image_changes_only_the_tokens_that_see_it(preceding):
     model, tok = build("gpt2")
@@ -331,6 +335,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_few_steps_open_the_gates_and_lower_the_loss():
     model, tok = build("gpt2")
     model.train()
@@ -365,6 +370,7 @@ def test_deepcopy_and_pickle_keep_the_wrapped_layers_working():
 # --- generation and persistence -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,attach", [("gpt2", "ff"), ("llama", "fp"), ("gpt2", "pp")])
 def test_generate_with_cache_equals_no_cache_greedy(kind, attach):
     model, tok = build(kind)

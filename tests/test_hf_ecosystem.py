@@ -93,6 +93,7 @@ def _export(job, out: Path, fmt: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_export_parquet_loads_with_datasets_and_decodes_images(job, tmp_path):
     out = tmp_path / "export"
     result = _export(job, out, "parquet")
@@ -131,6 +132,7 @@ def test_export_parquet_loads_with_datasets_and_decodes_images(job, tmp_path):
     assert card.startswith("---\nconfigs:") and "## Features" in card and "## Build report" in card
 
 
+@pytest.mark.slow
 def test_export_jsonl_has_urls_and_no_bytes(job, tmp_path):
     out = tmp_path / "export"
     result = _export(job, out, "jsonl")
@@ -148,6 +150,7 @@ def test_export_jsonl_has_urls_and_no_bytes(job, tmp_path):
     assert len(ds) == len(job.docs) and ds.features["images"].feature.dtype == "string"
 
 
+@pytest.mark.slow
 def test_export_refuses_a_folder_that_is_not_empty(job, tmp_path):
     out = tmp_path / "export"
     out.mkdir()
@@ -157,6 +160,7 @@ def test_export_refuses_a_folder_that_is_not_empty(job, tmp_path):
     assert "is not empty" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_export_reads_m3w_1_jobs_too(tmp_path):
     old = make_job(tmp_path / "old", n_shards=1, docs_per_shard=3, seed=5, schema="m3w/1")
     out = tmp_path / "export"

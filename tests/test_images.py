@@ -397,6 +397,7 @@ def test_every_pillow_corpus_file_over_http(server: LocalServer, corpus: Path) -
     assert counts["doc.no_images"] == failing
 
 
+@pytest.mark.slow
 def test_failures_drop_only_their_image(server: LocalServer) -> None:
     good = [server.add(f"/good{i}.png", drawn_image(200, 160, "PNG", seed=i)) for i in range(3)]
     doc = Document(

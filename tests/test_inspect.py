@@ -172,6 +172,7 @@ def test_stats_with_a_transformers_tokenizer(job, tmp_path):
     assert stats.tokens == sum(len(t.replace(" ", "")) for d in job.docs for t in d.texts if t)
 
 
+@pytest.mark.slow
 def test_cli_stats_json_and_plot(job, tmp_path, capsys):
     plot = tmp_path / "h.png"
     assert main(["inspect", "stats", str(job.root), "--json", "--plot", str(plot)]) == 0

@@ -62,6 +62,7 @@ def _gallery(tmp_path: Path, *extra: str) -> tuple[Path, object]:
     return out, job
 
 
+@pytest.mark.slow
 def test_gallery_renders_every_image_and_link(browser, tmp_path):
     out, job = _gallery(tmp_path, "--n", "6")
     browser.get(out.as_uri())

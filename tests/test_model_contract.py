@@ -128,6 +128,7 @@ def test_both_kernels_equal_the_reference_on_attachment_masks(per_image, seed):
     st.sampled_from([None, 1, 3]),
     st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_both_kernels_equal_the_reference_on_random_masks(b, t, n, density, block, seed):
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(b, t, n, generator=g) < density
@@ -173,6 +174,7 @@ def test_nan_in_an_image_never_reaches_tokens_that_do_not_see_it(kernel, seen_by
         torch.testing.assert_close(a[keep], b[keep], atol=1e-6, rtol=0, msg=f"d/d{x}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_broken_image_nobody_sees_changes_nothing(impl):
     # three valid slots, a prompt with two <image>: slot 2 is seen by nobody, and its pixels are NaN
@@ -237,6 +239,7 @@ TEXT_ONLY = "<s> the cat sat on the mat and a dog is red"
 WITH_IMAGES = "<s> a photo of <E> <I> a red car <E> <I> a"  # as long as TEXT_ONLY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("pad", [False, True])
 def test_a_text_only_sample_gives_the_same_logits_alone_and_beside_images(impl, pad):
@@ -258,6 +261,7 @@ def test_a_text_only_sample_gives_the_same_logits_alone_and_beside_images(impl, 
     torch.testing.assert_close(both[1], other_alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_zero_gates_without_images_still_give_the_bare_lm(kind):
     # the blocks now run without images too; at gate 0 they must add exactly nothing
@@ -285,6 +289,7 @@ def test_the_gated_ffw_runs_on_tokens_without_images():
     assert torch.equal(without, block(x, torch.randn(2, 0, 4, 12), no_image[..., :0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_text_only_generation_alone_equals_beside_an_image_prompt(impl):
     model, tok = build("gpt2", xattn_impl=impl)
@@ -391,6 +396,7 @@ def test_shape_mismatch_in_the_cross_attention_is_a_clear_error(impl):
 @pytest.mark.parametrize(
     "kind,field", [("gpt2", "n_positions"), ("opt", "max_position_embeddings")]
 )
+@pytest.mark.slow
 def test_a_sequence_past_the_lm_positions_is_a_clear_error(kind, field):
     model, tok = build(kind)
     limit = 128  # the tiny LMs' position limit

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from m3w_builder import minhash
 from m3w_builder.config import BuildConfig
@@ -80,6 +81,7 @@ def _components(work: Path, parts: int, per_unit: int = 17) -> UnionFind:
     return uf
 
 
+@pytest.mark.slow
 def test_near_copies_are_removed_and_different_documents_are_not(tmp_path: Path):
     docs = _families()
     texts = [t for _, t in docs]
@@ -133,6 +135,7 @@ def _page(text: str) -> bytes:
     return f"<html><body>{body}<img src='/a.jpg'></body></html>".encode()
 
 
+@pytest.mark.slow
 def test_a_build_removes_near_copies_the_same_way_with_any_partitions(tmp_path: Path):
     from httpserver import drawn_image
 

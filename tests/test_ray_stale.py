@@ -78,6 +78,7 @@ def test_a_reused_pid_does_not_make_a_dead_owner_alive(tmp_path):
         agent.wait()
 
 
+@pytest.mark.slow
 def test_an_agent_that_ignores_sigterm_is_killed(tmp_path):
     pid, start = _dead_pid()
     session = _session(tmp_path, "stubborn", {"pid": pid, "start": start})
@@ -151,6 +152,7 @@ def test_an_agent_that_cannot_be_stopped_is_a_one_line_refusal_naming_the_kill(
             proc.wait()
 
 
+@pytest.mark.slow
 def test_m3w_build_refuses_before_starting_a_ray_it_cannot_clean_up_for(tmp_path):
     """The refusal as the user sees it: `m3w build` (the real CLI, a local Ray) exits non-zero with
     the one-line refusal last on stderr, no traceback, and no Ray started."""

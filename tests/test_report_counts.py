@@ -155,6 +155,7 @@ def test_inspect_stats_prints_the_funnel_and_verify_accepts_src_page(tmp_path: P
     assert main(["inspect", "verify", str(job)]) == 0  # src_page is part of the schema
 
 
+@pytest.mark.slow
 def test_extract_and_build_count_the_same_archive_alike(tmp_path: Path):
     """`m3w extract x.warc` and `m3w build x.warc` read the same records: their reader counts
     agree (the build once counted every record twice, 64 against extract's 32)."""

@@ -587,6 +587,7 @@ def test_long_tokens_are_linear_not_quadratic(token: str) -> None:
     assert words_of(token) in ([], ["a"], [token], ["a!" * 49_999 + "a"])
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_process_hash_seed():
     """Two n-grams tie for most frequent, with different character lengths: the score must be
     the same in every process (Python's hash() is salted per process)."""

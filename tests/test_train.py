@@ -168,6 +168,7 @@ def test_resume_after_sigterm_reproduces_losses(tokenizer, shards, tmp_path, wor
     assert resumed == pytest.approx(full, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message(tokenizer, shards, tmp_path):
     parts = _parts(tokenizer)
     with torch.no_grad():

@@ -91,6 +91,7 @@ def _shards(root: Path) -> str:
         (["--report-to", "tensorbord"], ["unknown tracker 'tensorbord'"]),
     ],
 )
+@pytest.mark.slow
 def test_train_mistakes_are_one_line_errors(setup, args, needles):
     flags = {"--shards": [_shards(setup)], "--out": ["run"], "--steps": ["2"]}
     given = {a for a in args if a.startswith("--")}
@@ -98,6 +99,7 @@ def test_train_mistakes_are_one_line_errors(setup, args, needles):
     one_line_error(m3w_train(setup, "--config", "base.yaml", *base, *args), *needles)
 
 
+@pytest.mark.slow
 def test_train_without_lm_and_a_yaml_typo(setup, tmp_path):
     one_line_error(
         m3w_train(setup, "--shards", _shards(setup), "--vision", "models/vision"), "no --lm"
@@ -110,6 +112,7 @@ def test_train_without_lm_and_a_yaml_typo(setup, tmp_path):
     assert "did you mean 'num_workers'" in err
 
 
+@pytest.mark.slow
 def test_partly_missing_brace_shards_warn_once_and_train_on_the_rest(setup, tmp_path):
     pattern = str(setup / "shards" / "{000000..000005}.tar")  # 000004, 000005 do not exist
     result = m3w_train(
@@ -124,6 +127,7 @@ def test_partly_missing_brace_shards_warn_once_and_train_on_the_rest(setup, tmp_
     assert summary["steps"] == 2 and not summary["data_counts"].get("data.shard_open")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_finishes(setup, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", "base.yaml"]
@@ -170,6 +174,7 @@ def test_default_warmup_is_a_fraction_of_the_steps_and_a_resume_keeps_it():
     assert cfg.resolved_warmup() == 1000
 
 
+@pytest.mark.slow
 def test_report_to_wandb_offline_writes_a_run_and_a_resume_continues_it(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
