@@ -215,7 +215,7 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    cmd += ["-m", "pipelines.train.loop", "--config", str(tmp_path / "ddp.yaml")]
+    cmd += ["-m", "pipelines.train", "--config", str(tmp_path / "ddp.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads(
