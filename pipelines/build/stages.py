@@ -317,15 +317,14 @@ def check_inputs(inputs: list[str]) -> list[str]:
 
 def _describe_bytes(path: str) -> str:
     """A few words on what a file looks like, for the error message."""
+    from m3w_builder.fetch import sniff_image_format
+
     with open(path, "rb") as f:
-        head = f.read(16)
-    for magic, name in (
-        (b"\x89PNG", "a PNG image"),
-        (b"\xff\xd8\xff", "a JPEG image"),
-        (b"GIF8", "a GIF image"),
-        (b"%PDF", "a PDF"),
-        (b"PK\x03\x04", "a zip archive"),
-    ):
+        head = f.read(256)
+    image = sniff_image_format(head)
+    if image is not None:
+        return f"it looks like a{'n' if image[0] in 'aeiou' else ''} {image.upper()} image"
+    for magic, name in ((b"%PDF", "a PDF"), (b"PK\x03\x04", "a zip archive")):
         if head.startswith(magic):
             return f"it looks like {name}"
     if not head:

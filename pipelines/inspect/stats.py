@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from m3w_builder.fetch import sniff_image_format
 from m3w_builder.reasons import reason
 from pipelines.build.funnel import format_funnel
 from pipelines.inspect.read import Sample, TarFormatError, Target, iter_target, shard_size
@@ -102,18 +103,11 @@ class Histogram:
 
 
 def sniff_format(head: bytes | None) -> str:
-    """Image container from its signature (JPEG SOI, PNG, RIFF/WEBP, GIF), not from the file name."""
+    """Image container from its signature, not from the file name: the build's own table
+    (`m3w_builder.fetch.sniff_image_format`); "missing" for no bytes, "unknown" for no match."""
     if not head:
         return "missing"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] in (b"GIF8",):
-        return "gif"
-    return "unknown"
+    return sniff_image_format(head) or "unknown"
 
 
 _REASON_RE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
