@@ -9,7 +9,7 @@ every 4th layer (OpenFlamingo-3B/9B style), 64 latents, 6 resampler layers, L=25
 
 CPU mode measures the loader alone (samples/s with 1 and 2 DataLoader workers over generated shards
 of realistic documents, CLIP 224 px preprocessing, a BPE tokenizer) and compares it with what one H100
-step consumes, estimated from FLOPs (pipelines/train.step_flops) at 35% MFU of 989 dense bf16 TFLOP/s.
+step consumes, estimated from FLOPs (pipelines/train/flops.py step_flops) at 35% MFU of 989 dense bf16 TFLOP/s.
 The baseline in the same run is a raw tar read (webdataset, no decode): the ceiling of any loader.
 
 CUDA mode runs real training steps twice: once fed by the streaming loader, once from batches already
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m3w_builder.document import Document, ImageNode, TextNode  # noqa: E402
 from m3w_builder.shards import ShardWriter  # noqa: E402
 from pipelines.demo import synthetic, tiny
-from pipelines.train import data
+from pipelines.train import data, flops
 from pipelines.train import loop as train  # noqa: E402
 
 H100_BF16_TFLOPS = 989.0
@@ -126,8 +126,8 @@ def build_flamingo(tokenizer, device: str):
 def flops_per_sample(counts: dict[str, int], images_per_sample: float, seq_len: int) -> float:
     """Training FLOPs of one window: its tokens plus its (mean number of) images."""
     patches = (224 // 14) ** 2 + 1  # ViT-L/14 at 224 px: 256 patches + CLS
-    text = train.step_flops(counts, tokens=seq_len, images=0, patches=patches, latents=64)
-    image = train.step_flops(counts, tokens=0, images=1, patches=patches, latents=64)
+    text = flops.step_flops(counts, tokens=seq_len, images=0, patches=patches, latents=64)
+    image = flops.step_flops(counts, tokens=0, images=1, patches=patches, latents=64)
     return text + images_per_sample * image
 
 
@@ -165,7 +165,7 @@ def loader_rate(cfg: data.DataConfig, tokenizer, processor, batches: int) -> tup
 
 def cpu_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
     model = build_flamingo(tokenizer, "meta")
-    counts = train.flop_counts(model)
+    counts = flops.flop_counts(train.unwrap_model(model))
     base = data.DataConfig(shards=str(shard_dir), batch_size=args.batch_size, shuffle_buffer=64)
     rows = []
     raw = raw_read_rate(shard_dir, seconds=5)
@@ -236,7 +236,7 @@ def cuda_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
         def next(self, name):
             return batch
 
-    counts = train.flop_counts(wrapped)
+    counts = flops.flop_counts(train.unwrap_model(wrapped))
     peak = H100_BF16_TFLOPS * 1e12
     times, toks = [], 0
     for step in range(args.steps):
@@ -248,7 +248,7 @@ def cuda_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
             toks = s.tokens
             imgs = s.images
     step_s = statistics.median(times)
-    flops = train.step_flops(counts, toks, imgs, 257, 64)
+    step_total = flops.step_flops(counts, toks, imgs, 257, 64)
     return [
         f"device: {torch.cuda.get_device_name()}",
         "",
@@ -258,7 +258,7 @@ def cuda_report(args, shard_dir: Path, tokenizer, processor) -> list[str]:
         f"{summary['samples_per_s']:.1f} | {summary['data_wait_fraction']:.1%} | "
         f"{(summary['mfu'] or 0):.1%} |",
         f"| in-GPU batch (baseline) | {toks / step_s:.0f} | {args.batch_size / step_s:.1f} | 0 | "
-        f"{flops / step_s / peak:.1%} |",
+        f"{step_total / step_s / peak:.1%} |",
     ]
 
 

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from pipelines.demo import synthetic, tiny
+from pipelines.train import flops
 from pipelines.train import loop as train
 from pipelines.train.config import TrainConfig, apply_override
 from pipelines.train.data import DataConfig
@@ -108,12 +109,12 @@ def test_yaml_flags_and_overrides(tmp_path):
 
 def test_flops_estimate_counts_roles(tokenizer):
     parts = _parts(tokenizer)
-    counts = train.flop_counts(parts.model)
+    counts = flops.flop_counts(parts.model)
     assert counts["lm"] > 0 and counts["vision"] > 0 and counts["resampler"] > 0
     assert counts["xattn"] > 0
     trainable = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
     assert counts["resampler"] + counts["xattn"] == trainable
-    f = train.step_flops(counts, tokens=100, images=2, patches=17, latents=8)
+    f = flops.step_flops(counts, tokens=100, images=2, patches=17, latents=8)
     assert (
         f
         == 100 * (4 * counts["lm"] + 6 * counts["xattn"])

@@ -40,6 +40,7 @@ from pipelines.train import checkpoint
 from pipelines.train.checks import check_before_loading, check_model_configs, load_or_explain
 from pipelines.train.config import SECTION_TYPES, TrainConfig, apply_override
 from pipelines.train.data import DataConfig, WorkerPosition, make_loader, pad_images
+from pipelines.train.flops import flop_counts, peak_flops, step_flops
 from pipelines.train.report import Logger
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ BATCH_KEYS = (
     "preceding",
     "media_mask",
 )
-# Dense bf16 peak TFLOP/s per GPU (vendor datasheets, no sparsity) for the MFU estimate.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,55 +379,6 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------
-# FLOPs and MFU
-# --------------------------------------------------------------------------------------------
-def flop_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Parameter counts by role, for the FLOPs estimate: frozen LM, frozen vision, trainable."""
-    inner = unwrap_model(model)
-    lm = getattr(inner, "lm", None)
-    vision = getattr(inner, "vision", None)
-    lm_ids = {id(p) for p in lm.parameters()} if lm is not None else set()  # xattn too
-    vis_ids = {id(p) for p in vision.parameters()} if vision is not None else set()
-    counts = {"lm": 0, "vision": 0, "resampler": 0, "xattn": 0}
-    # every LM matrix costs a matmul per token, the (tied) embedding too: it is the output head
-    for name, p in inner.named_parameters():
-        if p.requires_grad:
-            counts["resampler" if "resampler" in name else "xattn"] += p.numel()
-        elif id(p) in vis_ids:
-            counts["vision"] += p.numel()
-        elif id(p) in lm_ids:
-            counts["lm"] += p.numel()
-    return counts
-
-
-def step_flops(
-    counts: dict[str, int], tokens: int, images: int, patches: int, latents: int
-) -> float:
-    """Training FLOPs of one step (Kaplan et al. 2020's 2N per token forward, 4N backward).
-
-    The frozen LM still back-propagates activations to the xattn layers below it (2N+2N, no weight
-    gradients); trainable xattn weights pay the full 6N per text token; the frozen vision tower runs
-    forward only (2N per patch); the resampler pays 6N per (patch + latent) of every image.
-    """
-    lm = tokens * (4 * counts["lm"] + 6 * counts["xattn"])
-    vision = images * patches * 2 * counts["vision"]
-    resampler = images * (patches + latents) * 6 * counts["resampler"]
-    return float(lm + vision + resampler)
-
-
-def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
-    if cfg.run.peak_tflops:
-        return cfg.run.peak_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
-
-
-# --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 class StopFlag:
@@ -503,7 +453,7 @@ def train(
     streams = Streams(cfg, parts, d, state["data"])
     if "rng" in state:  # after the DataLoader iterators drew their seeds, as in the first run
         checkpoint.set_rng_state(state["rng"])
-    counts = flop_counts(model)
+    counts = flop_counts(unwrap_model(model))
     patches, latents = _vision_shape(parts), int(cfg.model.flamingo.get("num_latents", 64))
     peak = peak_flops(cfg, d.device)
     logger = Logger(cfg, d.main, state["step"])
