@@ -34,7 +34,7 @@ class SourceConfig:
 
 @dataclass
 class DomConfig:
-    """DOM → Document rules (dom.py)."""
+    """DOM → Document rules (m3w_builder/dom/)."""
 
     min_data_uri_bytes: int = 1_000  # data: URIs shorter than this are spacers/pixels, not content
     # Main-content focus (Readability.js-style container scoring). Off keeps the whole cleaned body,
