@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", help="keep everything here (default: a temporary folder, removed)")
     p.add_argument("--pages", type=int, default=150, help="pages of the generated site (>10)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps")
+    p.add_argument("--steps", type=int, default=600, help="training steps")
     p.add_argument(
         "--heldout", type=float, default=0.2, help="share of the shards held out for m3w eval"
     )
@@ -308,7 +308,13 @@ def train_tiny(
                     "images": args.images,
                 }
             ],
-            "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 10)},
+            # warm-up, then cosine decay: the loss and the held-out scores level off by ~600 steps
+            # (1500 constant-LR steps read no more of the pictures and took 2.5x the time)
+            "optim": {
+                "lr": args.lr,
+                "warmup_steps": max(1, args.steps // 10),
+                "schedule": "cosine",
+            },
             "run": {
                 "out": str(out / "run"),
                 "steps": args.steps,
