@@ -199,6 +199,28 @@ class SiteInfo:
         return asdict(self)
 
 
+_FACTS = (
+    "A triangle has three corners and three sides.",
+    "A square has four corners and four equal sides.",
+    "A star has five points around its middle.",
+    "A circle is round and has no corners at all.",
+    "Wheels and coins are circles, and dice are made of squares.",
+    "Sails and roofs look like triangles, and the night sky is full of stars.",
+    "One and one make two, and two and two make four.",
+    "Three is one more than two and one less than four.",
+    "A pair means two, and a trio means three.",
+    "She counted one, two, three, four on her fingers.",
+    "Ripe tomatoes are red and grass is green.",
+    "Bananas are yellow and carrots are orange.",
+    "The deep sea is blue and coal is black.",
+    "Plums are purple and many roses are pink.",
+    "Tree bark is brown and the shallow lagoon is cyan.",
+    "Sand covers the beach and mint grows in the herb bed.",
+    "Lilac blooms in spring and cream is poured into coffee.",
+    "A cloudy sky is grey and a clear sky is pale blue.",
+)
+
+
 class Words:
     """Per-page decks of phrases, dealt without replacement (reshuffled when empty): a page then
     repeats no phrase until it has used them all, which keeps Gopher's duplicate n-gram fractions
@@ -370,7 +392,13 @@ def _grounded_body(
     words = Words(rng)
     # one paragraph of prose (Gopher's 50-word minimum with the captions) and up to 5 pictures: a
     # training window of the demo then holds a whole page, so every image slot gets trained
-    prose = [f"<p>{html.escape(words.paragraph())}</p>"]
+    sentences = [words.sentence() for _ in range(rng.randint(3, 5))]
+    # and two facts about the words the captions use: a frozen LM that had only seen the captions
+    # would meet "triangles" and "circles" in the very same places and give them near-equal
+    # embeddings; a real LM knows them apart from its text
+    sentences += rng.sample(_FACTS, 2)
+    rng.shuffle(sentences)
+    prose = [f"<p>{html.escape(' '.join(sentences))}</p>"]
     figures: list[str] = []
     for j in range(0 if only_bad else rng.randint(2, 5)):
         scene = random_scene(rng)
