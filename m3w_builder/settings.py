@@ -116,10 +116,7 @@ def parse_assignment(assignment: str) -> tuple[list[str], Any]:
 def apply_assignment(root: Any, assignment: str) -> None:
     """`--set section.field=value` on a tree of dataclasses (BuildConfig): the same checks as YAML."""
     parts, value = parse_assignment(assignment)
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    apply_mapping(root, nested, "--set")
+    set_path(root, ".".join(parts), value, where="--set")
 
 
 def on_off(text: str) -> bool:
@@ -179,12 +176,12 @@ def _scalar(annotation: Any) -> Callable[[str], Any]:
     return str
 
 
-def set_path(root: Any, dest: str, value: Any) -> None:
+def set_path(root: Any, dest: str, value: Any, where: str = "flag") -> None:
     """Set the field at `dest` (`attach.p_next`, `seed`) with the same checks as YAML."""
     nested: Any = value
     for part in reversed(dest.split(".")):
         nested = {part: nested}
-    apply_mapping(root, nested, "flag")
+    apply_mapping(root, nested, where)
 
 
 def flag_values(args: argparse.Namespace, flags: Iterable[Flag]) -> Iterator[tuple[Flag, Any]]:

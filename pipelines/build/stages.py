@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3w_builder.atomic import attempt_tmp
 from m3w_builder.config import BuildConfig
 from m3w_builder.document import Document, RawPage
 from m3w_builder.reasons import Counts, Skip, reason, split_counts
@@ -104,9 +105,6 @@ class JobDir:
 
     def write_stats(self, unit: int) -> Path:
         return self.work / "write" / f"{unit:05d}.json"
-
-
-attempt_tmp = storage.attempt_tmp
 
 
 STALE_ATTEMPT_S = 600.0  # an attempt's temporary file untouched this long belongs to a dead task

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from m3w_builder.errors import ConfigError
-from m3w_builder.settings import check_value, did_you_mean, field_types
+from m3w_builder.settings import check_value, did_you_mean, field_types, parse_assignment
 from pipelines.train.data import DataConfig
 
 FLAMINGO_WARMUP_STEPS = 5000  # Flamingo appendix B.1.2: linear warmup over 5k steps
@@ -217,10 +217,8 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
     """`section.field=value` (value parsed as YAML), e.g. `optim.lr=3e-4`, `data.0.batch_size=16`,
     or `data.batch_size=16` for every dataset of the mixture. A field that does not exist is an
     error naming the closest one (`data.num_worker` → `num_workers`), never a silent no-op."""
-    path, eq, value = assignment.partition("=")
-    if not eq:
-        raise ConfigError(f"--set must look like section.field=value, got {assignment!r}")
-    parts = path.strip().split(".")
+    parts, parsed = parse_assignment(assignment)
+    path = ".".join(parts)
     section = parts[0]
     if section not in SECTION_TYPES:
         raise ConfigError(
@@ -240,16 +238,12 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
     elif len(parts) == 2:
         targets, name = [getattr(cfg, section)], parts[1]
     elif section == "model" and len(parts) == 3 and parts[1] == "flamingo":
-        cfg.model.flamingo[parts[2]] = yaml.safe_load(value)  # FlamingoConfig checks it at load
+        cfg.model.flamingo[parts[2]] = parsed  # FlamingoConfig checks it at load
         return
     else:
         raise ConfigError(f"--set {path}: write {section}.FIELD")
     if name not in _field_names(kind):
         raise _unknown_field(section, kind, name)
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {path}: cannot read the value {value!r}") from None
     parsed = check_value(f"--set {path}", parsed, field_types(kind)[name])
     for target in targets:
         setattr(target, name, parsed)
