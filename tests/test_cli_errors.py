@@ -65,6 +65,20 @@ def test_build_mistakes_are_one_line_errors(inputs, args, needles):
     assert not (inputs / "j").exists()  # nothing written for a build that cannot start
 
 
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--vision-pretrain-steps", "-1"], ["--vision-pretrain-steps must be at least 0, got -1"]),
+        (["--pages", "3"], ["--pages must be at least 11, got 3"]),
+        (["--heldout", "1.5"], ["--heldout is a share of the shards"]),
+    ],
+)
+def test_demo_flags_out_of_range_are_one_line_errors_before_anything_runs(tmp_path, args, needles):
+    result = m3w("demo", "--out", "d", *args, cwd=tmp_path)
+    one_line_error(result, *needles)
+    assert not (tmp_path / "d").exists()  # refused before the site, the build or a model
+
+
 def test_debug_shows_the_traceback(inputs):
     result = m3w("--debug", "build", "photo.png", "--out", "j", cwd=inputs)
     assert result.returncode == 1 and "Traceback" in result.stderr and "InputError" in result.stderr

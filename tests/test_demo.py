@@ -40,6 +40,7 @@ def test_demo_end_to_end(tmp_path):
     # windows of 128 tokens hold a picture of most held-out pages (64 left one window with images
     # in some draws, and the shuffled-image ablation refused it)
     cmd += ["--pages", "12", "--steps", "12", "--batch-size", "4", "--seq-len", "128"]
+    cmd += ["--vision-pretrain-steps", "4"]
     trace = tmp_path / "strace.log"
     traced = strace_problem() is None
     if traced:
@@ -57,6 +58,7 @@ def test_demo_end_to_end(tmp_path):
     assert summary["prompt"].startswith("<image>") and summary["generated"]
     # the LM was pretrained on the text before it was frozen, and m3w eval ran on held-out shards
     assert summary["lm_pretrain"]["last_loss"] < summary["lm_pretrain"]["first_loss"]
+    assert summary["vision_pretrain"]["seconds"] > 0  # so was the tower, on drawn scenes
     assert summary["train_shards"] >= 1 and summary["heldout_shards"] >= 1
     evaluation = summary["eval"]
     for key in EVAL_KEYS:
@@ -75,7 +77,8 @@ def test_demo_end_to_end(tmp_path):
 
 def _small_demo(out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "pipelines.cli", "demo", "--out", str(out), "--pages", "60"]
-    cmd += ["--steps", "500", "--lm-pretrain-steps", "200", *extra]
+    cmd += ["--steps", "500", "--lm-pretrain-steps", "200", "--vision-pretrain-steps", "200"]
+    cmd += extra
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

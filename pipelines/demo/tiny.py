@@ -124,11 +124,14 @@ def save_tiny_models(
     seed: int = 0,
     pretrain_on: list[str] | None = None,
     pretrain_steps: int = 400,
+    vision_pretrain_steps: int = 0,
 ) -> tuple[Path, Path]:
     """Save a tiny LM (with `tokenizer`) and vision tower (with its image processor) as local model
     directories, so `m3w train --lm DIR/lm --vision DIR/vision` loads them exactly as it loads hub
-    ids. With `pretrain_on` (documents' text) the LM is first trained on it (`pretrain_lm`, scores
-    in DIR/pretrain.json), else it stays random; the tower stays random. Returns (lm_dir, vision_dir)."""
+    ids. With `pretrain_on` (documents' text) the LM is first trained on it (`pretrain_lm`), else it
+    stays random; with `vision_pretrain_steps` the tower is first trained contrastively on freshly
+    drawn scenes of the demo world (pipelines/demo/tower.py), else it stays random. The scores go
+    to DIR/pretrain.json. Returns (lm_dir, vision_dir)."""
     import torch
 
     torch.manual_seed(seed)
@@ -140,8 +143,14 @@ def save_tiny_models(
         scores["lm"] = pretrain_lm(lm, tokenizer, pretrain_on, steps=pretrain_steps, seed=seed)
     lm.save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)
-    tiny_vision(image_size=image_size, patch_size=patch_size).save_pretrained(vision_dir)
-    tiny_image_processor(image_size).save_pretrained(vision_dir)
+    vision = tiny_vision(image_size=image_size, patch_size=patch_size)
+    processor = tiny_image_processor(image_size)
+    if vision_pretrain_steps:
+        from pipelines.demo.tower import pretrain_tower
+
+        scores["vision"] = pretrain_tower(vision, processor, steps=vision_pretrain_steps, seed=seed)
+    vision.save_pretrained(vision_dir)
+    processor.save_pretrained(vision_dir)
     if scores:
         (directory / "pretrain.json").write_text(json.dumps(scores))
     return lm_dir, vision_dir
