@@ -170,6 +170,53 @@ def test_resume_after_sigterm_reproduces_losses(tokenizer, shards, tmp_path, wor
 
 
 @pytest.mark.slow
+def test_eval_every_logs_held_out_ablations_without_changing_the_training(
+    tokenizer, shards, tmp_path
+):
+    """`--eval-every`: m3w eval's image ablations on held-out shards every N steps and at the
+    last, in summary-train.json and TensorBoard; the training itself (losses, batches) is the
+    same as without it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    held_out = tmp_path / "held_out"
+    synthetic.write_synthetic_shards(held_out, shards=2, docs_per_shard=6, seed=11)
+    plain = train.train(_cfg(shards, tmp_path / "plain", steps=5), _parts(tokenizer))
+    cfg = _cfg(shards, tmp_path / "eval", steps=5, eval_every=2, eval_shards=str(held_out))
+    cfg.run.eval_batches = 2
+    summary = train.train(cfg, _parts(tokenizer))
+    assert summary["losses"] == plain["losses"]
+    assert [h["step"] for h in summary["held_out"]] == [2, 4, 5]
+    for record in summary["held_out"]:
+        for condition in ("true_images", "shuffled_images", "no_images", "flipped_attachment"):
+            assert math.isfinite(record[f"eval/loss_{condition}"]), record
+    assert summary["held_out_off_because"] is None
+    tb = EventAccumulator(str(tmp_path / "eval" / "tb"))
+    tb.Reload()
+    steps = [e.step for e in tb.Scalars("eval/loss_true_images")]
+    assert steps == [2, 4, 5]
+
+
+@pytest.mark.slow
+def test_held_out_shards_without_pictures_stop_the_evaluations_not_the_training(
+    tokenizer, shards, tmp_path
+):
+    """A held-out set in which no text token sees an image cannot be scored: one error line,
+    and the run trains to the end without further evaluations."""
+    from m3w_builder.document import Document, TextNode
+
+    text_only = tmp_path / "text_only"
+    docs = [
+        Document(url=f"http://t.test/{i}", nodes=[TextNode(f"plain text {i} " * 8)])
+        for i in range(4)
+    ]
+    list(synthetic.write_shards(text_only, docs, shards=1, docs_per_shard=4))
+    cfg = _cfg(shards, tmp_path / "run", steps=4, eval_every=2, eval_shards=str(text_only))
+    summary = train.train(cfg, _parts(tokenizer))
+    assert summary["steps"] == 4 and summary["held_out"] == []
+    assert "sees an image" in summary["held_out_off_because"]
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message(tokenizer, shards, tmp_path):
     parts = _parts(tokenizer)
     with torch.no_grad():
@@ -200,6 +247,8 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
     """DDP, and FSDP2 (`fully_shard`, which runs on CPU with gloo): both ranks train, checkpoint
     with full tensors and export final weights that `Flamingo.load` reads."""
     lm, vision = tiny.save_tiny_models(tmp_path / "models", tokenizer)
+    held_out = tmp_path / "held_out"
+    synthetic.write_synthetic_shards(held_out, shards=1, docs_per_shard=6, seed=9)
     config = {
         "model": {"lm": str(lm), "vision": str(vision), "flamingo": tiny.TINY_FLAMINGO},
         "data": [{"shards": str(shards), "batch_size": 2, "seq_len": 48, "num_workers": 1}],
@@ -210,6 +259,10 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
             "progress": False,
             "device": "cpu",
             "strategy": strategy,
+            # every rank scores the same held-out batches: FSDP's gathers must not hang
+            "eval_every": 2,
+            "eval_shards": str(held_out),
+            "eval_batches": 2,
         },
     }
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
@@ -228,6 +281,8 @@ def test_two_cpu_processes_with_torchrun(strategy, tokenizer, shards, tmp_path):
         assert rank_state["m3w"]["batches"] == 6
     summary = json.loads((tmp_path / "ddp" / "summary-train.json").read_text())
     assert summary["steps"] == 3 and all(math.isfinite(x) for x in summary["losses"])
+    assert [h["step"] for h in summary["held_out"]] == [2, 3]  # every 2 steps, and the last
+    assert all(math.isfinite(h["eval/loss_true_images"]) for h in summary["held_out"])
     from model.flamingo import Flamingo
 
     final = Flamingo.load(tmp_path / "ddp" / "final")  # full tensors, also when FSDP sharded them

@@ -89,6 +89,13 @@ def _shards(root: Path) -> str:
         # a warm-up the run never leaves
         (["--warmup", "50", "--steps", "10"], ["warm-up of 50 steps", "--steps"]),
         (["--report-to", "tensorbord"], ["unknown tracker 'tensorbord'"]),
+        # held-out evaluation without held-out shards, or with shards that are not there
+        (["--eval-every", "5"], ["--eval-every needs --eval-shards"]),
+        (
+            ["--eval-every", "5", "--eval-shards", "held/{000000..000001}.tar"],
+            ["--eval-shards", "none of its 2 shard(s) exists"],
+        ),
+        (["--eval-every", "-1"], ["run.eval_every must be 0 (never) or more, got -1"]),
     ],
 )
 @pytest.mark.slow

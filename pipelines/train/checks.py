@@ -5,8 +5,10 @@ the value, seconds after the command starts, not a traceback after minutes of mo
   existing model folder; a Hugging Face id is left to the loader (`load_or_explain` words its error);
 - every dataset's shard spec names at least one existing shard; shards that are missing from a
   brace pattern are one warning each run (not one per worker and epoch), and are not read;
+- with `--eval-every`, `--eval-shards` names at least one existing shard;
 - `--out` is a folder (or does not exist yet);
-- the configuration's cross-section rules (TrainConfig.check: a warm-up as long as the run).
+- the configuration's cross-section rules (TrainConfig.check: a warm-up as long as the run,
+  `--eval-every` without `--eval-shards`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 from m3w_builder.errors import ConfigError, InputError, OutputError
 from pipelines.train.config import TrainConfig
-from pipelines.train.data import find_shards
+from pipelines.train.data import ShardsError, find_shards
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,29 @@ def check_before_loading(cfg: TrainConfig, main: bool = True) -> None:
                 shards.missing[0],
                 len(shards.present),
             )
+    check_eval_shards(cfg, main)
     out = Path(cfg.run.out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: is a file; give a folder for checkpoints and logs")
+
+
+def check_eval_shards(cfg: TrainConfig, main: bool = True) -> None:
+    """With `--eval-every`, the held-out shards must exist now, not fail an hour into the run."""
+    if not cfg.run.eval_every:
+        return
+    try:
+        shards = find_shards(cfg.run.eval_shards or "")
+    except ShardsError as e:
+        raise ShardsError(f"--eval-shards {e}") from None
+    if shards.missing and main:
+        log.warning(
+            "--eval-shards %s: %d of %d shards do not exist (first: %s); evaluating on the other %d",
+            cfg.run.eval_shards,
+            len(shards.missing),
+            len(shards.missing) + len(shards.present),
+            shards.missing[0],
+            len(shards.present),
+        )
 
 
 def looks_like_path(ref: str) -> bool:

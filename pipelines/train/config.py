@@ -88,6 +88,11 @@ class RunSection:
     report_to: str = "tensorboard"
     tensorboard: bool = True  # False drops tensorboard from report_to (older configs)
     wandb_project: str = "m3w"
+    # held-out evaluation while training: `m3w eval`'s image ablations (no few-shot) on at most
+    # `eval_batches` batches of `eval_shards`, every `eval_every` steps and at the last (0: never)
+    eval_every: int = 0
+    eval_shards: str | None = None
+    eval_batches: int = 8
 
     def __post_init__(self) -> None:
         if self.resume not in (True, False, "auto"):
@@ -96,6 +101,10 @@ class RunSection:
             raise ConfigError(f"run.strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.eval_every < 0:
+            raise ConfigError(f"run.eval_every must be 0 (never) or more, got {self.eval_every}")
+        if self.eval_batches < 1:
+            raise ConfigError(f"run.eval_batches must be at least 1, got {self.eval_batches}")
         unknown = [r for r in self.reporters if r not in REPORTERS]
         if unknown:
             raise ConfigError(
@@ -131,6 +140,11 @@ class TrainConfig:
 
     def check(self) -> None:
         """Combinations across sections that defeat themselves, refused before anything loads."""
+        if self.run.eval_every and not self.run.eval_shards:
+            raise ConfigError(
+                "--eval-every needs --eval-shards: the held-out shards to evaluate on "
+                "(shards the run does not train on)"
+            )
         warm = self.optim.warmup_steps
         if warm is not None and self.run.steps > 1 and warm >= self.run.steps:
             raise ConfigError(

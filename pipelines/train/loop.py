@@ -37,10 +37,16 @@ import torch.distributed as dist
 from m3w_builder.errors import ConfigError, OutputError, UserError
 from m3w_builder.settings import Flag, add_flags, apply_mapping, flag_values
 from pipelines.train import checkpoint
-from pipelines.train.checks import check_before_loading, check_model_configs, load_or_explain
+from pipelines.train.checks import (
+    check_before_loading,
+    check_eval_shards,
+    check_model_configs,
+    load_or_explain,
+)
 from pipelines.train.config import SECTION_TYPES, TrainConfig, apply_override
 from pipelines.train.data import DataConfig, WorkerPosition, make_loader, pad_images
 from pipelines.train.flops import flop_counts, peak_flops, step_flops
+from pipelines.train.heldout import HeldOutEval, headline
 from pipelines.train.report import Logger
 
 log = logging.getLogger(__name__)
@@ -430,6 +436,7 @@ def train(
         check_before_loading(cfg, main=d.main)
     else:  # tests and the demo hand in their models: only the data and --out need checking
         cfg.check()
+        check_eval_shards(cfg, main=d.main)
         if not cfg.data:
             raise ConfigError("no dataset: give --shards or a data: list in --config")
     torch.manual_seed(cfg.run.seed + d.rank)
@@ -457,6 +464,7 @@ def train(
     patches, latents = _vision_shape(parts), int(cfg.model.flamingo.get("num_latents", 64))
     peak = peak_flops(cfg, d.device)
     logger = Logger(cfg, d.main, state["step"])
+    held_out = HeldOutEval(cfg, parts)
     step, stopped, t_start, first_loss = state["step"], False, time.perf_counter(), None
     last_saved = step
     model.train()
@@ -480,6 +488,10 @@ def train(
             logger.log(step, s.loss, s.lr, {**losses, **scalars})
             if on_step is not None:
                 on_step(step, s)
+            if held_out.due(step):
+                measured = held_out.run(step)
+                if measured is not None:
+                    logger.log_extra(step, measured, headline(step, measured))
             stopped = flag.agreed(d)
             if stopped or step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
                 _save(root, step, model, optimizer, scheduler, streams, cfg, resumed_from)
@@ -492,6 +504,9 @@ def train(
     summary["first_loss_this_run"] = first_loss
     summary["checkpoint_step"] = last_saved
     summary["resumed_from"] = resumed_from.name if resumed_from is not None else None
+    if cfg.run.eval_every:
+        summary["held_out"] = held_out.history
+        summary["held_out_off_because"] = held_out.off_because
     export_trainable(model, Path(cfg.run.out) / "final", d)
     if d.main:
         Path(cfg.run.out, "summary-train.json").write_text(json.dumps(summary, indent=1))
@@ -683,6 +698,19 @@ TRAIN_FLAGS = (
     Flag("--seed", "run.seed"),
     Flag("--checkpoint-every", "run.checkpoint_every"),
     Flag("--log-every", "run.log_every"),
+    Flag(
+        "--eval-every",
+        "run.eval_every",
+        "every N steps and at the last, m3w eval's image ablations on --eval-shards, logged as "
+        "eval/... scalars (default: 0, never)",
+    ),
+    Flag(
+        "--eval-shards",
+        "run.eval_shards",
+        "held-out shards for --eval-every: a pattern, folder or job the run does not train on",
+        metavar="PATTERN",
+    ),
+    Flag("--eval-batches", "run.eval_batches", "batches per --eval-every evaluation (default: 8)"),
     Flag(
         "--resume",
         "run.resume",

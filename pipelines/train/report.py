@@ -8,6 +8,7 @@ reports; every rank keeps the step records for the summary.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Protocol
 
 from m3w_builder.errors import ConfigError
 from pipelines.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class Tracker(Protocol):
@@ -82,6 +85,7 @@ class Logger:
 
     def __init__(self, cfg: TrainConfig, main: bool, start: int) -> None:
         self.cfg = cfg
+        self.main = main
         self.history: list[dict[str, float]] = []
         self.trackers: list[Tracker] = []
         self.bar: Any = None
@@ -103,6 +107,16 @@ class Logger:
             values = {k: v for k, v in record.items() if k != "step"}
             for tracker in self.trackers:
                 tracker.log(values, step)
+
+    def log_extra(self, step: int, scalars: dict[str, float], line: str) -> None:
+        """Scalars measured at `step` besides the step's own (the held-out evaluation): to the
+        trackers at once, whatever `log_every`, and `line` to the terminal on rank 0."""
+        for tracker in self.trackers:
+            tracker.log(scalars, step)
+        if self.bar is not None:
+            self.bar.write(line)
+        elif self.main:
+            log.info(line)
 
     def close(self, interrupted: bool = False) -> None:
         if self.bar is not None:
