@@ -17,6 +17,8 @@ pytest.importorskip("ray")
 
 from nettrace import outside_destinations, strace_problem  # noqa: E402
 
+from pipelines.demo.run import DEMO_MAX_IMAGES  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 _PROXY_VARS = {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
 EVAL_KEYS = (  # summary.json["eval"]: a contract (issue 13)
@@ -65,6 +67,8 @@ def test_demo_end_to_end(tmp_path):
         assert math.isfinite(evaluation[key]), key
     assert set(evaluation["fewshot_accuracy"]) <= {"0", "2", "4", "8"}
     assert "0" in evaluation["fewshot_accuracy"] and evaluation["fewshot_chance"] > 0
+    # the held-out windows are laid out as the training ones (regression: max_images was 5, not 9)
+    assert (evaluation["seq_len"], evaluation["max_images"]) == (128, DEMO_MAX_IMAGES)
     # greedy decoding stops at the first end of chunk (regression: it used to run on, repeating it)
     assert summary["generated"].count("<|endofchunk|>") <= 1
     # everything it made is kept: shards, inspect-able job, checkpoint, TensorBoard, models

@@ -433,6 +433,7 @@ def evaluate_heldout(
         fewshot=str(fewshot),
         batch_size=args.batch_size,
         seq_len=args.seq_len,
+        max_images=DEMO_MAX_IMAGES,  # the training windows' layout, not DataConfig's default 5
         seed=args.seed,
     )
     print(format_table(result))
