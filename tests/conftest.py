@@ -11,6 +11,7 @@ among them) to a closed loopback port, where it fails at once. m3w's own fetcher
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,19 @@ os.environ.update(CLOSED_PORT_PROXY_ENV)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("M3W_DEV_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
+
+
+@pytest.fixture
+def sigint_reaches_children():
+    """A test that interrupts a child with SIGINT needs the signal not ignored: a suite started from a
+    background job (`nohup`, `cmd &` in a script) inherits SIGINT ignored, its children too, and a
+    Python child then never raises KeyboardInterrupt (a CI run launched with `&` saw exit 0 for 130).
+    Catching it here resets it to the default in every child that execs."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="session")

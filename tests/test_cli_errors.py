@@ -179,7 +179,7 @@ def test_every_reason_code_the_code_base_emits_is_registered():
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_build_says_how_to_resume(tmp_path):
+def test_ctrl_c_during_a_build_says_how_to_resume(tmp_path, sigint_reaches_children):
     """SIGINT while pages are being fetched (a 127.0.0.1 server that answers slowly): exit 130,
     one line saying to rerun, no traceback; the rerun then finishes the job."""
     from httpserver import LocalServer
