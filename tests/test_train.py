@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -194,6 +195,22 @@ def test_eval_every_logs_held_out_ablations_without_changing_the_training(
     tb.Reload()
     steps = [e.step for e in tb.Scalars("eval/loss_true_images")]
     assert steps == [2, 4, 5]
+
+
+@pytest.mark.slow
+def test_missing_held_out_shards_are_one_warning_per_run(tokenizer, shards, tmp_path, caplog):
+    """A brace pattern over held-out shards of which some are missing warns once, when the run
+    starts, not again at every evaluation (regression: each evaluation re-globbed and warned)."""
+    held_out = tmp_path / "held_out"
+    synthetic.write_synthetic_shards(held_out, shards=2, docs_per_shard=6, seed=11)
+    pattern = str(held_out / "{000000..000003}.tar")  # 000002 and 000003 do not exist
+    cfg = _cfg(shards, tmp_path / "run", steps=4, eval_every=1, eval_shards=pattern)
+    cfg.run.eval_batches = 1
+    with caplog.at_level(logging.WARNING):
+        summary = train.train(cfg, _parts(tokenizer))
+    assert [h["step"] for h in summary["held_out"]] == [1, 2, 3, 4]
+    warnings = [r.getMessage() for r in caplog.records if "do not exist" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("--eval-shards"), warnings
 
 
 @pytest.mark.slow

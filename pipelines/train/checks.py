@@ -13,7 +13,6 @@ the value, seconds after the command starts, not a traceback after minutes of mo
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,6 @@ from typing import TypeVar
 from m3w_builder.errors import ConfigError, InputError, OutputError
 from pipelines.train.config import TrainConfig
 from pipelines.train.data import ShardsError, find_shards
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -49,15 +46,8 @@ def check_before_loading(cfg: TrainConfig, main: bool = True) -> None:
         raise ConfigError("no dataset: give --shards or a data: list in --config")
     for ds in cfg.data:
         shards = find_shards(ds.shards)
-        if shards.missing and main:
-            log.warning(
-                "--shards %s: %d of %d shards do not exist (first: %s); training on the other %d",
-                ds.shards,
-                len(shards.missing),
-                len(shards.missing) + len(shards.present),
-                shards.missing[0],
-                len(shards.present),
-            )
+        if main:
+            shards.warn_missing(f"--shards {ds.shards}", "training")
     check_eval_shards(cfg, main)
     out = Path(cfg.run.out)
     if out.exists() and not out.is_dir():
@@ -72,15 +62,8 @@ def check_eval_shards(cfg: TrainConfig, main: bool = True) -> None:
         shards = find_shards(cfg.run.eval_shards or "")
     except ShardsError as e:
         raise ShardsError(f"--eval-shards {e}") from None
-    if shards.missing and main:
-        log.warning(
-            "--eval-shards %s: %d of %d shards do not exist (first: %s); evaluating on the other %d",
-            cfg.run.eval_shards,
-            len(shards.missing),
-            len(shards.missing) + len(shards.present),
-            shards.missing[0],
-            len(shards.present),
-        )
+    if main:
+        shards.warn_missing(f"--eval-shards {cfg.run.eval_shards}", "evaluating")
 
 
 def looks_like_path(ref: str) -> bool:

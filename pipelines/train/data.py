@@ -146,6 +146,19 @@ class ShardList:
     present: list[str]
     missing: list[str]
 
+    def warn_missing(self, label: str, doing: str) -> None:
+        """The one warning for the missing ones, if any: `label` names the flag and its value."""
+        if self.missing:
+            log.warning(
+                "%s: %d of %d shards do not exist (first: %s); %s on the other %d",
+                label,
+                len(self.missing),
+                len(self.missing) + len(self.present),
+                self.missing[0],
+                doing,
+                len(self.present),
+            )
+
 
 def find_shards(spec: str | Iterable[str]) -> ShardList:
     """`expand_shards`, then which of them exist: local paths by stat, fsspec URLs (s3://, gs://)

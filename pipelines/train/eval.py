@@ -742,14 +742,7 @@ def evaluate(
     if any(k < 0 for k in shots):
         raise ConfigError(f"--shots must be 0 or more, got {list(shots)}")
     shard_list = find_shards(shards)
-    if shard_list.missing:
-        log.warning(
-            "--shards: %d of %d shards do not exist (first: %s); evaluating on the other %d",
-            len(shard_list.missing),
-            len(shard_list.missing) + len(shard_list.present),
-            shard_list.missing[0],
-            len(shard_list.present),
-        )
+    shard_list.warn_missing("--shards", "evaluating")
     examples = read_fewshot(fewshot) if isinstance(fewshot, str | Path) else fewshot
     if found is not None:
         model = load_checkpoint(found)

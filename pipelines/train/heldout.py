@@ -25,6 +25,7 @@ import torch
 
 from m3w_builder.errors import UserError
 from pipelines.train.config import TrainConfig
+from pipelines.train.data import find_shards
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ class HeldOutEval:
     parts: Any  # pipelines.train.loop.Parts (the unwrapped model: see the module docstring)
     history: list[dict[str, float]] = field(default_factory=list)
     off_because: str | None = None
+    shards: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        # resolved once: each evaluation reads these, without globbing and warning again
+        if self.cfg.run.eval_every:
+            self.shards = find_shards(self.cfg.run.eval_shards or "").present
 
     def due(self, step: int) -> bool:
         every = self.cfg.run.eval_every
@@ -53,7 +60,7 @@ class HeldOutEval:
             with torch.random.fork_rng(devices=[]):  # the DataLoader draws its seed here
                 result = evaluate(
                     self.parts,
-                    cfg.run.eval_shards or "",
+                    self.shards,
                     batch_size=cfg.data[0].batch_size,
                     max_batches=cfg.run.eval_batches,
                     shots=(),
@@ -71,6 +78,7 @@ class HeldOutEval:
 
 def headline(step: int, scalars: dict[str, float]) -> str:
     """One line for the terminal: the attached text's loss under each condition."""
-    names = ("true_images", "shuffled_images", "no_images", "flipped_attachment")
-    parts = [f"{n.split('_')[0]} {scalars[f'eval/loss_{n}']:.3f}" for n in names]
+    from pipelines.train.eval import CONDITIONS
+
+    parts = [f"{c.split('_')[0]} {scalars[f'eval/loss_{c}']:.3f}" for c in CONDITIONS]
     return f"held-out caption loss at step {step}: " + ", ".join(parts)
